@@ -1,0 +1,1 @@
+"""Selectors other than GEAL: random, Core-Set, and (later) the traditional active-learning methods."""

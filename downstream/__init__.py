@@ -1,0 +1,1 @@
+"""Datasets (image pools, labeled splits) and task trainers."""

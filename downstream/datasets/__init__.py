@@ -1,0 +1,1 @@
+"""Image pools in their real on-disk formats."""
