@@ -1,0 +1,52 @@
+"""Core-Set (Sener & Savarese) over off-the-shelf global features of the same pretrained backbone.
+
+The "off-the-shelf features" baseline of the paper: k-center greedy where each image is one point (its global
+feature), using the same k-center implementation as GEAL (``geal.kcenter``).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+
+from geal.kcenter import kcenter_greedy
+from geal.pool import ImagePool
+from geal.selection import Selection, SelectionContext, Selector
+from geal.selector import eligible_mask
+
+
+class CoreSetSelector(Selector):
+    """k-center greedy over global features (``distance`` cosine or euclidean)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({"features"})
+    nested: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        name: str = "coreset",
+        distance: Literal["cosine", "euclidean"] = "cosine",
+        feature_layer: int = -2,
+        attention_layer: int = -1,
+        chunk_size: int = 65536,
+    ) -> None:
+        if distance not in ("cosine", "euclidean"):
+            raise ValueError(f"selector.distance must be 'cosine' or 'euclidean', got {distance!r}")
+        self.name = name
+        self.distance = distance
+        # the global feature does not depend on these, but sharing GEAL's store needs the same key
+        self.feature_layer = feature_layer
+        self.attention_layer = attention_layer
+        self.chunk_size = chunk_size
+
+    def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
+        assert ctx.features is not None, "the pipeline provides features to selectors that require them"
+        store = ctx.features.store(self.feature_layer, self.attention_layer)
+        points = torch.from_numpy(store.global_features()).to(ctx.device)
+        eligible = eligible_mask(len(pool), ctx, ctx.device) & torch.from_numpy(store.valid()).to(ctx.device)
+        result = kcenter_greedy(
+            points, torch.arange(len(pool), device=ctx.device), budget, distance=self.distance,
+            initial=list(ctx.labeled), eligible=eligible, generator=ctx.generator(ctx.device),
+            chunk_size=self.chunk_size, progress=True,
+        )
+        return Selection([int(i) for i in result.order], [float(s) for s in result.scores])

@@ -1,0 +1,81 @@
+"""Struct-mode schemas for the settings that are not instantiated objects (a misspelled key fails at once).
+
+The instantiated groups (``data``, ``backbone``, ``selector``) are checked against their ``_target_``'s
+constructor signature instead (:func:`check_target_kwargs`), before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+#: keys of the ``data`` group that configure how the run treats the pool, not the pool's constructor
+POOL_RUN_KEYS = ("on_error",)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class ExtractionConfig:
+    batch_size: int = 32
+    num_workers: int = 2
+    amp: str = "auto"  # auto | bf16 | fp16 | none
+    shard_size: int = 512
+    progress: bool = True
+
+
+@dataclass
+class OutputConfig:
+    split_name: str = "${selector.name}_${budget}"
+    write_dataset_split: bool = False  # True: write the native split file inside the dataset folder
+    summary: bool = True
+
+
+@dataclass
+class SelectConfig:
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    budget: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    labeled: str | None = None  # file of already-labeled image ids (.txt, or a selection.json)
+    task_name: str = "select"
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="select_schema", node=SelectConfig)
+
+
+def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:
+    """Fail now, with the group's name, if a config node has keys its ``_target_`` does not accept."""
+    target = node.get("_target_")
+    if target is None:
+        raise ValueError(f"config group '{group}' has no _target_: pick one of the files in conf/{group}/")
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{group}._target_={target} cannot be imported: {err}") from err
+    params = inspect.signature(obj).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in params and k not in ignore)
+    if unknown:
+        raise ValueError(
+            f"{group} config has key(s) {unknown} that {target} does not take; "
+            f"valid keys: {sorted(k for k in params if k != 'self')}"
+        )
