@@ -97,8 +97,8 @@ class FeatureProvider:
         self.label = label
         self.timings = FeatureTimings()
 
-    def store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
-        """The complete dense store for these layers (extracting the missing shards first)."""
+    def open_store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
+        """The (possibly incomplete) dense store for these layers; nothing is extracted."""
         key = {
             "store_version": STORE_VERSION,
             "backbone": self.backbone_key,
@@ -108,6 +108,11 @@ class FeatureProvider:
         }
         store = FeatureStore.open(self.cache_dir, key, len(self.pool), self.settings.shard_size,
                                   label=f"{self.label}-{self.pool.name}")
+        return store
+
+    def store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
+        """The complete dense store for these layers (extracting the missing shards first)."""
+        store = self.open_store(feature_layer, attention_layer)
         self.timings.store_dir = str(store.directory)
         hit = store.complete
         if self.timings.extraction_cache_hit is None:
@@ -174,7 +179,7 @@ def compute_knowledge_clusters(
                 owners.append(image_ids[ok_np].astype(np.int64))
             bar.update(hi - lo)
     bar.close()
-    dim = store._shard_arrays(0)["tokens"].shape[-1]
+    dim = store.token_dim
     return KnowledgeClusterSet(
         np.concatenate(features) if features else np.zeros((0, dim), np.float32),
         np.concatenate(owners) if owners else np.zeros(0, np.int64),

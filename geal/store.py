@@ -216,6 +216,10 @@ class FeatureStore:
     def _concat(self, name: str) -> np.ndarray:
         return np.concatenate([arrays[name] for _, _, arrays in self.iter_shards()], axis=0)
 
+    @property
+    def token_dim(self) -> int:
+        return int(self._shard_arrays(0)["tokens"].shape[-1])
+
     def global_features(self) -> np.ndarray:
         """(n_images, D') float32 global features."""
         return self._concat("global")

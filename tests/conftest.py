@@ -1,0 +1,88 @@
+"""Shared fixtures: a small in-memory pool and a tiny random ViT whose calls are counted."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from geal.backbones.base import Backbone  # noqa: E402
+from geal.backbones.vit import TimmViT  # noqa: E402
+from geal.pool import ImagePool  # noqa: E402
+
+TINY_VIT = {"name": "tiny_vit", "model_name": "vit_tiny_patch16_224", "resolution": 32,
+            "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}, "init_seed": 0}
+
+
+class SquaresPool(ImagePool):
+    """n deterministic RGB images: textured background + one coloured square whose colour is the label."""
+
+    name = "squares"
+
+    def __init__(self, n: int, size: int = 32, seed: int = 0, broken: Sequence[int] = ()) -> None:
+        self.n, self.size, self.seed, self.broken = n, size, seed, set(broken)
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return [f"sq_{i:04d}" for i in range(self.n)]
+
+    @property
+    def labels(self) -> Sequence[int]:
+        return [i % 3 for i in range(self.n)]
+
+    def load(self, index: int) -> Image.Image:
+        if index in self.broken:
+            raise OSError(f"cannot decode image {self.source(index)}: simulated corrupt file")
+        rng = np.random.default_rng(self.seed * 100_003 + index)
+        img = rng.integers(0, 60, (self.size, self.size, 3), dtype=np.uint8)
+        colour = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255]][index % 3], dtype=np.uint8)
+        s = self.size // 3
+        y, x = rng.integers(0, self.size - s, 2)
+        img[y:y + s, x:x + s] = colour
+        return Image.fromarray(img)
+
+    def source(self, index: int) -> str:
+        return f"/virtual/squares/{self.ids[index]}.png"
+
+
+class CountingFactory:
+    """Builds the tiny ViT and counts constructions and images seen; can fail after some batches."""
+
+    def __init__(self, fail_after_batches: int | None = None) -> None:
+        self.builds = 0
+        self.images = 0
+        self.batches = 0
+        self.fail_after_batches = fail_after_batches
+
+    def __call__(self) -> Backbone:
+        self.builds += 1
+        model = TimmViT(**TINY_VIT)
+        original = model.extract
+
+        def counted(images: torch.Tensor, *args, **kwargs):
+            if self.fail_after_batches is not None and self.batches >= self.fail_after_batches:
+                raise KeyboardInterrupt("simulated interruption")
+            self.batches += 1
+            self.images += images.shape[0]
+            return original(images, *args, **kwargs)
+
+        model.extract = counted  # type: ignore[method-assign]
+        return model
+
+
+@pytest.fixture
+def squares() -> SquaresPool:
+    return SquaresPool(24)
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"

@@ -1,0 +1,132 @@
+"""Feature store: what is stored, cache hits never run the network, interrupted extraction resumes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import geal.features
+from geal.extract import ExtractionSettings
+from geal.features import ClusterSettings, FeatureProvider
+from geal.store import StoreMismatchError
+from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
+
+SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)
+
+
+def provider(pool, factory, cache_dir: Path, **kw) -> FeatureProvider:
+    settings = ExtractionSettings(**{**SETTINGS.__dict__, **kw})
+    return FeatureProvider(pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny")
+
+
+def test_store_holds_tokens_attention_global(squares: SquaresPool, cache_dir: Path) -> None:
+    factory = CountingFactory()
+    store = provider(squares, factory, cache_dir).store()
+    assert factory.builds == 1 and factory.images == 24
+    assert store.n_shards == 3 and store.complete
+    shards = list(store.iter_shards())
+    assert [(a, b) for a, b, _ in shards] == [(0, 8), (8, 16), (16, 24)]
+    arrays = shards[0][2]
+    assert arrays["tokens"].dtype == np.float16 and arrays["tokens"].shape == (8, 16, 32)
+    assert arrays["attention"].shape == (8, 2, 16)
+    np.testing.assert_allclose(arrays["attention"].sum(-1), 1.0, atol=1e-5)
+    assert store.global_features().shape == (24, 32)
+    assert store.valid().all() and store.skipped() == []
+    # stored values are what the backbone computes for the preprocessed image
+    from geal.extract import build_transform
+    model = factory()
+    x = build_transform(model.preprocessing)(squares.load(5))[None]
+    out = model.extract(x)
+    np.testing.assert_allclose(np.asarray(arrays["tokens"][5], np.float32), out.tokens[0].numpy(), atol=2e-2)
+    np.testing.assert_allclose(store.global_features()[5], out.global_feature[0].numpy(), atol=1e-5)
+    # never inside a dataset folder: everything lives under the cache dir
+    assert cache_dir in store.directory.parents
+
+
+def test_cache_hit_never_calls_the_network(squares: SquaresPool, cache_dir: Path, monkeypatch) -> None:
+    provider(squares, CountingFactory(), cache_dir).store()
+
+    def forbidden():
+        raise AssertionError("the backbone must not be built on a cache hit")
+
+    p = provider(squares, forbidden, cache_dir)
+    store = p.store()
+    a = p.knowledge_clusters(store, ClusterSettings(tau=0.5, k=3, kmeans_iters=5))
+    b = p.knowledge_clusters(store, ClusterSettings(tau=0.8, k=5, kmeans_iters=5))  # new τ/K: still no network
+    assert p.timings.extraction_cache_hit is True and p.timings.extraction is None
+    assert a.features.shape[1] == 32 and np.all(np.bincount(a.owners, minlength=24) <= 3)
+    assert np.bincount(b.owners, minlength=24).max() <= 5 and b.features.shape[0] > a.features.shape[0]
+
+    # the second stage is cached too: the same settings do not re-run k-means
+    def no_kmeans(*args, **kwargs):
+        raise AssertionError("knowledge clusters must come from the cache")
+
+    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", no_kmeans)
+    again = p.knowledge_clusters(store, ClusterSettings(tau=0.5, k=3, kmeans_iters=5))
+    np.testing.assert_array_equal(again.features, a.features)
+    np.testing.assert_array_equal(again.owners, a.owners)
+    assert p.timings.clusters_cache_hit is True
+
+
+def test_resume_after_interruption(squares: SquaresPool, tmp_path: Path) -> None:
+    # 3 shards of 8 images, batches of 4: interrupt during the 4th batch (after the first shard was written)
+    failing = CountingFactory(fail_after_batches=3)
+    with pytest.raises(KeyboardInterrupt):
+        provider(squares, failing, tmp_path / "a").store()
+    p = provider(squares, CountingFactory(), tmp_path / "a")
+    store_dir = next((tmp_path / "a" / "features").iterdir())
+    done = sorted(d.name for d in store_dir.iterdir() if d.is_dir())
+    assert done == ["shard_00000"]  # the half-filled second shard left nothing behind
+    resumed = CountingFactory()
+    p = provider(squares, resumed, tmp_path / "a")
+    store = p.store()
+    assert resumed.images == 16  # only the two missing shards were extracted
+    assert p.timings.extraction.shards_written == [1, 2]
+    reference = provider(squares, CountingFactory(), tmp_path / "b").store()
+    for (_, _, x), (_, _, y) in zip(store.iter_shards(), reference.iter_shards(), strict=True):
+        for name in ("tokens", "attention", "global", "valid"):
+            np.testing.assert_array_equal(np.asarray(x[name]), np.asarray(y[name]))
+
+
+def test_temporary_shard_is_never_taken_as_complete(squares: SquaresPool, cache_dir: Path) -> None:
+    p = provider(squares, CountingFactory(), cache_dir)
+    store = p.store()
+    # simulate a crash in the middle of writing shard 1: only a temporary directory remains
+    final = store.shard_dir(1)
+    tmp = final.parent / f".{final.name}.crash.tmp"
+    final.rename(tmp)
+    (tmp / "meta.json").unlink()
+    assert store.missing_shards() == [1]
+    factory = CountingFactory()
+    provider(squares, factory, cache_dir).store()
+    assert factory.images == 8 and not tmp.exists()
+
+
+def test_manifest_mismatch_is_a_clear_error(squares: SquaresPool, cache_dir: Path) -> None:
+    store = provider(squares, CountingFactory(), cache_dir).store()
+    manifest = store.directory / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["version"] = 0
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(StoreMismatchError, match="Delete that directory"):
+        provider(squares, CountingFactory(), cache_dir).store()
+
+
+def test_unreadable_image_raise_names_the_file(cache_dir: Path) -> None:
+    pool = SquaresPool(10, broken=[7])
+    with pytest.raises(OSError, match="/virtual/squares/sq_0007.png"):
+        provider(pool, CountingFactory(), cache_dir).store()
+
+
+def test_unreadable_image_skip_is_recorded_and_never_selected(cache_dir: Path) -> None:
+    pool = SquaresPool(10, broken=[7])
+    p = provider(pool, CountingFactory(), cache_dir, on_error="skip")
+    store = p.store()
+    assert store.valid().tolist() == [i != 7 for i in range(10)]
+    assert [s["image_id"] for s in store.skipped()] == ["sq_0007"]
+    clusters = p.knowledge_clusters(store, ClusterSettings(k=2, kmeans_iters=5))
+    assert 7 not in set(clusters.owners.tolist()) and set(clusters.owners.tolist()) == set(range(10)) - {7}
