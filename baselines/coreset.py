@@ -45,8 +45,14 @@ class CoreSetSelector(Selector):
         points = torch.from_numpy(store.global_features()).to(ctx.device)
         eligible = eligible_mask(len(pool), ctx, ctx.device) & torch.from_numpy(store.valid()).to(ctx.device)
         result = kcenter_greedy(
-            points, torch.arange(len(pool), device=ctx.device), budget, distance=self.distance,
-            initial=list(ctx.labeled), eligible=eligible, generator=ctx.generator(ctx.device),
-            chunk_size=self.chunk_size, progress=True,
+            points,
+            torch.arange(len(pool), device=ctx.device),
+            budget,
+            distance=self.distance,
+            initial=list(ctx.labeled),
+            eligible=eligible,
+            generator=ctx.generator(ctx.device),
+            chunk_size=self.chunk_size,
+            progress=True,
         )
         return Selection([int(i) for i in result.order], [float(s) for s in result.scores])

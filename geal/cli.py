@@ -45,7 +45,9 @@ def file_fingerprint(path: str) -> dict[str, Any]:
     """Identity of a weights file: size and sha256 of its content."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"backbone.checkpoint={path} does not exist: pass the path of a .pth/.safetensors file")
+        raise FileNotFoundError(
+            f"backbone.checkpoint={path} does not exist: pass the path of a .pth/.safetensors file"
+        )
     digest = hashlib.sha256()
     with p.open("rb") as fh:
         for block in iter(partial(fh.read, 1 << 22), b""):
@@ -70,7 +72,9 @@ def build_pool(cfg: DictConfig) -> ImagePool:
     return instantiate(OmegaConf.create(kwargs), _convert_="all")
 
 
-def build_context(cfg: DictConfig, pool: ImagePool, selector: Selector, device: torch.device) -> SelectionContext:
+def build_context(
+    cfg: DictConfig, pool: ImagePool, selector: Selector, device: torch.device
+) -> SelectionContext:
     labeled = read_labeled_ids(Path(cfg.labeled), pool) if cfg.labeled else []
     features = None
     if "features" in selector.requires:
@@ -81,16 +85,21 @@ def build_context(cfg: DictConfig, pool: ImagePool, selector: Selector, device: 
             backbone_key=backbone_key(cfg.backbone),
             cache_dir=Path(cfg.paths.cache_dir),
             settings=ExtractionSettings(
-                batch_size=cfg.extraction.batch_size, num_workers=cfg.extraction.num_workers,
-                amp=cfg.extraction.amp, shard_size=cfg.extraction.shard_size,
-                on_error=cfg.data.get("on_error", "raise"), progress=cfg.extraction.progress,
+                batch_size=cfg.extraction.batch_size,
+                num_workers=cfg.extraction.num_workers,
+                amp=cfg.extraction.amp,
+                shard_size=cfg.extraction.shard_size,
+                on_error=cfg.data.get("on_error", "raise"),
+                progress=cfg.extraction.progress,
             ),
             device=device,
             label=str(cfg.backbone.get("name", "backbone")),
         )
     unsupported = sorted(r for r in selector.requires if r != "features")
     if unsupported:
-        raise ValueError(f"selector {cfg.selector.get('name')} needs {unsupported}, which geal-select does not provide")
+        raise ValueError(
+            f"selector {cfg.selector.get('name')} needs {unsupported}, which geal-select does not provide"
+        )
     return SelectionContext(labeled=labeled, seed=cfg.seed, device=device, features=features)
 
 
@@ -103,11 +112,15 @@ def summarize(result: Any, pool: ImagePool, stage_times: dict[str, float]) -> st
     cov = result.run_info.get("class_coverage")
     if cov:
         lines.append(f"  classes covered: {cov['classes_selected']} of {cov['classes_in_pool']} in the pool")
-        lines.append("  selected per class: " + ", ".join(f"{k}:{v}" for k, v in cov["selected_histogram"].items()))
+        lines.append(
+            "  selected per class: " + ", ".join(f"{k}:{v}" for k, v in cov["selected_histogram"].items())
+        )
     feats = result.run_info.get("features") or {}
     if feats:
-        lines.append(f"  feature cache: {'hit' if feats['extraction_cache_hit'] else 'miss (extracted)'}; "
-                     f"knowledge clusters: {'hit' if feats['clusters_cache_hit'] else 'computed'}")
+        lines.append(
+            f"  feature cache: {'hit' if feats['extraction_cache_hit'] else 'miss (extracted)'}; "
+            f"knowledge clusters: {'hit' if feats['clusters_cache_hit'] else 'computed'}"
+        )
     lines.append("  time per stage: " + ", ".join(f"{k} {v:.2f}s" for k, v in stage_times.items()))
     lines.append(f"  outputs: {Path(result.files['selection']).parent}")
     return "\n".join(lines)
@@ -129,10 +142,17 @@ def select_main(cfg: DictConfig) -> None:
     ctx = build_context(cfg, pool, selector, device)
 
     result = run_selection(
-        pool, selector, cfg.budget, ctx, out_dir,
-        split_name=cfg.output.split_name, write_dataset_split=cfg.output.write_dataset_split,
-        extra_info={"config_file": str(out_dir / ".hydra" / "config.yaml"),
-                    "derived": {"device": str(device), "pool_size": len(pool)}},
+        pool,
+        selector,
+        cfg.budget,
+        ctx,
+        out_dir,
+        split_name=cfg.output.split_name,
+        write_dataset_split=cfg.output.write_dataset_split,
+        extra_info={
+            "config_file": str(out_dir / ".hydra" / "config.yaml"),
+            "derived": {"device": str(device), "pool_size": len(pool)},
+        },
     )
     stage_times = {"pool": pool_s, **result.timings, "total": time.perf_counter() - t_start}
     if cfg.output.summary:

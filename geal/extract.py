@@ -57,12 +57,14 @@ def build_transform(pre: Preprocessing) -> v2.Compose:
         "bilinear": v2.InterpolationMode.BILINEAR,
         "nearest": v2.InterpolationMode.NEAREST,
     }[pre.interpolation]
-    return v2.Compose([
-        v2.PILToTensor(),
-        v2.Resize((pre.resolution, pre.resolution), interpolation=interpolation, antialias=True),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(list(pre.mean), list(pre.std)),
-    ])
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize((pre.resolution, pre.resolution), interpolation=interpolation, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(pre.mean), list(pre.std)),
+        ]
+    )
 
 
 class _PreprocessedPool(Dataset):
@@ -130,7 +132,9 @@ def extract_to_store(
     t0 = time.perf_counter()
     backbone = backbone_factory().to(device).eval()
     if store.n_shards > len(missing):
-        log.info("resuming extraction: %d of %d shards already done", store.n_shards - len(missing), store.n_shards)
+        log.info(
+            "resuming extraction: %d of %d shards already done", store.n_shards - len(missing), store.n_shards
+        )
     dataset = _PreprocessedPool(pool, backbone.preprocessing, settings.on_error)
     batches = _shard_batches(store, missing, settings.batch_size)
     loader = DataLoader(
@@ -154,17 +158,23 @@ def extract_to_store(
         for i, e in zip(indices, errors, strict=True):
             if e:
                 log.warning("skipping unreadable image %s: %s", pool.source(i), e)
-                skipped.append({"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": e})
-        buffer.append((
-            out.tokens.float().cpu().numpy(),
-            out.attention.float().cpu().numpy(),
-            out.global_feature.float().cpu().numpy(),
-            valid,
-        ))
+                skipped.append(
+                    {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": e}
+                )
+        buffer.append(
+            (
+                out.tokens.float().cpu().numpy(),
+                out.attention.float().cpu().numpy(),
+                out.global_feature.float().cpu().numpy(),
+                valid,
+            )
+        )
         bar.update(len(indices))
-        start, stop = store.shard_range(shard)
+        _, stop = store.shard_range(shard)
         if indices[-1] == stop - 1:
-            tokens, attention, global_feature, valid_all = (np.concatenate(parts) for parts in zip(*buffer, strict=True))
+            tokens, attention, global_feature, valid_all = (
+                np.concatenate(parts) for parts in zip(*buffer, strict=True)
+            )
             store.write_shard(shard, ShardData(tokens, attention, global_feature, valid_all, skipped))
             report.shards_written.append(shard)
             report.skipped.extend(skipped)
@@ -173,6 +183,10 @@ def extract_to_store(
     bar.close()
     report.images = n_todo
     report.seconds = time.perf_counter() - t0
-    log.info("extracted %d images in %.1f s (%.1f img/s)", n_todo, report.seconds, n_todo / max(report.seconds, 1e-9))
+    log.info(
+        "extracted %d images in %.1f s (%.1f img/s)",
+        n_todo,
+        report.seconds,
+        n_todo / max(report.seconds, 1e-9),
+    )
     return report
-

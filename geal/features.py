@@ -1,8 +1,9 @@
 """The pool's features for selectors: the dense store (stage 1) and knowledge clusters (stage 2), both cached.
 
-Stage 1 runs the network once per (backbone, weights, preprocessing, layers, pool). Stage 2 (attention filter +
-per-image k-means) is keyed additionally by its own settings, so sweeps over τ, K, distance, sampler, seed or
-budget never run the network again, and sweeps over distance/sampler/seed/budget never re-run k-means.
+Stage 1 runs the network once per (backbone, weights, preprocessing, layers, pool). Stage 2 (attention
+filter + per-image k-means) is keyed additionally by its own settings, so sweeps over τ, K, distance,
+sampler, seed or budget never run the network again, and sweeps over distance/sampler/seed/budget never
+re-run k-means.
 """
 
 from __future__ import annotations
@@ -106,8 +107,13 @@ class FeatureProvider:
             "amp": self.settings.amp,
             "pool": self.pool.identity(),
         }
-        store = FeatureStore.open(self.cache_dir, key, len(self.pool), self.settings.shard_size,
-                                  label=f"{self.label}-{self.pool.name}")
+        store = FeatureStore.open(
+            self.cache_dir,
+            key,
+            len(self.pool),
+            self.settings.shard_size,
+            label=f"{self.label}-{self.pool.name}",
+        )
         return store
 
     def store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
@@ -121,8 +127,13 @@ class FeatureProvider:
             log.info("features: cache hit (%s)", store.directory)
         else:
             report = extract_to_store(
-                self.pool, self.backbone_factory, store, settings=self.settings, device=self.device,
-                feature_layer=feature_layer, attention_layer=attention_layer,
+                self.pool,
+                self.backbone_factory,
+                store,
+                settings=self.settings,
+                device=self.device,
+                feature_layer=feature_layer,
+                attention_layer=attention_layer,
             )
             self.timings.extraction = report
         return store
@@ -141,8 +152,12 @@ class FeatureProvider:
             log.warning("knowledge-cluster cache %s does not match its settings; recomputing", path)
         clusters = compute_knowledge_clusters(store, settings, self.device, progress=self.settings.progress)
         buffer = io.BytesIO()
-        np.savez(buffer, features=clusters.features, owners=clusters.owners,
-                 settings=np.array(stable_hash(asdict(settings), 64)))
+        np.savez(
+            buffer,
+            features=clusters.features,
+            owners=clusters.owners,
+            settings=np.array(stable_hash(asdict(settings), 64)),
+        )
         atomic_write_bytes(path, buffer.getvalue())
         self.timings.clusters_cache_hit = False
         self.timings.clusters_seconds = time.perf_counter() - t0
@@ -164,14 +179,22 @@ def compute_knowledge_clusters(
             valid = np.asarray(arrays["valid"][lo:hi])
             rows = np.flatnonzero(valid)
             if rows.size:
-                tokens = torch.from_numpy(np.asarray(arrays["tokens"][lo:hi][rows], dtype=np.float32)).to(device)
+                tokens = torch.from_numpy(np.asarray(arrays["tokens"][lo:hi][rows], dtype=np.float32)).to(
+                    device
+                )
                 attention = torch.from_numpy(np.asarray(arrays["attention"][lo:hi][rows], dtype=np.float32))
                 centroids, ok = knowledge_clusters(
-                    tokens, attention.to(device),
-                    tau=settings.tau, k=settings.k, head_reduction=settings.head_reduction,
-                    empty_fallback=settings.empty_fallback, kmeans_metric=settings.kmeans_metric,
-                    kmeans_iters=settings.kmeans_iters, kmeans_tol=settings.kmeans_tol,
-                    kmeans_init=settings.kmeans_init, generator=generator,
+                    tokens,
+                    attention.to(device),
+                    tau=settings.tau,
+                    k=settings.k,
+                    head_reduction=settings.head_reduction,
+                    empty_fallback=settings.empty_fallback,
+                    kmeans_metric=settings.kmeans_metric,
+                    kmeans_iters=settings.kmeans_iters,
+                    kmeans_tol=settings.kmeans_tol,
+                    kmeans_init=settings.kmeans_init,
+                    generator=generator,
                 )
                 ok_np = ok.cpu().numpy()
                 features.append(centroids.float().cpu().numpy()[ok_np])

@@ -1,8 +1,8 @@
 """A selection run with plain typed arguments: select, then write every output file of the run dir.
 
-Outputs (DESIGN §3): ``selection.json`` (ordered global ids, image ids, per-pick distance), ``selected_ids.txt``
-(one image id per line, selection order), the dataset-native split file when the pool has a format for it
-(under ``splits/`` in the run dir, or inside the dataset when explicitly asked), and ``run_info.json`` (git sha,
+Outputs (DESIGN §3): ``selection.json`` (ordered global ids, image ids, per-pick distance),
+``selected_ids.txt`` (one image id per line, selection order), the dataset-native split file when the pool
+has a format for it (under ``splits/`` in the run dir), and ``run_info.json`` (git sha,
 versions, device, derived values, timings of each stage). Every file is written atomically.
 """
 
@@ -39,17 +39,25 @@ class RunResult:
 
 
 def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
-    """Global ids of an already-labeled set given as a text file (one image id per line) or a selection.json."""
+    """Global ids of an already-labeled set: a text file (one image id per line) or a selection.json."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"labeled-id file {path} does not exist (labeled=PATH: a .txt of image ids or a selection.json)")
+        raise FileNotFoundError(
+            f"labeled-id file {path} does not exist (labeled=PATH: a .txt of image ids or a selection.json)"
+        )
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         if "image_ids" not in data:
-            raise ValueError(f"{path} has no 'image_ids' list: is it a selection.json written by geal-select?")
+            raise ValueError(
+                f"{path} has no 'image_ids' list: is it a selection.json written by geal-select?"
+            )
         image_ids = [str(x) for x in data["image_ids"]]
     else:
-        image_ids = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        image_ids = [
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
     return pool.index_of(image_ids)
 
 
@@ -67,10 +75,19 @@ def git_state() -> dict[str, Any]:
     """The project's git sha and whether the tree had uncommitted changes (None outside a checkout)."""
     here = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=here,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
         return {"sha": sha, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"sha": None, "dirty": None}
@@ -119,8 +136,11 @@ def run_selection(
     if ctx.features is not None:
         ft = ctx.features.timings
         extraction = ft.extraction.seconds if ft.extraction is not None else 0.0
-        timings = {"extraction_s": extraction, "clusters_s": ft.clusters_seconds,
-                   "sampling_s": max(total - extraction - ft.clusters_seconds, 0.0)}
+        timings = {
+            "extraction_s": extraction,
+            "clusters_s": ft.clusters_seconds,
+            "sampling_s": max(total - extraction - ft.clusters_seconds, 0.0),
+        }
         feature_info = {
             "store_dir": ft.store_dir,
             "extraction_cache_hit": ft.extraction_cache_hit,
@@ -166,7 +186,9 @@ def run_selection(
         "versions": versions(),
         "command": " ".join(sys.argv),
         "device": str(ctx.device),
-        "device_name": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor(),
+        "device_name": torch.cuda.get_device_name(ctx.device)
+        if ctx.device.type == "cuda"
+        else platform.processor(),
         "torch_threads": torch.get_num_threads(),
         "pool": {"name": pool.name, "n_images": len(pool)},
         "budget": budget,
@@ -180,4 +202,3 @@ def run_selection(
     }
     atomic_write_json(out_dir / "run_info.json", run_info)
     return RunResult(selection, files, timings, run_info)
-

@@ -94,7 +94,9 @@ class Selector(ABC):
 def validate_request(pool_size: int, budget: int, ctx: SelectionContext) -> int:
     """Raise SelectionError for impossible requests; return how many images can still be picked."""
     if pool_size == 0:
-        raise SelectionError("The pool is empty: check data.root (or the dataset's split list) and try again.")
+        raise SelectionError(
+            "The pool is empty: check data.root (or the dataset's split list) and try again."
+        )
     if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
         raise SelectionError(f"budget must be a positive integer, got {budget!r} (set budget=N).")
     bad = sorted({i for i in [*ctx.labeled, *ctx.excluded] if not 0 <= int(i) < pool_size})
@@ -108,7 +110,8 @@ def validate_request(pool_size: int, budget: int, ctx: SelectionContext) -> int:
     if budget > available:
         raise SelectionError(
             f"budget={budget} is larger than the {available} images that can still be picked "
-            f"(pool {pool_size}, already labeled {len(set(ctx.labeled))}, excluded {len(set(ctx.excluded))}): "
+            f"(pool {pool_size}, already labeled {len(set(ctx.labeled))}, "
+            f"excluded {len(set(ctx.excluded))}): "
             f"lower the budget to at most {available}."
         )
     return available
@@ -121,7 +124,8 @@ def check_selection(selection: Selection, budget: int, available: int, ctx: Sele
     if len(ids) != budget or len(set(ids)) != len(ids) or forbidden.intersection(ids):
         raise RuntimeError(
             f"selector returned {len(ids)} ids ({len(set(ids))} unique, "
-            f"{len(forbidden.intersection(ids))} already labeled/excluded) for budget {budget}: this is a bug."
+            f"{len(forbidden.intersection(ids))} already labeled/excluded) for budget {budget}: "
+            "this is a bug."
         )
     if any(not (isinstance(s, float) and (math.isnan(s) or s >= 0 or s < 0)) for s in selection.scores):
         raise RuntimeError("selector scores must be floats")

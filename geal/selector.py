@@ -66,9 +66,15 @@ class GEALSelector(Selector):
         self.feature_layer = feature_layer
         self.attention_layer = attention_layer
         self.clusters = ClusterSettings(
-            tau=tau, k=k, head_reduction=head_reduction, empty_fallback=empty_fallback,
-            kmeans_metric=kmeans_metric, kmeans_iters=kmeans_iters, kmeans_tol=kmeans_tol,
-            kmeans_init=kmeans_init, kmeans_seed=kmeans_seed,
+            tau=tau,
+            k=k,
+            head_reduction=head_reduction,
+            empty_fallback=empty_fallback,
+            kmeans_metric=kmeans_metric,
+            kmeans_iters=kmeans_iters,
+            kmeans_tol=kmeans_tol,
+            kmeans_init=kmeans_init,
+            kmeans_seed=kmeans_seed,
         )
         self.sampler = sampler
         self.distance = distance
@@ -82,13 +88,20 @@ class GEALSelector(Selector):
         groups = torch.from_numpy(clusters.owners).to(ctx.device)
         sample = kcenter_greedy if self.sampler == "kcenter" else d2_sampling
         result = sample(
-            points, groups, budget, distance=self.distance, initial=list(ctx.labeled),
-            eligible=eligible_mask(len(pool), ctx, ctx.device), generator=ctx.generator(ctx.device),
-            chunk_size=self.chunk_size, progress=True,
+            points,
+            groups,
+            budget,
+            distance=self.distance,
+            initial=list(ctx.labeled),
+            eligible=eligible_mask(len(pool), ctx, ctx.device),
+            generator=ctx.generator(ctx.device),
+            chunk_size=self.chunk_size,
+            progress=True,
         )
         counts = clusters.counts(len(pool))
         return Selection(
-            [int(i) for i in result.order], [float(s) for s in result.scores],
+            [int(i) for i in result.order],
+            [float(s) for s in result.scores],
             info={
                 "n_clusters": int(points.shape[0]),
                 "clusters_per_image_mean": float(counts.mean()),

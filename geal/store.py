@@ -73,7 +73,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 @dataclass(frozen=True)
 class ShardData:
-    """Arrays of one shard, as written (numpy; tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,))."""
+    """Arrays of one shard (numpy): tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,)."""
 
     tokens: np.ndarray
     attention: np.ndarray
@@ -99,7 +99,9 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, cache_dir: Path, key: dict[str, Any], n_images: int, shard_size: int, label: str) -> FeatureStore:
+    def open(
+        cls, cache_dir: Path, key: dict[str, Any], n_images: int, shard_size: int, label: str
+    ) -> FeatureStore:
         """Open (or create) the store for ``key`` under ``cache_dir/features``; check its manifest."""
         if n_images <= 0:
             raise ValueError("cannot build a feature store for an empty pool")
@@ -112,7 +114,8 @@ class FeatureStore:
                 found = json.loads(manifest.read_text())
             except json.JSONDecodeError as err:
                 raise StoreMismatchError(
-                    f"Feature store manifest {manifest} is unreadable ({err}); delete {directory} to rebuild it."
+                    f"Feature store manifest {manifest} is unreadable ({err}); "
+                    f"delete {directory} to rebuild it."
                 ) from err
             # round-trip the expectation through JSON so tuples/lists compare equal
             want = json.loads(json.dumps(expected, default=str))
@@ -120,7 +123,8 @@ class FeatureStore:
             if got != want:
                 diff = sorted(k for k in want if got[k] != want[k])
                 raise StoreMismatchError(
-                    f"Feature store {directory} was written for something else (differs in: {', '.join(diff)}; "
+                    f"Feature store {directory} was written for something else "
+                    f"(differs in: {', '.join(diff)}; "
                     f"store version {found.get('version')} vs {STORE_VERSION}). Delete that directory to "
                     f"re-extract, or point paths.cache_dir somewhere else."
                 )
@@ -152,8 +156,12 @@ class FeatureStore:
         """Write one complete shard atomically (temporary directory renamed into place)."""
         start, stop = self.shard_range(shard)
         n = stop - start
-        for name, arr in (("tokens", data.tokens), ("attention", data.attention),
-                          ("global", data.global_feature), ("valid", data.valid)):
+        for name, arr in (
+            ("tokens", data.tokens),
+            ("attention", data.attention),
+            ("global", data.global_feature),
+            ("valid", data.valid),
+        ):
             if arr.shape[0] != n:
                 raise ValueError(f"shard {shard}: {name} has {arr.shape[0]} rows, expected {n}")
         tokens = data.tokens.astype(np.float32, copy=False)
@@ -169,8 +177,12 @@ class FeatureStore:
         try:
             for name, arr in arrays.items():
                 np.save(tmp / f"{name}.npy", arr)
-            meta = {"start": start, "stop": stop, "skipped": data.skipped,
-                    "dtypes": {k: str(v.dtype) for k, v in arrays.items()}}
+            meta = {
+                "start": start,
+                "stop": stop,
+                "skipped": data.skipped,
+                "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
+            }
             # meta.json last: its presence marks the shard complete
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
             try:
@@ -195,7 +207,9 @@ class FeatureStore:
         if shard not in self._cache:
             directory = self.shard_dir(shard)
             if not (directory / "meta.json").exists():
-                raise FileNotFoundError(f"shard {directory} is missing: the store is incomplete (run extraction)")
+                raise FileNotFoundError(
+                    f"shard {directory} is missing: the store is incomplete (run extraction)"
+                )
             start, stop = self.shard_range(shard)
             arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
             for name, arr in arrays.items():

@@ -14,12 +14,17 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from geal.backbones.base import Backbone  # noqa: E402
-from geal.backbones.vit import TimmViT  # noqa: E402
-from geal.pool import ImagePool  # noqa: E402
+from geal.backbones.base import Backbone
+from geal.backbones.vit import TimmViT
+from geal.pool import ImagePool
 
-TINY_VIT = {"name": "tiny_vit", "model_name": "vit_tiny_patch16_224", "resolution": 32,
-            "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}, "init_seed": 0}
+TINY_VIT = {
+    "name": "tiny_vit",
+    "model_name": "vit_tiny_patch16_224",
+    "resolution": 32,
+    "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2},
+    "init_seed": 0,
+}
 
 
 class SquaresPool(ImagePool):
@@ -46,7 +51,7 @@ class SquaresPool(ImagePool):
         colour = np.array([[255, 40, 40], [40, 255, 40], [40, 40, 255]][index % 3], dtype=np.uint8)
         s = self.size // 3
         y, x = rng.integers(0, self.size - s, 2)
-        img[y:y + s, x:x + s] = colour
+        img[y : y + s, x : x + s] = colour
         return Image.fromarray(img)
 
     def source(self, index: int) -> str:

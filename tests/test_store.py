@@ -20,7 +20,9 @@ SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_siz
 
 def provider(pool, factory, cache_dir: Path, **kw) -> FeatureProvider:
     settings = ExtractionSettings(**{**SETTINGS.__dict__, **kw})
-    return FeatureProvider(pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny")
+    return FeatureProvider(
+        pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny"
+    )
 
 
 def test_store_holds_tokens_attention_global(squares: SquaresPool, cache_dir: Path) -> None:
@@ -38,6 +40,7 @@ def test_store_holds_tokens_attention_global(squares: SquaresPool, cache_dir: Pa
     assert store.valid().all() and store.skipped() == []
     # stored values are what the backbone computes for the preprocessed image
     from geal.extract import build_transform
+
     model = factory()
     x = build_transform(model.preprocessing)(squares.load(5))[None]
     out = model.extract(x)
@@ -56,7 +59,9 @@ def test_cache_hit_never_calls_the_network(squares: SquaresPool, cache_dir: Path
     p = provider(squares, forbidden, cache_dir)
     store = p.store()
     a = p.knowledge_clusters(store, ClusterSettings(tau=0.5, k=3, kmeans_iters=5))
-    b = p.knowledge_clusters(store, ClusterSettings(tau=0.8, k=5, kmeans_iters=5))  # new τ/K: still no network
+    b = p.knowledge_clusters(
+        store, ClusterSettings(tau=0.8, k=5, kmeans_iters=5)
+    )  # new τ/K: still no network
     assert p.timings.extraction_cache_hit is True and p.timings.extraction is None
     assert a.features.shape[1] == 32 and np.all(np.bincount(a.owners, minlength=24) <= 3)
     assert np.bincount(b.owners, minlength=24).max() <= 5 and b.features.shape[0] > a.features.shape[0]
@@ -118,7 +123,7 @@ def test_manifest_mismatch_is_a_clear_error(squares: SquaresPool, cache_dir: Pat
 
 def test_unreadable_image_raise_names_the_file(cache_dir: Path) -> None:
     pool = SquaresPool(10, broken=[7])
-    with pytest.raises(OSError, match="/virtual/squares/sq_0007.png"):
+    with pytest.raises(OSError, match=r"/virtual/squares/sq_0007\.png"):
         provider(pool, CountingFactory(), cache_dir).store()
 
 

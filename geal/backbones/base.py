@@ -1,4 +1,4 @@
-"""The uniform backbone contract: one forward pass gives dense tokens, an importance map and a global feature."""
+"""The uniform backbone contract: one forward pass → dense tokens, an importance map, a global feature."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ class Backbone(nn.Module, ABC):
     num_heads: int
 
     @abstractmethod
-    def extract(self, images: torch.Tensor, feature_layer: int = -2, attention_layer: int = -1) -> DenseOutput:
+    def extract(
+        self, images: torch.Tensor, feature_layer: int = -2, attention_layer: int = -1
+    ) -> DenseOutput:
         """images: (B, 3, R, R) normalised → DenseOutput. Layers index blocks Python-style (-1 = last)."""
 
     def grid_size(self) -> tuple[int, int]:

@@ -1,0 +1,299 @@
+"""k-center greedy and D² sampling over grouped points (geal.kcenter)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chisquare
+
+from geal.kcenter import GreedyResult, d2_sampling, kcenter_greedy
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- plain NumPy reference (float64)
+
+
+def np_distances(x: np.ndarray, distance: str) -> np.ndarray:
+    """Full (M, M) distance matrix, written plainly."""
+    x = np.asarray(x, dtype=np.float64)
+    if distance == "cosine":
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        return np.maximum(1.0 - xn @ xn.T, 0.0)
+    diff = x[:, None, :] - x[None, :, :]
+    return np.sqrt((diff**2).sum(-1))
+
+
+def np_kcenter(x: np.ndarray, groups: np.ndarray, budget: int, distance: str, initial=(), first=None):
+    """Naive greedy k-center over groups → (order, scores); ``first``: the seed group when no initial."""
+    dist = np_distances(x, distance)
+    selected: list[int] = list(initial)
+    order, scores = [], []
+    if not selected:
+        order.append(first)
+        scores.append(math.nan)
+        selected.append(first)
+    while len(order) < budget:
+        centers = np.isin(groups, selected)
+        mind = dist[:, centers].min(axis=1)
+        mind[np.isin(groups, selected)] = -np.inf
+        i = int(np.argmax(mind))  # first maximum = lowest point index
+        order.append(int(groups[i]))
+        scores.append(float(mind[i]))
+        selected.append(int(groups[i]))
+    return order, scores
+
+
+def radius(x: np.ndarray, groups: np.ndarray, chosen, distance: str) -> float:
+    """Max over all points of the min distance to the points of the chosen groups."""
+    dist = np_distances(x, distance)
+    return float(dist[:, np.isin(groups, list(chosen))].min(axis=1).max())
+
+
+def random_set(seed: int, n_groups: int, dim: int = 5, max_per_group: int = 4):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, max_per_group + 1, size=n_groups)
+    groups = np.repeat(np.arange(n_groups), sizes)
+    perm = rng.permutation(groups.size)  # points of a group are not contiguous
+    groups = groups[perm]
+    x = rng.normal(size=(groups.size, dim))
+    return x, groups
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_known_answer_euclidean_with_initial_set():
+    # 1-D line (plus one point off it), groups = images:
+    #   g0: (0,0),(1,0)   g1: (10,0)   g2: (4,0),(5,0)   g3: (0,7)   g4: (20,0)
+    # Start from the labeled set {g0}. Min distances to {(0,0),(1,0)}:
+    #   g1: 9, g2: 3 / 4, g3: 7, g4: 19             -> pick g4 (score 19)
+    # + centre (20,0): g1: min(9,10)=9, g2: 4, g3: 7 -> pick g1 (9)
+    # + centre (10,0): g2: min(4,5)=4, g3: 7         -> pick g3 (7)
+    # + centre (0,7):  g2: 4                          -> pick g2 (4)
+    pts = torch.tensor([[0, 0], [1, 0], [10, 0], [4, 0], [5, 0], [0, 7], [20, 0]], dtype=torch.float32)
+    grp = torch.tensor([0, 0, 1, 2, 2, 3, 4])
+    res = kcenter_greedy(pts, grp, 4, distance="euclidean", initial=[0])
+    assert res.order == [4, 1, 3, 2]
+    assert res.scores == pytest.approx([19.0, 9.0, 7.0, 4.0], abs=1e-4)
+
+
+def test_known_answer_cosine_with_initial_set():
+    # unit circle: g0 at 0°, g1 at 90°, g2 at 180°, g3 = {45°, 135°}; cosine distance 1 − cos(angle).
+    # From {g0}: g1: 1, g2: 2, g3: 1−cos45 = 0.293 / 1+cos45 = 1.707    -> pick g2 (2)
+    # + 180°:   g1: min(1, 1) = 1, g3: 45° 0.293, 135° min(1.707, 0.293) -> pick g1 (1)
+    # + 90°:    g3: 45° min(0.293, 0.293) = 0.293                         -> pick g3 (0.293)
+    ang = torch.tensor([0.0, 90.0, 180.0, 45.0, 135.0]) * math.pi / 180
+    pts = torch.stack([ang.cos(), ang.sin()], 1) * torch.tensor([[1.0], [2.0], [3.0], [0.5], [4.0]])
+    grp = torch.tensor([0, 1, 2, 3, 3])
+    res = kcenter_greedy(pts, grp, 3, distance="cosine", initial=[0])
+    c45 = 1 - math.cos(math.pi / 4)
+    assert res.order == [2, 1, 3]
+    assert res.scores == pytest.approx([2.0, 1.0, c45], abs=1e-5)
+
+
+def test_ties_go_to_lowest_point_index():
+    # g2's point (index 1) and g1's point (index 2) are both at distance 5 from g0: index 1 wins.
+    pts = torch.tensor([[0.0, 0.0], [5.0, 0.0], [-5.0, 0.0], [0.0, 5.0]])
+    grp = torch.tensor([0, 2, 1, 3])
+    res = kcenter_greedy(pts, grp, 1, distance="euclidean", initial=[0])
+    assert res.order == [2]
+
+
+def test_random_seed_group_is_first_and_deterministic():
+    x, g = random_set(0, 12)
+    pts, grp = torch.from_numpy(x), torch.from_numpy(g)
+    a = kcenter_greedy(pts, grp, 6, generator=gen(3))
+    b = kcenter_greedy(pts, grp, 6, generator=gen(3))
+    assert a == b
+    assert math.isnan(a.scores[0]) and all(s >= 0 for s in a.scores[1:])
+    firsts = {kcenter_greedy(pts, grp, 1, generator=gen(s)).order[0] for s in range(40)}
+    assert len(firsts) > 5  # the seed group really is drawn from the generator
+
+
+# ---------------------------------------------------------------- against the NumPy reference
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(6))
+def test_same_order_as_numpy_reference(distance, dtype, seed):
+    x, g = random_set(seed, 25)
+    pts, grp = torch.from_numpy(x).to(dtype), torch.from_numpy(g)
+    budget = 15
+    # random seed group
+    res = kcenter_greedy(pts, grp, budget, distance=distance, generator=gen(seed), chunk_size=7)
+    ref_order, ref_scores = np_kcenter(x, g, budget, distance, first=res.order[0])
+    assert res.order == ref_order
+    np.testing.assert_allclose(res.scores[1:], ref_scores[1:], rtol=1e-5, atol=1e-5)
+    # from an initial labeled set
+    initial = [seed % 25, (seed * 7 + 3) % 25]
+    res = kcenter_greedy(pts, grp, budget, distance=distance, initial=initial, chunk_size=1000)
+    ref_order, ref_scores = np_kcenter(x, g, budget, distance, initial=initial)
+    assert res.order == ref_order
+    assert not set(res.order) & set(initial)
+    np.testing.assert_allclose(res.scores, ref_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_size_does_not_change_the_result():
+    x, g = random_set(11, 40)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    results = {
+        tuple(kcenter_greedy(pts, grp, 30, generator=gen(0), chunk_size=c).order) for c in (1, 5, 65536)
+    }
+    assert len(results) == 1
+
+
+# ---------------------------------------------------------------- properties
+
+sets = st.builds(random_set, st.integers(0, 10_000), st.integers(3, 14), st.integers(1, 4), st.integers(1, 3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    data=sets,
+    distance=st.sampled_from(["cosine", "euclidean"]),
+    seed=st.integers(0, 100),
+    frac=st.floats(0, 1),
+)
+def test_prefix_property_and_radius_never_grows(data, distance, seed, frac):
+    x, g = data
+    n = int(g.max()) + 1
+    pts, grp = torch.from_numpy(x), torch.from_numpy(g)
+    full = kcenter_greedy(pts, grp, n, distance=distance, generator=gen(seed))
+    assert sorted(full.order) == list(range(n))  # no repeats, every group once
+    small_budget = int(frac * n)
+    small = kcenter_greedy(pts, grp, small_budget, distance=distance, generator=gen(seed))
+    assert small.order == full.order[:small_budget]
+    radii = [radius(x, g, full.order[: t + 1], distance) for t in range(n)]
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(radii))
+    assert radii[-1] == pytest.approx(0.0, abs=1e-9)
+    # the score of each pick is the radius of the set before it (over the not yet selected points)
+    for t in range(1, n):
+        assert full.scores[t] == pytest.approx(radii[t - 1], abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(3, 9), budget=st.integers(1, 4), with_initial=st.booleans())
+def test_within_twice_the_optimal_radius(seed, n, budget, with_initial):
+    # one point per image (the Core-Set case), euclidean (a metric): greedy ≤ 2 × optimal, brute force.
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2)) * rng.uniform(0.1, 10, size=(n, 1))
+    g = np.arange(n)
+    initial = [0] if with_initial else []
+    budget = min(budget, n - len(initial))
+    res = kcenter_greedy(
+        torch.from_numpy(x),
+        torch.from_numpy(g),
+        budget,
+        distance="euclidean",
+        initial=initial,
+        generator=gen(seed),
+    )
+    greedy_r = radius(x, g, initial + res.order, "euclidean")
+    candidates = [i for i in range(n) if i not in initial]
+    optimal_r = min(
+        radius(x, g, initial + list(c), "euclidean") for c in itertools.combinations(candidates, budget)
+    )
+    assert greedy_r <= 2 * optimal_r + 1e-9
+
+
+@pytest.mark.parametrize("fn", [kcenter_greedy, d2_sampling])
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_no_repeats_when_all_features_identical(fn, distance):
+    pts = torch.ones(30, 4)
+    grp = torch.tensor([i % 10 for i in range(30)])
+    res = fn(pts, grp, 10, distance=distance, generator=gen(0))
+    assert sorted(res.order) == list(range(10))
+    res = fn(pts, grp, 7, distance=distance, initial=[2, 5], generator=gen(1))
+    assert len(set(res.order)) == 7 and not {2, 5} & set(res.order)
+    assert all(s == pytest.approx(0.0, abs=1e-2) for s in res.scores)
+
+
+@pytest.mark.parametrize("fn", [kcenter_greedy, d2_sampling])
+def test_empty_and_ineligible_groups_never_picked(fn):
+    rng = np.random.default_rng(0)
+    g = np.array([0, 0, 2, 3, 3, 5, 6, 8])  # groups 1, 4, 7, 9 have no points
+    x = rng.normal(size=(g.size, 3))
+    eligible = torch.ones(10, dtype=torch.bool)
+    eligible[[3, 8]] = False  # 3 and 8 have points but may not be picked
+    pickable = {0, 2, 5, 6}
+    for seed in range(10):
+        res = fn(torch.from_numpy(x), torch.from_numpy(g), 4, eligible=eligible, generator=gen(seed))
+        assert set(res.order) == pickable
+    with pytest.raises(ValueError, match="exceeds the 4 pickable groups"):
+        fn(torch.from_numpy(x), torch.from_numpy(g), 5, eligible=eligible, generator=gen(0))
+    with pytest.raises(ValueError, match="exceeds the 2 pickable groups"):
+        fn(torch.from_numpy(x), torch.from_numpy(g), 3, eligible=eligible, initial=[0, 5])
+    # ineligible groups in the initial set still act as centres
+    res = fn(torch.from_numpy(x), torch.from_numpy(g), 2, eligible=eligible, initial=[3, 8], generator=gen(0))
+    assert set(res.order) <= pickable
+
+
+def test_budget_zero_and_bad_arguments():
+    pts, grp = torch.randn(5, 3), torch.arange(5)
+    assert kcenter_greedy(pts, grp, 0) == GreedyResult([], [])
+    with pytest.raises(ValueError, match="distance"):
+        kcenter_greedy(pts, grp, 1, distance="manhattan")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="initial group id"):
+        kcenter_greedy(pts, grp, 1, initial=[7])
+    with pytest.raises(ValueError, match="groups must be"):
+        kcenter_greedy(pts, grp[:3], 1)
+
+
+def test_progress_bar_runs():
+    pts, grp = torch.randn(40, 3), torch.arange(40) // 2
+    assert len(kcenter_greedy(pts, grp, 5, generator=gen(0), progress=True).order) == 5
+
+
+# ---------------------------------------------------------------- D² sampling
+
+
+def test_d2_draws_proportional_to_squared_distance():
+    # fixed initial set, budget 1: P(group) = Σ_{its points} d² / Σ_all d²  (chi-square, p > 0.001)
+    rng = np.random.default_rng(5)
+    g = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
+    x = rng.normal(size=(g.size, 3))
+    initial = [0]
+    dist = np_distances(x, "euclidean")
+    mind = dist[:, g == 0].min(axis=1)
+    mind[g == 0] = 0.0
+    groups_left = [1, 2, 3, 4, 5]
+    expected_p = np.array([(mind[g == h] ** 2).sum() for h in groups_left])
+    expected_p /= expected_p.sum()
+    pts, grp = torch.from_numpy(x), torch.from_numpy(g)
+    n = 3000
+    draws = [
+        d2_sampling(pts, grp, 1, distance="euclidean", initial=initial, generator=gen(s)).order[0]
+        for s in range(n)
+    ]
+    observed = np.array([draws.count(h) for h in groups_left])
+    assert observed.sum() == n
+    assert chisquare(observed, expected_p * n).pvalue > 1e-3
+
+
+def test_d2_score_is_drawn_points_distance_and_uniform_when_all_zero():
+    pts = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    res = d2_sampling(pts, torch.tensor([0, 1]), 1, distance="euclidean", initial=[0])
+    assert res.order == [1] and res.scores == pytest.approx([5.0])
+    # all remaining distances 0 → every remaining group reachable
+    pts = torch.zeros(6, 2)
+    firsts = {
+        d2_sampling(pts, torch.arange(6), 1, distance="euclidean", initial=[0], generator=gen(s)).order[0]
+        for s in range(60)
+    }
+    assert firsts == {1, 2, 3, 4, 5}
+
+
+def test_d2_deterministic_for_a_seed():
+    x, g = random_set(2, 20)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    assert d2_sampling(pts, grp, 10, generator=gen(4)) == d2_sampling(pts, grp, 10, generator=gen(4))
