@@ -43,7 +43,7 @@ class CoreSetSelector(Selector):
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
         store = ctx.features.store(self.feature_layer, self.attention_layer)
         points = torch.from_numpy(store.global_features()).to(ctx.device)
-        eligible = eligible_mask(len(pool), ctx, ctx.device) & torch.from_numpy(store.valid()).to(ctx.device)
+        eligible = eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget)
         result = kcenter_greedy(
             points,
             torch.arange(len(pool), device=ctx.device),

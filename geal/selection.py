@@ -7,7 +7,6 @@ pipeline can prepare it — and fail at start-up when it cannot — without spec
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -127,5 +126,5 @@ def check_selection(selection: Selection, budget: int, available: int, ctx: Sele
             f"{len(forbidden.intersection(ids))} already labeled/excluded) for budget {budget}: "
             "this is a bug."
         )
-    if any(not (isinstance(s, float) and (math.isnan(s) or s >= 0 or s < 0)) for s in selection.scores):
-        raise RuntimeError("selector scores must be floats")
+    if not all(isinstance(s, float) for s in selection.scores):
+        raise RuntimeError("selector scores must be Python floats (NaN where undefined)")

@@ -11,16 +11,31 @@ import torch
 from geal.features import ClusterSettings
 from geal.kcenter import d2_sampling, kcenter_greedy
 from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, Selector
+from geal.selection import Selection, SelectionContext, SelectionError, Selector
 
 log = logging.getLogger(__name__)
 
 
-def eligible_mask(n_images: int, ctx: SelectionContext, device: torch.device) -> torch.Tensor:
-    """(n_images,) bool: False for excluded ids (labeled ids are handled by the sampler's ``initial``)."""
-    mask = torch.ones(n_images, dtype=torch.bool, device=device)
+def eligible_mask(
+    n_images: int, ctx: SelectionContext, device: torch.device, valid: np.ndarray, budget: int
+) -> torch.Tensor:
+    """(n_images,) bool: False for excluded ids and for images the store skipped as unreadable
+    (``valid`` (n_images,) from the feature store). Labeled ids stay True: the sampler's ``initial``
+    handles them. Raises SelectionError when fewer than ``budget`` new images remain pickable."""
+    mask = torch.from_numpy(np.asarray(valid, dtype=bool).copy()).to(device)
     if len(ctx.excluded):
         mask[torch.as_tensor(list(ctx.excluded), dtype=torch.long, device=device)] = False
+    labeled = torch.zeros_like(mask)
+    if len(ctx.labeled):
+        labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long, device=device)] = True
+    pickable = int((mask & ~labeled).sum())
+    if budget > pickable:
+        n_skipped = int((~torch.from_numpy(np.asarray(valid, dtype=bool))).sum())
+        raise SelectionError(
+            f"budget={budget} but only {pickable} images can be picked: {n_skipped} image(s) were skipped "
+            f"as unreadable at extraction (listed in the feature store's meta.json 'skipped'). "
+            f"Lower the budget or fix those files."
+        )
     return mask
 
 
@@ -93,7 +108,7 @@ class GEALSelector(Selector):
             budget,
             distance=self.distance,
             initial=list(ctx.labeled),
-            eligible=eligible_mask(len(pool), ctx, ctx.device),
+            eligible=eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget),
             generator=ctx.generator(ctx.device),
             chunk_size=self.chunk_size,
             progress=True,
