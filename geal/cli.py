@@ -27,6 +27,9 @@ from geal.pipeline import read_labeled_ids, run_selection
 from geal.pool import ImagePool
 from geal.selection import SelectionContext, Selector
 
+#: the Hydra config root (the repository's conf/; the package is installed editable, see README)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 log = logging.getLogger("geal")
 register_schemas()
 
@@ -121,12 +124,14 @@ def summarize(result: Any, pool: ImagePool, stage_times: dict[str, float]) -> st
             f"  feature cache: {'hit' if feats['extraction_cache_hit'] else 'miss (extracted)'}; "
             f"knowledge clusters: {'hit' if feats['clusters_cache_hit'] else 'computed'}"
         )
-    lines.append("  time per stage: " + ", ".join(f"{k} {v:.2f}s" for k, v in stage_times.items()))
+    lines.append(
+        "  time per stage: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in stage_times.items())
+    )
     lines.append(f"  outputs: {Path(result.files['selection']).parent}")
     return "\n".join(lines)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="select")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
 def select_main(cfg: DictConfig) -> None:
     """``geal-select``: one selection run (see conf/select.yaml)."""
     t_start = time.perf_counter()
@@ -153,6 +158,7 @@ def select_main(cfg: DictConfig) -> None:
             "config_file": str(out_dir / ".hydra" / "config.yaml"),
             "derived": {"device": str(device), "pool_size": len(pool)},
         },
+        config=OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
     )
     stage_times = {"pool": pool_s, **result.timings, "total": time.perf_counter() - t_start}
     if cfg.output.summary:

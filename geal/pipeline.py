@@ -123,8 +123,12 @@ def run_selection(
     split_name: str,
     write_dataset_split: bool = False,
     extra_info: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Select ``budget`` images and write the run's output files into ``out_dir``."""
+    """Select ``budget`` images and write the run's output files into ``out_dir``.
+
+    ``config``: the resolved run config, embedded in ``selection.json`` so the file says what produced it.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -167,7 +171,7 @@ def run_selection(
         "scores": [None if s != s else s for s in selection.scores],  # NaN → null (valid JSON)
         "labeled_global_ids": [int(i) for i in ctx.labeled],
         "info": selection.info,
-        "config": "config.yaml (Hydra: .hydra/config.yaml)",
+        "config": config,
     }
     atomic_write_json(out_dir / "selection.json", selection_doc)
     files["selection"] = str(out_dir / "selection.json")
