@@ -1,4 +1,4 @@
-"""geal-select end to end (a real subprocess, tiny ViT) on generated datasets in their real on-disk formats."""
+"""geal-select end to end (a real subprocess, tiny ViT) on generated datasets in their real formats."""
 
 from __future__ import annotations
 
