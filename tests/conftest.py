@@ -91,3 +91,13 @@ def squares() -> SquaresPool:
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``slow`` tests unless they were asked for (``-m slow``) or GEAL_RUN_SLOW=1."""
+    if "slow" in (config.getoption("-m") or "") or os.environ.get("GEAL_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): run with -m slow or GEAL_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
