@@ -184,12 +184,9 @@ def concept_features(seed: int = 0) -> tuple[ShardData, np.ndarray]:
     return data, concept
 
 
-@pytest.fixture
-def concept_ctx(tmp_path: Path):
-    pool = BlankPool(CONCEPTS * PER_CONCEPT)
-    factory = CountingFactory()
-    prov = provider(pool, tmp_path, factory)
-    data, concept = concept_features()
+def filled_provider(pool: ImagePool, cache: Path, factory: CountingFactory, data: ShardData):
+    """A provider whose store already holds ``data`` (so the network never runs)."""
+    prov = provider(pool, cache, factory)
     store = prov.open_store(-2, -1)
     for shard in range(store.n_shards):
         a, b = store.shard_range(shard)
@@ -198,6 +195,15 @@ def concept_ctx(tmp_path: Path):
             ShardData(data.tokens[a:b], data.attention[a:b], data.global_feature[a:b], data.valid[a:b], []),
         )
     assert store.complete
+    return prov
+
+
+@pytest.fixture
+def concept_ctx(tmp_path: Path):
+    pool = BlankPool(CONCEPTS * PER_CONCEPT)
+    factory = CountingFactory()
+    data, concept = concept_features()
+    prov = filled_provider(pool, tmp_path, factory, data)
 
     def ctx(seed: int = 0, labeled=()) -> SelectionContext:
         return SelectionContext(labeled=list(labeled), seed=seed, features=prov)
@@ -239,6 +245,30 @@ def test_without_the_attention_filter_background_drives_the_picks(concept_ctx) -
         if len(set(concept[coreset.select(pool, 3, ctx(seed)).global_ids])) < 3:
             missed["coreset"] += 1
     assert missed["geal_tau1"] > 0 and missed["coreset"] > 0, missed
+
+
+@pytest.mark.parametrize("name", ["coreset_cos", "coreset_euc"])
+@pytest.mark.parametrize("seed", range(4))
+def test_coreset_picks_one_image_per_blob_first(tmp_path: Path, name: str, seed: int) -> None:
+    """5 separated blobs of global features (distinct directions, so cosine separates them too)."""
+    rng = np.random.default_rng(seed)
+    n_blobs, per_blob = 5, 7
+    blob = rng.permutation(np.repeat(np.arange(n_blobs), per_blob))
+    n = blob.size
+    global_feature = (np.eye(D)[blob] * 10 + rng.normal(0, 0.3, (n, D))).astype(np.float32)
+    data = ShardData(
+        np.zeros((n, 8, D), np.float16),
+        np.full((n, 2, 8), 1 / 8, np.float32),
+        global_feature,
+        np.ones(n, dtype=bool),
+        [],
+    )
+    factory = CountingFactory()
+    pool = BlankPool(n)
+    prov = filled_provider(pool, tmp_path, factory, data)
+    sel = make_selector(name).select(pool, n_blobs, SelectionContext(seed=seed, features=prov))
+    assert sorted(blob[sel.global_ids]) == list(range(n_blobs))
+    assert factory.builds == 0
 
 
 def test_selector_configs_validate_values() -> None:
