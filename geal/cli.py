@@ -6,25 +6,34 @@ select → write selection.json, the id list, the native split file and run_info
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import inspect
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from geal.config import POOL_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 from geal.extract import ExtractionSettings
 from geal.features import FeatureProvider
-from geal.pipeline import read_labeled_ids, run_selection
+from geal.loggers.base import RunLogger
+from geal.pipeline import load_selection, read_labeled_ids, run_selection
 from geal.pool import ImagePool
+from geal.report import report
 from geal.resources import sha256_file
 from geal.selection import SelectionContext, Selector
+from geal.task import Task
+from geal.training import check_budgets, train_on_budgets, write_metrics
 
 #: the Hydra config root (the repository's conf/; the package is installed editable, see README)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -70,29 +79,32 @@ def build_pool(cfg: DictConfig) -> ImagePool:
     return instantiate(OmegaConf.create(kwargs), _convert_="all")
 
 
+def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> FeatureProvider:
+    """The cached features of ``pool`` under the configured backbone (extracted on first use)."""
+    check_target_kwargs(cfg.backbone, "backbone")
+    return FeatureProvider(
+        pool,
+        backbone_factory=lambda: instantiate(cfg.backbone, _convert_="all"),
+        backbone_key=backbone_key(cfg.backbone),
+        cache_dir=Path(cfg.paths.cache_dir),
+        settings=ExtractionSettings(
+            batch_size=cfg.extraction.batch_size,
+            num_workers=cfg.extraction.num_workers,
+            amp=cfg.extraction.amp,
+            shard_size=cfg.extraction.shard_size,
+            on_error=cfg.data.get("on_error", "raise"),
+            progress=cfg.extraction.progress,
+        ),
+        device=device,
+        label=str(cfg.backbone.get("name", "backbone")),
+    )
+
+
 def build_context(
     cfg: DictConfig, pool: ImagePool, selector: Selector, device: torch.device
 ) -> SelectionContext:
     labeled = read_labeled_ids(Path(cfg.labeled), pool) if cfg.labeled else []
-    features = None
-    if "features" in selector.requires:
-        check_target_kwargs(cfg.backbone, "backbone")
-        features = FeatureProvider(
-            pool,
-            backbone_factory=lambda: instantiate(cfg.backbone, _convert_="all"),
-            backbone_key=backbone_key(cfg.backbone),
-            cache_dir=Path(cfg.paths.cache_dir),
-            settings=ExtractionSettings(
-                batch_size=cfg.extraction.batch_size,
-                num_workers=cfg.extraction.num_workers,
-                amp=cfg.extraction.amp,
-                shard_size=cfg.extraction.shard_size,
-                on_error=cfg.data.get("on_error", "raise"),
-                progress=cfg.extraction.progress,
-            ),
-            device=device,
-            label=str(cfg.backbone.get("name", "backbone")),
-        )
+    features = feature_provider(cfg, pool, device) if "features" in selector.requires else None
     unsupported = sorted(r for r in selector.requires if r != "features")
     if unsupported:
         raise ValueError(
@@ -158,6 +170,175 @@ def select_main(cfg: DictConfig) -> None:
     stage_times = {"pool": pool_s, **result.timings, "total": time.perf_counter() - t_start}
     if cfg.output.summary:
         print(summarize(result, pool, stage_times), file=sys.stdout)  # the CLI's own output, not logging
+
+
+def _target_params(node: DictConfig) -> dict[str, inspect.Parameter]:
+    module_name, _, attr = str(node._target_).rpartition(".")
+    return dict(inspect.signature(getattr(importlib.import_module(module_name), attr)).parameters)
+
+
+def build_task(cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir: Path) -> Task:
+    """Instantiate ``cfg.task`` with the runtime objects its constructor asks for (by parameter name):
+    ``pool``, ``test_pool`` (from ``task.test_data``), ``device``, ``work_dir``, ``seed``, ``progress``,
+    and for feature-based tasks ``train_features`` / ``test_features`` (the backbone's global features from
+    the feature store) and ``train_labels`` / ``test_labels``."""
+    node = cfg.task
+    check_target_kwargs(node, "task", ignore=TASK_RUN_KEYS)
+    params = _target_params(node)
+    wants = set(params)
+    runtime: dict[str, Any] = {}
+    test_pool: ImagePool | None = None
+    if wants & {"test_pool", "test_features", "test_labels"}:
+        if node.get("test_data") is None:
+            raise ValueError(
+                f"task {node.get('name')} needs a test split: set task.test_data (a pool config)"
+            )
+        test_pool = build_pool(node.test_data)
+        if len(test_pool) == 0:
+            raise ValueError(f"the test split of task {node.get('name')} ({test_pool.name}) is empty")
+    for name, pool_ in (("train", pool), ("test", test_pool)):
+        if f"{name}_labels" in wants:
+            if pool_ is None or pool_.labels is None:
+                raise ValueError(
+                    f"task {node.get('name')} needs labels, but pool '{getattr(pool_, 'name', None)}' "
+                    f"has none: use a labeled dataset (class folders, MNIST, Pets) or another task"
+                )
+            runtime[f"{name}_labels"] = np.asarray(pool_.labels)
+        if f"{name}_features" in wants:
+            assert pool_ is not None
+            runtime[f"{name}_features"] = feature_provider(cfg, pool_, device).store().global_features()
+    available = {
+        "pool": pool,
+        "test_pool": test_pool,
+        "device": device,
+        "work_dir": work_dir,
+        "seed": cfg.seed,
+        "progress": cfg.extraction.progress,
+    }
+    runtime.update({k: v for k, v in available.items() if k in wants})
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(kwargs, dict)
+    for key in TASK_RUN_KEYS:
+        kwargs.pop(key, None)
+    return instantiate(OmegaConf.create(kwargs), **runtime, _convert_="all")
+
+
+def build_logger(cfg: DictConfig, out_dir: Path) -> RunLogger:
+    """Instantiate ``cfg.logger``; its ``save_dir`` defaults to the run dir."""
+    check_target_kwargs(cfg.logger, "logger")
+    params = _target_params(cfg.logger)
+    extra: dict[str, Any] = {}
+    if "save_dir" in params and cfg.logger.get("save_dir") is None:
+        extra["save_dir"] = str(out_dir)
+    return instantiate(cfg.logger, **extra, _convert_="all")
+
+
+def selections_for_budgets(
+    cfg: DictConfig, pool: ImagePool, selector: Selector, device: torch.device, out_dir: Path
+) -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """budget → global ids: from ``selection_file``, or one selection (nested selectors) or one per budget."""
+    budgets = sorted(set(int(b) for b in cfg.budgets))
+    if cfg.selection_file:
+        ids, doc = load_selection(Path(cfg.selection_file), pool)
+        if budgets[-1] > len(ids):
+            raise ValueError(
+                f"budgets go up to {budgets[-1]} but {cfg.selection_file} holds {len(ids)} images: lower the "
+                f"budgets or select more"
+            )
+        if not doc.get("nested", False) and len(budgets) > 1:
+            log.warning("%s comes from a non-nested selector: smaller budgets use its prefixes", doc)
+        return {b: ids[:b] for b in budgets}, {"selection_file": str(cfg.selection_file)}
+    ctx = build_context(cfg, pool, selector, device)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    plan = [budgets[-1]] if selector.nested else budgets
+    out: dict[int, list[int]] = {}
+    timings: dict[str, Any] = {}
+    for b in plan:
+        sub = out_dir if selector.nested else out_dir / f"budget_{b}"
+        result = run_selection(
+            pool,
+            selector,
+            b,
+            ctx,
+            sub,
+            split_name=f"{cfg.selector.name}_{b}",
+            write_dataset_split=cfg.output.write_dataset_split,
+            extra_info={"derived": {"device": str(device), "pool_size": len(pool)}},
+            config=config,
+        )
+        timings[str(b)] = {
+            **result.timings,
+            **{f"info/{k}": v for k, v in result.selection.info.items()},
+        }
+        ids = list(result.selection.global_ids)
+        if selector.nested:
+            out = {budget: ids[:budget] for budget in budgets}
+        else:
+            out[b] = ids
+    return out, {"selection_stats": timings}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
+def run_main(cfg: DictConfig) -> None:
+    """``geal-run``: select → train the task on each budget → evaluate → metrics (see conf/run.yaml)."""
+    t_start = time.perf_counter()
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = resolve_device(cfg.device)
+    check_target_kwargs(cfg.selector, "selector")
+    selector: Selector = instantiate(cfg.selector, _convert_="all")
+    pool = build_pool(cfg.data)
+    log.info("pool %s: %d images", pool.name, len(pool))
+    check_budgets(list(cfg.budgets), len(pool))
+    with build_logger(cfg, out_dir) as logger:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(config, dict)
+        logger.log_config(config)
+        t0 = time.perf_counter()
+        selections, selection_info = selections_for_budgets(cfg, pool, selector, device, out_dir)
+        selection_s = time.perf_counter() - t0
+        task = build_task(cfg, pool, device, out_dir / "task")
+        header = {
+            "method": str(cfg.selector.name),
+            "selector": str(cfg.selector.name),
+            "seed": int(cfg.seed),
+            "task": str(cfg.task.get("name", type(task).__name__)),
+            "pool": pool.name,
+            "pool_identity": pool.identity(),
+            "config": config,
+            **selection_info,
+        }
+        results = train_on_budgets(task, selections, out_dir, header, logger=logger, resume=cfg.output.resume)
+        seconds = {
+            "selection": selection_s,
+            "fit": sum(r.fit_s for r in results),
+            "total": time.perf_counter() - t_start,
+        }
+        write_metrics(out_dir, header, results, seconds)
+        logger.log_summary({"seconds": seconds, "selection": selection_info})
+    if cfg.output.summary:
+        lines = [f"{header['method']} on {pool.name}, task {header['task']}, seed {cfg.seed}:"]
+        for r in results:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+            lines.append(f"  budget {r.budget:>6}: {shown}  (fit {r.fit_s:.1f}s)")
+        lines.append(f"  selection {seconds['selection']:.1f}s, total {seconds['total']:.1f}s")
+        lines.append(f"  outputs: {out_dir}")
+        print("\n".join(lines), file=sys.stdout)  # the CLI's own output, not logging
+
+
+def report_main(argv: Sequence[str] | None = None) -> None:
+    """``geal-report DIR``: methods × budgets table (mean ± std over seeds) and plot of the runs below DIR."""
+    parser = argparse.ArgumentParser(prog="geal-report", description=report_main.__doc__)
+    parser.add_argument("root", type=Path, help="a geal-run output or multirun dir")
+    parser.add_argument("--metric", default="top1", help="metric of the task's metrics to tabulate")
+    parser.add_argument("--out", type=Path, default=None, help="where to write results.* (default: root)")
+    parser.add_argument("--title", default="", help="plot title")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    done = report(args.root, args.metric, args.out, title=args.title)
+    print(done["markdown"], file=sys.stdout)  # the CLI's own output
+    for kind, path in done["files"].items():
+        print(f"{kind}: {path}", file=sys.stdout)
 
 
 if __name__ == "__main__":

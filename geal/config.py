@@ -14,8 +14,11 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
-#: keys of the ``data`` group that configure how the run treats the pool, not the pool's constructor
-POOL_RUN_KEYS = ("on_error",)
+#: keys of the ``data`` group that are not the pool's constructor arguments: how the run treats unreadable
+#: images, and the dataset's test split (a pool config of its own, used by geal-run's task)
+POOL_RUN_KEYS = ("on_error", "test")
+#: keys of the ``task`` group read by the run, not passed to the task's constructor
+TASK_RUN_KEYS = ("test_data",)
 
 
 @dataclass
@@ -56,8 +59,36 @@ class SelectConfig:
     task_name: str = "select"
 
 
+@dataclass
+class RunOutputConfig:
+    write_dataset_split: bool = False
+    summary: bool = True
+    resume: bool = True  # a rerun into the same run dir skips the budgets already in metrics.jsonl
+
+
+@dataclass
+class RunConfig:
+    """geal-run: select (or load a selection) → train the task per budget → evaluate → metrics.json."""
+
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    task: Any = MISSING
+    logger: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    output: RunOutputConfig = field(default_factory=RunOutputConfig)
+    budgets: list[int] = field(default_factory=lambda: [100])
+    seed: int = 0
+    device: str = "auto"
+    labeled: str | None = None
+    selection_file: str | None = None  # a selection.json of an earlier run: train on it, select nothing
+    task_name: str = "run"
+
+
 def register_schemas() -> None:
     ConfigStore.instance().store(name="select_schema", node=SelectConfig)
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
 
 
 def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:

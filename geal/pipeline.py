@@ -61,6 +61,32 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
     return pool.index_of(image_ids)
 
 
+def load_selection(path: Path, pool: ImagePool) -> tuple[list[int], dict[str, Any]]:
+    """The ordered global ids of a ``selection.json`` written for this very pool, and the document.
+
+    The file's pool identity (the hash of its id list) must match ``pool``'s: a selection made for another
+    dataset or split is an error that names both.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"selection_file={path} does not exist: pass a selection.json of geal-select")
+    try:
+        doc = json.loads(path.read_text())
+        image_ids = [str(x) for x in doc["image_ids"]]
+        theirs = doc["pool_identity"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a selection.json written by geal-select ({err})") from err
+    ours = pool.identity()
+    if theirs.get("ids_sha256") != ours["ids_sha256"]:
+        raise ValueError(
+            f"{path} was made for pool '{theirs.get('name')}' ({theirs.get('n_images')} images, ids sha256 "
+            f"{str(theirs.get('ids_sha256'))[:12]}…), but this run's data is '{ours['name']}' "
+            f"({ours['n_images']} images, ids sha256 {ours['ids_sha256'][:12]}…): pass the data=... that the "
+            f"selection was made on, or select again on this pool."
+        )
+    return pool.index_of(image_ids), doc
+
+
 def versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for dist in ("geal", "torch", "torchvision", "timm", "numpy", "hydra-core", "omegaconf", "scikit-learn"):

@@ -11,31 +11,52 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from geal.cli import CONFIG_DIR
-from geal.config import POOL_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 
 register_schemas()
 
-INSTANTIATED = {"data": POOL_RUN_KEYS, "backbone": (), "selector": ()}
+#: instantiated groups of each config root, with the keys the run reads itself
+INSTANTIATED = {
+    "select": {"data": POOL_RUN_KEYS, "backbone": (), "selector": ()},
+    "run": {"data": POOL_RUN_KEYS, "backbone": (), "selector": (), "task": TASK_RUN_KEYS, "logger": ()},
+}
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_select(*overrides: str):
+def experiment_root(name: str) -> str:
+    """The config root an experiment file is written for: its ``# root: <name>`` header line."""
+    for line in (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("# root:"):
+            return line.split(":", 1)[1].split()[0]
+    raise AssertionError(f"conf/experiment/{name}.yaml has no '# root: select|run' header line")
+
+
+def compose_root(root: str, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
-            config_name="select",
+            config_name=root,
             overrides=["paths.data_dir=/data", *overrides],
             return_hydra_config=True,
         )
 
 
-CASES = [f"{group}={name}" for group in ("data", "backbone", "selector") for name in options(group)]
-CASES += [f"experiment={name}" for name in options("experiment")]
-CASES += [f"debug={name}" for name in options("debug")]
-CASES += [f"hydra/launcher={name}" for name in options("hydra/launcher")]
+def compose_select(*overrides: str):
+    return compose_root("select", *overrides)
+
+
+CASES = [
+    (root, f"{group}={name}")
+    for root in ("select", "run")
+    for group in INSTANTIATED[root]
+    for name in options(group)
+]
+CASES += [(experiment_root(name), f"experiment={name}") for name in options("experiment")]
+CASES += [(root, f"debug={name}") for root in ("select", "run") for name in options("debug")]
+CASES += [(root, f"hydra/launcher={name}") for root in ("select", "run") for name in options("hydra/launcher")]
 
 
 def test_every_group_has_options() -> None:
@@ -47,10 +68,10 @@ def test_every_group_has_options() -> None:
     assert {"local", "parallel"} <= set(options("hydra/launcher"))
 
 
-@pytest.mark.parametrize("override", CASES)
-def test_composes_and_targets_accept_keys(override: str) -> None:
-    cfg = compose_select(override)
-    for group, ignore in INSTANTIATED.items():
+@pytest.mark.parametrize(("root", "override"), CASES)
+def test_composes_and_targets_accept_keys(root: str, override: str) -> None:
+    cfg = compose_root(root, override)
+    for group, ignore in INSTANTIATED[root].items():
         node = cfg[group]
         if group == "data" and OmegaConf.is_missing(node, "root"):
             node = OmegaConf.merge(node, {"root": "/data/folder"})
@@ -58,15 +79,25 @@ def test_composes_and_targets_accept_keys(override: str) -> None:
     container = OmegaConf.to_container(cfg, resolve=False)
     assert isinstance(container, dict)
     # every value that is not a deliberate ??? resolves
-    for key in ("budget", "seed", "device", "task_name"):
+    for key in ("seed", "device", "task_name", "budget" if root == "select" else "budgets"):
         OmegaConf.select(cfg, key, throw_on_missing=True)
-    assert cfg.output.split_name == f"{cfg.selector.name}_{cfg.budget}"
+    if root == "select":
+        assert cfg.output.split_name == f"{cfg.selector.name}_{cfg.budget}"
 
 
 def test_demo_is_the_embedded_default() -> None:
-    cfg = compose_select("experiment=demo")
+    cfg = compose_root("run", "experiment=demo")
     assert cfg.data.name == "mnist5k" and cfg.backbone.name == "imgfocus_vits14"
-    assert cfg.selector.name == "geal" and cfg.device == "cpu" and cfg.budget == 100
+    assert cfg.selector.name == "geal" and cfg.device == "cpu" and cfg.task.name == "linear_probe"
+    assert list(cfg.budgets) == [10, 20, 50, 100, 200]
+    assert cfg.task.test_data.split == "heldout" and cfg.data.split == "pool"
+    sweep = cfg.hydra.sweeper.params
+    assert sweep.selector == "geal,random,coreset_cos" and sweep.seed == "0,1,2"
+
+
+def test_select_demo_picks_100_mnist_digits() -> None:
+    cfg = compose_select("experiment=select_demo")
+    assert cfg.data.name == "mnist5k" and cfg.selector.name == "geal" and cfg.budget == 100
 
 
 def test_parallel_launcher_is_joblib() -> None:
@@ -86,7 +117,7 @@ def test_schema_typos_fail(typo: str) -> None:
 def test_target_key_typos_fail(group: str, key: str) -> None:
     cfg = compose_select(f"+{group}.{key}=1")
     with pytest.raises(ValueError, match=key):
-        check_target_kwargs(cfg[group], group, ignore=INSTANTIATED[group])
+        check_target_kwargs(cfg[group], group, ignore=INSTANTIATED["select"][group])
 
 
 def test_config_dir_is_the_repository_conf() -> None:

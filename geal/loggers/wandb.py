@@ -1,0 +1,105 @@
+"""Weights & Biases logger: offline mode honoured, and never a hang without network."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from geal.loggers.base import RunLogger, flatten, prefixed, scalars
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def wandb_reachable(base_url: str | None = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the wandb server (``WANDB_BASE_URL`` or api.wandb.ai) opens in time."""
+    url = urlparse(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class WandbLogger(RunLogger):
+    """One wandb run per geal run; files under ``<save_dir>/wandb``.
+
+    mode: ``online`` | ``offline`` | ``disabled`` (``WANDB_MODE`` in the environment wins, as in wandb).
+    Online without a reachable server: with ``offline_fallback`` the run is logged offline (sync it later
+    with ``wandb sync <dir>``), otherwise construction fails saying how to fix it. Jobs of one multirun
+    sweep share ``group`` (geal-run sets it to the sweep's name when the config leaves it null).
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        project: str = "geal",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        mode: str = "online",
+        name: str | None = None,
+        job_type: str | None = None,
+        offline_fallback: bool = True,
+        init_timeout: float = 30.0,
+    ) -> None:
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE", mode)
+        if mode not in ("online", "offline", "disabled"):
+            raise ValueError(f"logger.mode must be online, offline or disabled, got {mode!r}")
+        if mode == "online" and not wandb_reachable():
+            server = os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+            if not offline_fallback:
+                raise ConnectionError(
+                    f"wandb server {server} is unreachable. Log offline with logger.mode=offline (or "
+                    f"WANDB_MODE=offline) and upload later with `wandb sync`, or pick logger=csv."
+                )
+            log.warning("wandb server %s unreachable: logging offline (upload later: wandb sync)", server)
+            mode = "offline"
+        self.directory = Path(save_dir).expanduser()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        self.run = wandb.init(
+            project=project,
+            entity=entity,
+            group=group,
+            tags=list(tags),
+            mode=mode,  # type: ignore[arg-type]
+            name=name,
+            job_type=job_type,
+            dir=str(self.directory),
+            reinit="create_new",
+            settings=wandb.Settings(init_timeout=init_timeout, silent=True),
+        )
+        self._closed = False
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's files folder (``.../wandb/offline-run-*/files`` in offline mode)."""
+        return Path(self.run.dir)
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        self.run.config.update(dict(config), allow_val_change=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+        values = scalars(prefixed(dict(metrics), prefix))
+        if step is not None:
+            values["step"] = float(step)
+        self.run.log(values)
+
+    def log_summary(self, values: Mapping[str, Any]) -> None:
+        for key, value in flatten(values).items():
+            self.run.summary[key] = value
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.run.finish()
