@@ -55,8 +55,8 @@ CASES = [
     for name in options(group)
 ]
 CASES += [(experiment_root(name), f"experiment={name}") for name in options("experiment")]
-CASES += [(root, f"debug={name}") for root in ("select", "run") for name in options("debug")]
-CASES += [(root, f"hydra/launcher={name}") for root in ("select", "run") for name in options("hydra/launcher")]
+for _group in ("debug", "hydra/launcher"):
+    CASES += [(root, f"{_group}={name}") for root in ("select", "run") for name in options(_group)]
 
 
 def test_every_group_has_options() -> None:
