@@ -33,7 +33,7 @@ from geal.report import report
 from geal.resources import sha256_file
 from geal.selection import SelectionContext, Selector
 from geal.task import Task
-from geal.training import check_budgets, train_on_budgets, write_metrics
+from geal.training import check_budgets, selection_hash, train_on_budgets, write_metrics
 
 #: the Hydra config root (the repository's conf/; the package is installed editable, see README)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -177,11 +177,14 @@ def _target_params(node: DictConfig) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(getattr(importlib.import_module(module_name), attr)).parameters)
 
 
-def build_task(cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir: Path) -> Task:
+def build_task(
+    cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir: Path, logger: RunLogger | None = None
+) -> Task:
     """Instantiate ``cfg.task`` with the runtime objects its constructor asks for (by parameter name):
     ``pool``, ``test_pool`` (from ``task.test_data``), ``device``, ``work_dir``, ``seed``, ``progress``,
-    and for feature-based tasks ``train_features`` / ``test_features`` (the backbone's global features from
-    the feature store) and ``train_labels`` / ``test_labels``."""
+    ``logger`` (the run logger, for per-epoch metrics), and for feature-based tasks ``train_features`` /
+    ``test_features`` (the backbone's global features from the feature store) and ``train_labels`` /
+    ``test_labels``."""
     node = cfg.task
     check_target_kwargs(node, "task", ignore=TASK_RUN_KEYS)
     params = _target_params(node)
@@ -214,6 +217,7 @@ def build_task(cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir:
         "work_dir": work_dir,
         "seed": cfg.seed,
         "progress": cfg.extraction.progress,
+        "logger": logger,
     }
     runtime.update({k: v for k, v in available.items() if k in wants})
     kwargs = OmegaConf.to_container(node, resolve=True)
@@ -223,13 +227,34 @@ def build_task(cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir:
     return instantiate(OmegaConf.create(kwargs), **runtime, _convert_="all")
 
 
+def sweep_names(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """(group, run name) of a multirun job: the sweep's dir name (prefixed by ``task_name`` unless it is
+    that name) and the job's overrides (``selector=geal,seed=1``); (None, None) outside a multirun."""
+    try:
+        hc = HydraConfig.get()
+    except ValueError:  # not under Hydra (called from Python)
+        return None, None
+    if str(hc.mode) != "RunMode.MULTIRUN":
+        return None, None
+    sweep = Path(str(hc.sweep.dir)).name
+    group = sweep if sweep == str(cfg.task_name) else f"{cfg.task_name}:{sweep}"
+    return group, str(hc.job.override_dirname) or f"job{hc.job.num}"
+
+
 def build_logger(cfg: DictConfig, out_dir: Path) -> RunLogger:
-    """Instantiate ``cfg.logger``; its ``save_dir`` defaults to the run dir."""
+    """Instantiate ``cfg.logger``; its ``save_dir`` defaults to the run dir. In a multirun sweep a null
+    ``group`` becomes the sweep's name (all jobs of one sweep share it) and a null ``name`` the job's
+    overrides."""
     check_target_kwargs(cfg.logger, "logger")
     params = _target_params(cfg.logger)
     extra: dict[str, Any] = {}
     if "save_dir" in params and cfg.logger.get("save_dir") is None:
         extra["save_dir"] = str(out_dir)
+    group, name = sweep_names(cfg)
+    if "group" in params and cfg.logger.get("group") is None and group is not None:
+        extra["group"] = group
+    if "group" in params and "name" in params and cfg.logger.get("name") is None and name is not None:
+        extra["name"] = name
     return instantiate(cfg.logger, **extra, _convert_="all")
 
 
@@ -246,7 +271,11 @@ def selections_for_budgets(
                 f"budgets or select more"
             )
         if not doc.get("nested", False) and len(budgets) > 1:
-            log.warning("%s comes from a non-nested selector: smaller budgets use its prefixes", doc)
+            log.warning(
+                "%s comes from a non-nested selector (%s): smaller budgets use its prefixes",
+                cfg.selection_file,
+                doc.get("selector"),
+            )
         return {b: ids[:b] for b in budgets}, {"selection_file": str(cfg.selection_file)}
     ctx = build_context(cfg, pool, selector, device)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -294,10 +323,11 @@ def run_main(cfg: DictConfig) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(config, dict)
         logger.log_config(config)
+        # the task first: a missing label or test split fails before any selection work
+        task = build_task(cfg, pool, device, out_dir / "task", logger=logger)
         t0 = time.perf_counter()
         selections, selection_info = selections_for_budgets(cfg, pool, selector, device, out_dir)
         selection_s = time.perf_counter() - t0
-        task = build_task(cfg, pool, device, out_dir / "task")
         header = {
             "method": str(cfg.selector.name),
             "selector": str(cfg.selector.name),
@@ -306,6 +336,7 @@ def run_main(cfg: DictConfig) -> None:
             "pool": pool.name,
             "pool_identity": pool.identity(),
             "config": config,
+            "selection_sha256": selection_hash(selections),
             **selection_info,
         }
         results = train_on_budgets(task, selections, out_dir, header, logger=logger, resume=cfg.output.resume)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from geal.store import atomic_write_json
+from geal.store import atomic_write_json, stable_hash
 from geal.task import Task
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,22 @@ class BudgetResult:
             "fit_s": self.fit_s,
             "eval_s": self.eval_s,
         }
+
+
+#: what must match for a rerun into the same dir to reuse its finished budgets (``config.task`` included:
+#: the task's settings; timings, progress bars or the device may differ)
+RESUME_KEYS = ("method", "seed", "task", "pool_identity", "selection_sha256", "config.task")
+
+
+def _resume_value(doc: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None  # type: ignore[assignment]
+    return doc
+
+
+def selection_hash(selections: Mapping[int, Sequence[int]]) -> str:
+    """Hash of the global ids trained at each budget (what a resumed run must train on again)."""
+    return stable_hash({str(b): [int(i) for i in ids] for b, ids in sorted(selections.items())}, length=64)
 
 
 def check_budgets(budgets: Sequence[int], n_selected: int) -> list[int]:
@@ -84,15 +100,18 @@ def train_on_budgets(
     short = [b for b in todo if len(selections[b]) != b]
     if short:
         raise ValueError(f"selections for budgets {short} do not hold exactly that many images")
+    header = {**header, "selection_sha256": selection_hash(selections)}
     done: dict[int, BudgetResult] = {}
     jsonl = out_dir / "metrics.jsonl"
     previous = out_dir / "metrics.json"
     if resume and jsonl.exists() and previous.exists():
-        old = {k: v for k, v in json.loads(previous.read_text()).items() if k not in ("results", "seconds")}
-        if old != json.loads(json.dumps(header)):
+        old = json.loads(previous.read_text())
+        ours = json.loads(json.dumps(header))
+        differ = [k for k in RESUME_KEYS if _resume_value(old, k) != _resume_value(ours, k)]
+        if differ:
             raise ValueError(
-                f"{out_dir} holds results of another run (its metrics.json header differs): "
-                f"use a new output dir (hydra.run.dir=...) or delete {jsonl}"
+                f"{out_dir} holds results of another run (its metrics.json differs in {differ}): "
+                f"use a new output dir (hydra.run.dir=...), output.resume=false, or delete {jsonl}"
             )
     if resume and jsonl.exists():
         for line in jsonl.read_text().splitlines():
