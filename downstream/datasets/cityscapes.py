@@ -1,4 +1,5 @@
-"""Cityscapes pool: the ``leftImg8bit`` images of one split (fine annotations)."""
+"""Cityscapes pool: the ``leftImg8bit`` images of one split (fine annotations), and the official label-id →
+train-id mapping of the 19 evaluated classes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from torchvision.datasets import Cityscapes
 
 from downstream.datasets.folder import FilePool, write_lines
@@ -19,6 +22,43 @@ _LAYOUT = (
     "<root>/gtFine/<split>/<city>/..._gtFine_labelIds.png (the official leftImg8bit_trainvaltest.zip and "
     "gtFine_trainvaltest.zip extracted into root)."
 )
+
+
+#: ignored pixels in train-id maps (void classes, ``ego vehicle``, ``license plate`` ...)
+IGNORE_INDEX = 255
+
+
+def _train_id_lookup() -> np.ndarray:
+    """(256,) uint8: label id → train id, 255 for ignored and unknown ids (torchvision's copy of
+    cityscapesScripts' ``labels.py``: 34 labels, 19 with a train id)."""
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+    for c in Cityscapes.classes:
+        if 0 <= c.id < 256 and 0 <= c.train_id < IGNORE_INDEX:
+            lut[c.id] = c.train_id
+    return lut
+
+
+#: label id → train id lookup table (``TRAIN_ID_LUT[label_ids]`` maps a whole ``gtFine_labelIds`` map)
+TRAIN_ID_LUT: np.ndarray = _train_id_lookup()
+
+#: the 19 evaluated classes in train-id order (road, sidewalk, building, ..., bicycle)
+TRAIN_CLASSES: tuple[str, ...] = tuple(
+    c.name for c in sorted(Cityscapes.classes, key=lambda c: c.train_id) if 0 <= c.train_id < IGNORE_INDEX
+)
+
+
+def read_train_ids(path: str | os.PathLike[str]) -> np.ndarray:
+    """(H, W) uint8 train ids (255 = ignored) of a ``*_gtFine_labelIds.png`` file."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"mode {img.mode}, expected an 8-bit label-id map")
+            label_ids = np.asarray(img)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read Cityscapes label map '{path}': {err}. {_LAYOUT}") from err
+    if label_ids.ndim != 2 or label_ids.min() < 0 or label_ids.max() > 255:
+        raise ValueError(f"Cityscapes label map '{path}' is not a 2-D map of label ids 0..255")
+    return TRAIN_ID_LUT[label_ids.astype(np.int64)]
 
 
 class CityscapesPool(FilePool):
@@ -71,6 +111,15 @@ class CityscapesPool(FilePool):
             / self._cities[index]
             / f"{self._ids[index]}_gtFine_labelIds.png"
         )
+
+    def train_ids(self, index: int) -> np.ndarray:
+        """(H, W) uint8 train ids (0..18, 255 ignored) of image ``index``, from its ``gtFine_labelIds``."""
+        path = self.label_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Cityscapes label map '{path}' of image '{self._ids[index]}' is missing. {_LAYOUT}"
+            )
+        return read_train_ids(path)
 
     def write_split(self, global_ids: Sequence[int], out_dir: Path, split_name: str) -> list[Path]:
         """Write two list files of the selection, one image a line, in the given order.

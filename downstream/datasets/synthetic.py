@@ -23,31 +23,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from downstream.datasets.mnist import FASHION_MNIST_CLASSES
+from downstream.datasets.voc import VOC_CLASSES
 
 log = logging.getLogger(__name__)
 
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
 
 #: the 37 Oxford-IIIT Pet breeds in CLASS-ID order (cats capitalised, dogs lower case, as in the file names)
 PET_BREEDS: tuple[str, ...] = (
@@ -222,10 +201,26 @@ def _random_box(rng: np.random.Generator, width: int, height: int, lo: float, hi
     return x0, y0, min(x0 + bw, width - 1), min(y0 + bh, height - 1)
 
 
+def _box_iou(a: Sequence[int], b: Sequence[int]) -> float:
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0)
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def _object_image(
-    rng: np.random.Generator, size: tuple[int, int], classes: Sequence[int], lo: float = 0.3, hi: float = 0.6
+    rng: np.random.Generator,
+    size: tuple[int, int],
+    classes: Sequence[int],
+    lo: float = 0.3,
+    hi: float = 0.6,
+    max_overlap: float | None = None,
 ) -> tuple[Image.Image, list[tuple[int, tuple[int, ...], list[tuple[float, float]]]]]:
-    """Textured background with one class-styled shape per entry of ``classes``: (image, [(k, box, poly)])."""
+    """Textured background with one class-styled shape per entry of ``classes``: (image, [(k, box, poly)]).
+
+    ``max_overlap``: redraw a box (up to 50 times) while its IoU with an earlier one exceeds this.
+    """
     width, height = size
     img = Image.fromarray(_texture(rng, height, width))
     draw = ImageDraw.Draw(img)
@@ -233,6 +228,10 @@ def _object_image(
     for k in classes:
         shape, colour = _class_style(k, rng)
         box = _random_box(rng, width, height, lo, hi)
+        for _ in range(50 if max_overlap is not None else 0):
+            if all(_box_iou(box, b) <= max_overlap for _, b, _ in drawn):
+                break
+            box = _random_box(rng, width, height, lo, hi)
         poly = _shape_polygon(shape, box)
         draw.polygon(poly, fill=colour, outline=tuple(max(c - 60, 0) for c in colour))
         drawn.append((k, box, poly))
@@ -255,17 +254,32 @@ def make_voc(
     n07_test: int = 6,
     seed: int = 0,
     empty_every: int = 6,
+    classes: Sequence[str] | None = None,
+    max_objects: int = 3,
+    difficult_rate: float = 0.2,
+    width_range: tuple[int, int] = (120, 200),
+    height_range: tuple[int, int] = (90, 160),
+    object_scale: tuple[float, float] = (0.25, 0.55),
+    max_overlap: float | None = None,
 ) -> GeneratedDataset:
     """Write ``<root>/VOCdevkit/VOC2007`` and ``VOC2012`` like the official archives.
 
     Each year gets ``JPEGImages/<id>.jpg``, ``Annotations/<id>.xml`` (``size``, ``segmented`` and per object
     ``name``/``pose``/``truncated``/``difficult``/``bndbox`` with 1-based inclusive pixel boxes) and
     ``ImageSets/Main/{train,val,trainval}.txt`` (sorted ids); VOC2007 also ``test.txt`` with ``n07_test``
-    images. VOC2007 ids are ``000001``.. (test ids interleaved with trainval ones, as in the real set),
-    VOC2012 ids ``2008_000002``-style. Every ``empty_every``-th image has no object; about one object in
-    five is ``difficult``. Per-class ``<class>_<set>.txt`` lists are not written. Returns ``root`` =
-    ``<root>/VOCdevkit`` and splits keyed ``"VOC2007/trainval"`` etc.
+    images. Like the devkit, ``ImageSets/Main/<class>_<set>.txt`` lists every image of the set with
+    ``1`` (has a non-difficult object of the class), ``0`` (only difficult ones) or ``-1``. VOC2007 ids are
+    ``000001``.. (test ids interleaved with trainval ones, as in the real set), VOC2012 ids
+    ``2008_000002``-style. Every ``empty_every``-th image has no object, the others 1..``max_objects`` of
+    ``classes`` (default: all 20; class ``k`` of VOC's list is drawn as ``SHAPES[k % 5]`` in
+    ``PALETTE[k // 5]``) of relative size ``object_scale``, overlapping at most ``max_overlap`` (IoU;
+    None: anything); a fraction ``difficult_rate`` of objects is ``difficult``. Image sizes are uniform in
+    ``width_range`` × ``height_range``. Returns ``root`` = ``<root>/VOCdevkit`` and splits keyed
+    ``"VOC2007/trainval"`` etc.
     """
+    drawable = [VOC_CLASSES.index(c) for c in (classes if classes is not None else VOC_CLASSES)]
+    if not drawable or max_objects < 1:
+        raise ValueError("make_voc needs at least one class and max_objects >= 1")
     rng = np.random.default_rng(seed)
     devkit = Path(root) / "VOCdevkit"
     n_total07 = n07 + n07_test
@@ -285,17 +299,20 @@ def make_voc(
         year_dir = devkit / f"VOC{year}"
         for image_id in sorted(x for ids in sets.values() for x in ids):
             counter += 1
-            n_obj = 0 if counter % empty_every == 0 else int(rng.integers(1, 4))
-            size = (int(rng.integers(120, 201)), int(rng.integers(90, 161)))
-            classes = [int(k) for k in rng.integers(0, len(VOC_CLASSES), n_obj)]
-            img, drawn = _object_image(rng, size, classes, lo=0.25, hi=0.55)
+            n_obj = 0 if counter % empty_every == 0 else int(rng.integers(1, max_objects + 1))
+            size = (
+                int(rng.integers(width_range[0], width_range[1] + 1)),
+                int(rng.integers(height_range[0], height_range[1] + 1)),
+            )
+            drawn_classes = [drawable[int(k)] for k in rng.integers(0, len(drawable), n_obj)]
+            img, drawn = _object_image(rng, size, drawn_classes, *object_scale, max_overlap=max_overlap)
             path = year_dir / "JPEGImages" / f"{image_id}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
             img.save(path, quality=92)
             objects = []
             for k, (x0, y0, x1, y1), _ in drawn:
                 truncated = x0 == 0 or y0 == 0 or x1 >= size[0] - 1 or y1 >= size[1] - 1
-                difficult = bool(rng.random() < 0.2)
+                difficult = bool(rng.random() < difficult_rate)
                 objects.append(
                     VocObject(VOC_CLASSES[k], x0 + 1, y0 + 1, x1 + 1, y1 + 1, difficult, truncated)
                 )
@@ -308,6 +325,13 @@ def make_voc(
         for set_name, ids in named.items():
             _write_lines(main / f"{set_name}.txt", sorted(ids))
             out.splits[f"VOC{year}/{set_name}"] = sorted(ids)
+            for cls in VOC_CLASSES:
+                flags = []
+                for image_id in sorted(ids):
+                    mine = [o for o in out.objects[image_id] if o.name == cls]
+                    flag = -1 if not mine else (1 if any(not o.difficult for o in mine) else 0)
+                    flags.append(f"{image_id} {flag:2d}")
+                _write_lines(main / f"{cls}_{set_name}.txt", flags)
     log.info("make_voc: wrote %d VOC2007 and %d VOC2012 images under %s", n_total07, n12, devkit)
     return out
 

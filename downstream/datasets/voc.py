@@ -1,17 +1,111 @@
-"""PASCAL VOC pool over a standard ``VOCdevkit`` tree (07+12 trainval by default: 16,551 images)."""
+"""PASCAL VOC pool over a standard ``VOCdevkit`` tree (07+12 trainval by default: 16,551 images), and its
+box annotations (``Annotations/<id>.xml``, read with torchvision's VOC parser)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from torchvision.datasets import VOCDetection
+from tqdm.auto import tqdm
 
 from downstream.datasets.folder import FilePool, write_lines
 
 log = logging.getLogger(__name__)
+
+#: the 20 PASCAL VOC object classes, in the devkit's order (0-based label = position)
+VOC_CLASSES: tuple[str, ...] = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+
+@dataclass(frozen=True)
+class VOCAnnotation:
+    """The objects of one image.
+
+    boxes: (N, 4) float32 ``(x0, y0, x1, y1)`` in continuous pixel coordinates: VOC's 1-based inclusive
+    ``xmin..xmax`` becomes ``(xmin - 1, ymin - 1, xmax, ymax)``, so a box's width is ``xmax - xmin + 1``
+    pixels as in the devkit. labels: (N,) int64, 0-based into the class list. difficult: (N,) bool.
+    width, height: the image size from ``<size>``.
+    """
+
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_voc_xml(path: str | os.PathLike[str], class_names: Sequence[str] = VOC_CLASSES) -> VOCAnnotation:
+    """Read one VOC ``Annotations/<id>.xml`` (torchvision's ``VOCDetection.parse_voc_xml`` parser).
+
+    A missing ``<difficult>`` tag (some VOC2012 files) reads as not difficult. An unknown class name, a
+    missing box coordinate or an unreadable file raise ValueError naming the file.
+    """
+    index = {name: k for k, name in enumerate(class_names)}
+    try:
+        doc = VOCDetection.parse_voc_xml(ET.parse(path).getroot())["annotation"]
+    except (ET.ParseError, OSError, KeyError) as err:
+        raise ValueError(f"cannot read VOC annotation '{path}': {err}") from err
+    objects = doc.get("object", [])
+    if isinstance(objects, Mapping):  # parse_voc_xml keeps a single child as a dict
+        objects = [objects]
+    boxes, labels, difficult = [], [], []
+    for k, obj in enumerate(objects):
+        name = str(obj.get("name", "")).strip()
+        if name not in index:
+            raise ValueError(
+                f"VOC annotation '{path}', object {k}: class '{name}' is not one of the {len(index)} "
+                f"classes {list(index)[:5]}..."
+            )
+        try:
+            bb = obj["bndbox"]
+            xmin, ymin, xmax, ymax = (float(bb[t]) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"VOC annotation '{path}', object {k} ({name}): bad <bndbox>: {err}") from err
+        boxes.append((xmin - 1.0, ymin - 1.0, xmax, ymax))
+        labels.append(index[name])
+        difficult.append(str(obj.get("difficult", "0")).strip() == "1")
+    size = doc.get("size", {})
+    try:
+        width, height = int(float(size["width"])), int(float(size["height"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"VOC annotation '{path}': bad or missing <size>: {err}") from err
+    return VOCAnnotation(
+        width=width,
+        height=height,
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        labels=np.asarray(labels, dtype=np.int64),
+        difficult=np.asarray(difficult, dtype=bool),
+    )
+
 
 _LAYOUT = (
     "Expected layout: <root>/VOC2007/{JPEGImages,Annotations,ImageSets/Main}, <root>/VOC2012/..., with root "
@@ -90,6 +184,25 @@ class VOCPool(FilePool):
     def annotation_path(self, index: int) -> Path:
         """The ``Annotations/<id>.xml`` file of image ``index``."""
         return self._root / f"VOC{self._years[index]}" / "Annotations" / f"{self._ids[index]}.xml"
+
+    @property
+    def object_classes(self) -> Sequence[str]:
+        """The 20 VOC object classes (labels of :meth:`annotation` index this)."""
+        return VOC_CLASSES
+
+    def annotation(self, index: int) -> VOCAnnotation:
+        """The objects of image ``index`` (a global id), read from its XML file."""
+        path = self.annotation_path(index)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"VOC annotation '{path}' of image '{self._ids[index]}' is missing. {_LAYOUT}"
+            )
+        return read_voc_xml(path, VOC_CLASSES)
+
+    def annotations(self, progress: bool = False) -> list[VOCAnnotation]:
+        """The annotations of every image, in global-id order (one XML parse each; ~1 s per 5k images)."""
+        bar = tqdm(range(len(self)), desc=f"{self.name} annotations", disable=not progress, leave=False)
+        return [self.annotation(i) for i in bar]
 
     def write_split(self, global_ids: Sequence[int], out_dir: Path, split_name: str) -> list[Path]:
         """Write ``<out_dir>/VOC<year>/ImageSets/Main/<split_name>.txt`` for each year in the selection.
