@@ -24,12 +24,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.cycles import CycleSchedule, run_cycles
 from geal.extract import ExtractionSettings
 from geal.features import FeatureProvider
 from geal.loggers.base import RunLogger
 from geal.pipeline import load_selection, read_labeled_ids, run_selection
 from geal.pool import ImagePool
-from geal.report import report
+from geal.report import ReportOptions, report
 from geal.resources import sha256_file
 from geal.selection import SelectionContext, Selector
 from geal.task import Task
@@ -108,7 +109,8 @@ def build_context(
     unsupported = sorted(r for r in selector.requires if r != "features")
     if unsupported:
         raise ValueError(
-            f"selector {cfg.selector.get('name')} needs {unsupported}, which geal-select does not provide"
+            f"selector {cfg.selector.get('name')} needs {unsupported}, which a one-pass selection does not "
+            "provide: run it in active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
         )
     return SelectionContext(labeled=labeled, seed=cfg.seed, device=device, features=features)
 
@@ -308,6 +310,78 @@ def selections_for_budgets(
     return out, {"selection_stats": timings}
 
 
+def run_cycle_schedule(
+    cfg: DictConfig, out_dir: Path, device: torch.device, selector: Selector, pool: ImagePool, t_start: float
+) -> None:
+    """geal-run with ``cycles=...``: the active-learning cycles of :mod:`geal.cycles` (train → evaluate →
+    select → record), resumable from ``label_state.json``; a one-pass selector runs as a single cycle."""
+    node = cfg.cycles
+    schedule = CycleSchedule(
+        initial="labeled" if cfg.labeled and node.initial == "auto" else node.initial,
+        initial_size=node.initial_size,
+        step=node.step,
+        n_cycles=node.n_cycles,
+        reinit=node.reinit,
+    )
+    if cfg.labeled and schedule.initial != "labeled":
+        raise ValueError(
+            f"labeled={cfg.labeled} with cycles.initial={node.initial}: the cycles start from the labeled "
+            "file only with cycles.initial=labeled (or auto)"
+        )
+    initial_ids = read_labeled_ids(Path(cfg.labeled), pool) if schedule.initial == "labeled" else []
+    initial_draw: Selector | None = None
+    if node.initial_draw is not None:
+        check_target_kwargs(node.initial_draw, "cycles.initial_draw")
+        initial_draw = instantiate(node.initial_draw, _convert_="all")
+    needs_features = any("features" in s.requires for s in (selector, initial_draw) if s is not None)
+    context = SelectionContext(
+        seed=cfg.seed, device=device, features=feature_provider(cfg, pool, device) if needs_features else None
+    )
+    with build_logger(cfg, out_dir) as logger:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(config, dict)
+        logger.log_config(config)
+        task = build_task(cfg, pool, device, out_dir / "task", logger=logger)
+        header = {
+            "method": str(cfg.selector.name),
+            "selector": str(cfg.selector.name),
+            "seed": int(cfg.seed),
+            "task": str(cfg.task.get("name", type(task).__name__)),
+            "pool": pool.name,
+            "pool_identity": pool.identity(),
+            "config": config,
+        }
+        done = run_cycles(
+            task,
+            selector,
+            pool,
+            schedule,
+            out_dir,
+            header,
+            context,
+            initial_draw=initial_draw,
+            initial_ids=initial_ids,
+            budgets=[int(b) for b in cfg.budgets],
+            logger=logger,
+            resume=cfg.output.resume,
+            config=config,
+        )
+    if cfg.output.summary:
+        lines = [f"{header['method']} on {pool.name}, task {header['task']}, seed {cfg.seed}, cycles:"]
+        for r in done.results:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in r.metrics.items())
+            lines.append(
+                f"  cycle {r.cycle:>2}  budget {r.budget:>6}: {shown}  (fit {r.fit_s:.1f}s, select "
+                f"{r.select_s:.1f}s, acquisition so far {r.acquisition_s:.1f}s)"
+            )
+        lines.append(
+            f"  selection {done.seconds['selection']:.1f}s, fit {done.seconds['fit']:.1f}s, total "
+            f"{time.perf_counter() - t_start:.1f}s this process"
+        )
+        lines.append(f"  outputs: {out_dir}")
+        print("\n".join(lines), file=sys.stdout)  # the CLI's own output, not logging
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
 def run_main(cfg: DictConfig) -> None:
     """``geal-run``: select → train the task on each budget → evaluate → metrics (see conf/run.yaml)."""
@@ -318,6 +392,9 @@ def run_main(cfg: DictConfig) -> None:
     selector: Selector = instantiate(cfg.selector, _convert_="all")
     pool = build_pool(cfg.data)
     log.info("pool %s: %d images", pool.name, len(pool))
+    if cfg.cycles is not None:
+        run_cycle_schedule(cfg, out_dir, device, selector, pool, t_start)
+        return
     check_budgets(list(cfg.budgets), len(pool))
     with build_logger(cfg, out_dir) as logger:
         config = OmegaConf.to_container(cfg, resolve=True)
@@ -358,18 +435,60 @@ def run_main(cfg: DictConfig) -> None:
 
 
 def report_main(argv: Sequence[str] | None = None) -> None:
-    """``geal-report DIR``: methods × budgets table (mean ± std over seeds) and plot of the runs below DIR."""
+    """``geal-report DIR``: the paper-layout tables (mean ± std over seeds, number of seeds) as Markdown, CSV
+    and LaTeX, metric-vs-budget plots (PNG, SVG), the efficiency table, and the runs that did not finish."""
     parser = argparse.ArgumentParser(prog="geal-report", description=report_main.__doc__)
-    parser.add_argument("root", type=Path, help="a geal-run output or multirun dir")
-    parser.add_argument("--metric", default="top1", help="metric of the task's metrics to tabulate")
+    parser.add_argument("root", type=Path, help="a geal-run output or multirun dir (or a folder of them)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        help="metric to tabulate (repeatable; 'all': every one; default: the headline metric, e.g. top1)",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="what a row is: 'method' and/or dotted config keys (e.g. selector.tau selector.k "
+        "selector.distance, the ablation layout); default: method + the settings the sweep varied",
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="order (and subset) of the methods")
+    parser.add_argument(
+        "--scale", type=float, default=None, help="multiply values (default: 100 for fractions)"
+    )
+    parser.add_argument("--digits", type=int, default=1, help="decimals in the tables")
+    parser.add_argument("--best", choices=("max", "min", "none"), default="max", help="bold in LaTeX")
     parser.add_argument("--out", type=Path, default=None, help="where to write results.* (default: root)")
-    parser.add_argument("--title", default="", help="plot title")
+    parser.add_argument("--title", default="", help="title of the report and the plots")
+    parser.add_argument("--wandb-project", default=None, help="also log the tables and plots to wandb")
+    parser.add_argument("--wandb-entity", default=None)
+    parser.add_argument(
+        "--wandb-mode", choices=("online", "offline", "disabled"), default=None, help="default: $WANDB_MODE"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    done = report(args.root, args.metric, args.out, title=args.title)
-    print(done["markdown"], file=sys.stdout)  # the CLI's own output
-    for kind, path in done["files"].items():
+    options = ReportOptions(
+        metrics=args.metric,
+        rows=args.rows,
+        methods=args.methods,
+        scale=args.scale,
+        digits=args.digits,
+        title=args.title,
+        best=None if args.best == "none" else args.best,
+        wandb_project=args.wandb_project,
+        wandb_mode=args.wandb_mode,
+        wandb_entity=args.wandb_entity,
+    )
+    try:
+        done = report(args.root, args.out, options)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(2, f"geal-report: error: {err}\n")
+    print(done.markdown, file=sys.stdout)  # the CLI's own output
+    for kind, path in done.files.items():
         print(f"{kind}: {path}", file=sys.stdout)
+    if done.wandb_dir:
+        print(f"wandb run: {done.wandb_dir}", file=sys.stdout)
 
 
 if __name__ == "__main__":

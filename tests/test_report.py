@@ -1,85 +1,304 @@
-"""geal.report: known-input tables, ± formatting, gaps for missing runs, files written."""
+"""geal.report / geal.results on hand-written run dirs: table cells, ± formatting, gaps for every kind of
+unfinished run, ablation rows from the runs' configs, the efficiency table, the files, wandb offline."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from geal.report import Cell, budget_table, collect, report, to_markdown
+from geal.cli import report_main
+from geal.report import (
+    Cell,
+    ReportOptions,
+    budget_table,
+    efficiency_table,
+    metrics_of,
+    report,
+    to_latex,
+    to_markdown,
+)
+from geal.results import DONE, FAILED, INCOMPLETE, NOT_STARTED, collect, varying_settings
 
 
-def write_run(root: Path, name: str, method: str, seed: int, values: dict[int, float]) -> Path:
+def write_run(
+    root: Path,
+    name: str,
+    method: str,
+    seed: int,
+    values: dict[int, float],
+    *,
+    selector: dict[str, Any] | None = None,
+    budgets: list[int] | None = None,
+    seconds: dict[str, float] | None = None,
+    run_info: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
+    config = {
+        "selector": {"name": method, **(selector or {})},
+        "seed": seed,
+        "budgets": budgets if budgets is not None else sorted(values),
+        "paths": {"output_dir": str(root)},  # differs per machine: never a row
+    }
     doc = {
         "method": method,
         "selector": method,
         "seed": seed,
+        "config": config,
         "results": [{"budget": b, "metrics": {"top1": v, "n_test": 100.0}} for b, v in values.items()],
+        "seconds": seconds if seconds is not None else {"selection": 1.0, "fit": 2.0, "total": 3.5},
     }
     (run / "metrics.json").write_text(json.dumps(doc))
+    if overrides is not None:
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if run_info is not None:
+        (run / "run_info.json").write_text(json.dumps(run_info))
+    return run
+
+
+def write_failed(root: Path, name: str, method: str, seed: int, budgets: list[int], error: str = "") -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    config = {"selector": {"name": method}, "seed": seed, "budgets": budgets}
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    if error:
+        (run / "failure.json").write_text(json.dumps({"error": "RuntimeError", "message": error}))
     return run
 
 
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
-    write_run(tmp_path, "0", "geal", 0, {10: 0.50, 20: 0.70})
-    write_run(tmp_path, "1", "geal", 1, {10: 0.60, 20: 0.80})
-    write_run(tmp_path, "2", "random", 0, {10: 0.40, 20: 0.55})
-    write_run(tmp_path, "3", "random", 1, {10: 0.30})  # budget 20 missing for this seed
-    (tmp_path / "4" / ".hydra").mkdir(parents=True)  # started, never finished
-    return tmp_path
+    root = tmp_path / "sweep"
+    write_run(root, "0", "geal", 0, {10: 0.50, 20: 0.70})
+    write_run(root, "1", "geal", 1, {10: 0.60, 20: 0.80})
+    write_run(root, "2", "random", 0, {10: 0.40, 20: 0.55})
+    write_run(root, "3", "random", 1, {10: 0.30}, budgets=[10, 20])  # budget 20 never finished
+    write_failed(root, "4", "coreset_cos", 0, [10, 20], error="CUDA out of memory")
+    return root
 
 
-def test_cells_are_mean_and_sample_std(sweep: Path) -> None:
+def test_cells_are_mean_and_sample_std_and_unfinished_runs_have_a_status(sweep: Path) -> None:
     found = collect(sweep)
-    assert [p.name for p in found.missing] == ["4"]
-    table = budget_table(found.runs, "top1")
-    assert table.methods == ["geal", "random"] and table.budgets == [10, 20]
+    status = {r.directory.name: r.status for r in found.runs}
+    assert status == {"0": DONE, "1": DONE, "2": DONE, "3": INCOMPLETE, "4": FAILED}
+    assert {r.directory.name: r.reason for r in found.problems} == {
+        "3": "no result for budget(s) 20",
+        "4": "failed: RuntimeError: CUDA out of memory",
+    }
+    table = budget_table(found.trained, "top1")
+    assert table.row_keys == ["method"] and table.budgets == [10, 20]
+    assert table.rows == [("coreset_cos",), ("geal",), ("random",)]  # the failed method keeps its row
     geal10 = table.cell("geal", 10)
     assert geal10.n == 2 and geal10.mean == pytest.approx(0.55) and geal10.std == pytest.approx(0.0707107)
-    assert table.cell("random", 20) == Cell(pytest.approx(0.55), 0.0, 1)
-    assert table.cell("random", 30).n == 0
+    assert geal10.seeds == (0, 1)
+    assert table.cell("random", 20) == Cell(pytest.approx(0.55), 0.0, 1, (0,))
+    assert table.cell("coreset_cos", 10).n == 0 and table.cell("random", 30).n == 0
+    assert table.scale == 100.0
 
 
-def test_markdown_layout_and_formatting(sweep: Path) -> None:
-    table = budget_table(collect(sweep).runs, "top1")
+def test_markdown_and_latex_layout_and_formatting(sweep: Path) -> None:
+    table = budget_table(collect(sweep).trained, "top1", methods=["geal", "random", "coreset_cos"])
     lines = to_markdown(table).splitlines()
     assert lines[0] == "| method | 10 | 20 |"
     assert lines[1] == "|---|---:|---:|"
     assert lines[2] == "| geal | 55.0 ± 7.1 (2) | 75.0 ± 7.1 (2) |"
     assert lines[3] == "| random | 35.0 ± 7.1 (2) | 55.0 (1) |"
-    assert Cell(0.0, 0.0, 0).format() == "–"
+    assert lines[4] == "| coreset_cos | – | – |"
+    tex = to_latex(table).splitlines()
+    assert tex[0] == r"\begin{tabular}{lrr}" and tex[2] == r"method & 10 & 20 \\"
+    # the best mean of each column in bold; the seed count in small type; gaps as --
+    assert tex[4] == (
+        r"geal & $\mathbf{55.0 \pm 7.1}$ {\scriptsize (2)} & $\mathbf{75.0 \pm 7.1}$ {\scriptsize (2)} \\"
+    )
+    assert tex[5] == r"random & $35.0 \pm 7.1$ {\scriptsize (2)} & $55.0$ {\scriptsize (1)} \\"
+    assert tex[6] == r"coreset\_cos & -- & -- \\"
+    assert Cell(0.0, 0.0, 0).format() == "–" and Cell(0.123, 0.0, 1).format(digits=2) == "12.30"
 
 
-def test_report_writes_files_and_lists_missing_runs(sweep: Path, tmp_path: Path) -> None:
+def test_scale_is_percent_only_for_fractions(tmp_path: Path) -> None:
+    write_run(tmp_path, "a", "geal", 0, {10: 31.5})
+    write_run(tmp_path, "b", "geal", 1, {10: 33.5})
+    table = budget_table(collect(tmp_path).trained, "top1")
+    assert table.scale == 1.0 and to_markdown(table).splitlines()[2] == "| geal | 32.5 ± 1.4 (2) |"
+
+
+def test_not_started_jobs_of_a_multirun_are_found_from_multirun_yaml(tmp_path: Path) -> None:
+    """Hydra's own sweep expansion of multirun.yaml: a job that left no dir at all is still listed."""
+    root = tmp_path / "multirun"
+    jobs = [("geal", 0), ("geal", 1), ("random", 0), ("random", 1)]
+    for num, (method, seed) in enumerate(jobs[:3]):
+        write_run(root, str(num), method, seed, {10: 0.5}, overrides=[f"selector={method}", f"seed={seed}"])
+    (root / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "sweeper": {
+                        "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                        "max_batch_size": None,
+                        "params": {"seed": "0,1"},
+                    },
+                    "overrides": {"task": ["selector=geal,random"]},
+                }
+            }
+        )
+    )
+    found = collect(root)
+    [missing] = found.problems
+    assert missing.status == NOT_STARTED and missing.method == "random" and missing.seed == 1
+    assert sorted(missing.overrides) == ["seed=1", "selector=random"]
+    table = budget_table(found.trained, "top1")
+    assert table.cell("random", 10) == Cell(0.5, 0.0, 1, (0,))  # one of the two planned seeds
+    md = report(root).markdown
+    assert "[not started]" in md and "selector=random" in md
+
+
+def test_ablation_rows_come_from_the_varied_config_keys(tmp_path: Path) -> None:
+    for i, (tau, seed, v) in enumerate([(0.4, 0, 0.30), (0.4, 1, 0.32), (0.5, 0, 0.40), (0.6, 0, 0.35)]):
+        sel = {"tau": tau, "k": 25, "distance": "cosine"}
+        write_run(tmp_path, str(i), "geal", seed, {3000: v, 5000: v + 0.1}, selector=sel)
+    runs = collect(tmp_path).trained
+    assert varying_settings(runs) == ["selector.tau"]  # seed and paths never define a row
+    auto = budget_table(runs, "top1")
+    assert auto.row_keys == ["selector.tau"] and auto.rows == [("0.4",), ("0.5",), ("0.6",)]
+    assert to_markdown(auto).splitlines()[:3] == [
+        "| τ | 3000 | 5000 |",
+        "|---|---:|---:|",
+        "| 0.4 | 31.0 ± 1.4 (2) | 41.0 ± 1.4 (2) |",
+    ]
+    paper = budget_table(runs, "top1", rows=["selector.tau", "selector.k", "selector.distance"])
+    assert to_markdown(paper).splitlines()[0] == "| τ | K | distance | 3000 | 5000 |"
+    assert paper.rows[1] == ("0.5", "25", "cosine") and paper.cell(("0.5", "25", "cosine"), 5000).mean == 0.5
+    assert to_latex(paper).splitlines()[2] == r"$\tau$ & $K$ & distance & 3000 & 5000 \\"
+
+
+def test_efficiency_table_from_seconds_and_run_info(tmp_path: Path) -> None:
+    info = {
+        "device": "cuda:0",
+        "device_name": "NVIDIA H100",
+        "features": {"extraction_cache_hit": False},
+        "timings": {"extraction_s": 30.0, "clusters_s": 5.0, "sampling_s": 1.0, "selection_total_s": 36.0},
+    }
+    write_run(
+        tmp_path,
+        "a",
+        "geal",
+        0,
+        {10: 0.5},
+        seconds={"selection": 36.0, "fit": 4.0, "total": 41.0},
+        run_info=info,
+    )
+    write_run(
+        tmp_path,
+        "b",
+        "geal",
+        1,
+        {10: 0.5},
+        seconds={"selection": 40.0, "fit": 6.0, "total": 47.0},
+        run_info={**info, "world_size": 2},
+    )
+    write_run(
+        tmp_path,
+        "c",
+        "vaal",
+        0,
+        {10: 0.4},
+        seconds={"selection": 7200.0, "fit": 1.0, "total": 7202.0, "cycle_train": 7000.0},
+    )
+    eff = efficiency_table(collect(tmp_path).runs, ["method"])
+    geal, vaal = eff.rows
+    assert geal.row == ("geal",) and geal.runs == 2 and geal.selection.mean == 38.0
+    assert geal.device_hours == pytest.approx((36.0 + 2 * 40.0) / 3600)  # world_size 2 counts twice
+    assert geal.stages["extraction_s"].mean == 30.0 and geal.cold == 2
+    assert geal.devices == ["cuda:0 (NVIDIA H100)"]
+    assert eff.other_keys == ["cycle_train", "fit", "total"]  # whatever a runner adds is shown
+    assert vaal.other["cycle_train"].mean == 7000.0 and geal.other["cycle_train"].n == 0
+    assert vaal.device_hours == pytest.approx(2.0)
+
+
+def test_report_writes_every_file(sweep: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
-    done = report(sweep, "top1", out, title="demo")
+    done = report(sweep, out, ReportOptions(title="demo"))
     md = (out / "results.md").read_text()
-    assert "| geal | 55.0 ± 7.1 (2) |" in md and "Missing runs" in md and str(sweep / "4") in md
+    assert "| geal | 55.0 ± 7.1 (2) | 75.0 ± 7.1 (2) |" in md
+    assert "Runs that did not finish (2" in md and str(sweep / "4") in md and "CUDA out of memory" in md
+    assert "## Efficiency" in md
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 4
-    assert rows[0]["method"] == "geal" and rows[0]["budget"] == "10" and float(rows[0]["mean"]) == 0.55
-    png = out / "results.png"
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and done["files"]["plot"] == png
+    assert [(r["method"], r["budget"], r["n"]) for r in rows] == [
+        ("coreset_cos", "10", "0"),
+        ("coreset_cos", "20", "0"),
+        ("geal", "10", "2"),
+        ("geal", "20", "2"),
+        ("random", "10", "2"),
+        ("random", "20", "1"),
+    ]
+    assert (
+        float(rows[2]["mean"]) == pytest.approx(0.55) and rows[2]["seeds"] == "0 1" and rows[0]["mean"] == ""
+    )
+    assert r"\toprule" in (out / "results.tex").read_text()
+    assert (out / "results_top1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "results_top1.svg").read_text().lstrip().startswith("<?xml")
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["metrics"] == ["top1"] and {r["status"] for r in summary["runs"]} == {
+        DONE,
+        INCOMPLETE,
+        FAILED,
+    }
+    assert done.files["plot_top1_svg"] == out / "results_top1.svg"
+    assert list(out.glob(".*tmp*")) == []  # nothing half-written left behind
 
 
-def test_gap_for_a_method_missing_a_budget(tmp_path: Path) -> None:
-    write_run(tmp_path, "a", "geal", 0, {10: 0.5, 20: 0.6})
-    write_run(tmp_path, "b", "coreset", 0, {20: 0.4})
-    md = to_markdown(budget_table(collect(tmp_path).runs, "top1"))
-    assert "| coreset | – | 40.0 (1) |" in md
+def test_metrics_headline_first_and_all(sweep: Path, tmp_path: Path) -> None:
+    assert metrics_of(collect(sweep).trained) == ["top1", "n_test"]
+    done = report(sweep, tmp_path / "r", ReportOptions(metrics=["all"]))
+    assert [t.metric for t in done.tables] == ["top1"]  # counts (n_*) are not tabulated by 'all'
+
+
+def test_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report_main([str(sweep), "--out", str(tmp_path / "cli"), "--methods", "random", "geal", "--digits", "2"])
+    out = capsys.readouterr().out
+    assert "| random | 35.00 ± 7.07 (2) | 55.00 (1) |" in out and "coreset_cos" not in out.split("##")[1]
+    assert f"latex: {tmp_path / 'cli' / 'results.tex'}" in out
+
+
+def test_wandb_offline_push(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    out = tmp_path / "wb"
+    done = report(sweep, out, ReportOptions(wandb_project="geal-test", wandb_mode="offline"))
+    run_dir = Path(done.wandb_dir or "")
+    assert run_dir.is_dir() and run_dir.name.startswith("offline-run-")
+    tables = list(run_dir.rglob("table/top1*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    assert logged["columns"][:3] == ["method", "budget", "metric"]
+    rows = {(r[0], r[1]): r for r in logged["data"]}
+    assert float(rows[("geal", "10")][3]) == pytest.approx(0.55) and rows[("coreset_cos", "20")][5] == "0"
+    assert os.environ["WANDB_MODE"] == "offline"
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a folder"):
         collect(tmp_path / "nope")
-    with pytest.raises(FileNotFoundError, match=r"no metrics\.json"):
-        report(tmp_path, "top1")
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        report(tmp_path)
+    write_run(tmp_path, "ok", "geal", 0, {10: 0.5})
+    with pytest.raises(
+        ValueError, match=r"metric\(s\) \['map'\] are in no metrics.json.*available: \['top1'"
+    ):
+        report(tmp_path, options=ReportOptions(metrics=["map"]))
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "metrics.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"not a geal-run metrics\.json"):
+    with pytest.raises(ValueError, match=r"x/metrics.json is not a geal-run metrics\.json"):
+        collect(tmp_path)
+    (tmp_path / "x" / "metrics.json").write_text("{broken")
+    with pytest.raises(ValueError, match="not readable JSON"):
         collect(tmp_path)
