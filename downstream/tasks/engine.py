@@ -357,6 +357,11 @@ class TorchTask(Task):
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         """Loss of one batch (on the device; ``batch["ids"]`` holds the global ids)."""
 
+    def forward(self, model: nn.Module, batch: dict[str, Any]) -> Any:
+        """The model's inference forward on a batch (what :meth:`predict_loss` runs before reading the
+        plugin's captured features); default ``model(batch["inputs"])``."""
+        return model(batch["inputs"])
+
     def identity(self) -> dict[str, Any]:
         """What defines the trained model besides the ids/settings/seed (part of the checkpoint key)."""
         return {"class": f"{type(self).__module__}.{type(self).__qualname__}", "name": self.name}
@@ -666,9 +671,14 @@ class TorchTask(Task):
         for plugin in self.plugins:
             if _overrides_predict_loss(plugin):
                 plugin.eval()
-                return self.map_batches(
-                    lambda _m, _b, cap, p=plugin: p.predict_loss(cap), ids, capture=plugin.hooks
-                )
+
+                def predicted(
+                    m: nn.Module, b: dict[str, Any], cap: Mapping[str, Any], p: TrainingPlugin = plugin
+                ) -> torch.Tensor:
+                    self.forward(m, b)  # fills ``cap`` through the hooks
+                    return p.predict_loss(cap)
+
+                return self.map_batches(predicted, ids, capture=plugin.hooks)
         raise NotImplementedError(f"{self.name}: no plugin that predicts losses (add one with add_plugin)")
 
 
