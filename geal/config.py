@@ -67,6 +67,24 @@ class RunOutputConfig:
 
 
 @dataclass
+class CyclesConfig:
+    """geal-run's active-learning schedule (``conf/cycles/``; see geal.cycles.CycleSchedule).
+
+    initial: auto | draw | selector | labeled — how cycle 0's set is chosen (auto: the run's selector when it
+    can pick from nothing, i.e. one-pass selectors, else ``initial_draw``); initial_size null with
+    n_cycles 0 = the one-pass schedule (select max(budgets) once, train every budget on its prefix).
+    """
+
+    name: str = "cycles"
+    initial: str = "auto"
+    initial_size: int | None = 1000
+    step: int = 1000
+    n_cycles: int = 9
+    reinit: bool = True  # false: warm-start each training from the previous one (task must support it)
+    initial_draw: Any = None  # a selector config (_target_) that draws the initial set (random by default)
+
+
+@dataclass
 class RunConfig:
     """geal-run: select (or load a selection) → train the task per budget → evaluate → metrics.json."""
 
@@ -83,6 +101,7 @@ class RunConfig:
     device: str = "auto"
     labeled: str | None = None
     selection_file: str | None = None  # a selection.json of an earlier run: train on it, select nothing
+    cycles: CyclesConfig | None = None  # null: select once, train per budget; else the AL cycle schedule
     task_name: str = "run"
 
 

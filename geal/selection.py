@@ -78,6 +78,17 @@ class Selector(ABC):
     requires: ClassVar[frozenset[str]] = frozenset()
     #: True when the picks for a smaller budget are a prefix of those for a larger one (same seed)
     nested: ClassVar[bool] = False
+    #: True when the selector can pick from an empty labeled set with no trained task (one-pass selectors);
+    #: the cycle runner (geal.cycles) draws the initial set of the others (Learn-Loss, VAAL, acquisition
+    #: functions) with its ``initial_draw`` selector instead
+    cold_start: ClassVar[bool] = True
+
+    def bind_task(self, task: Any) -> None:  # noqa: B027 - optional hook
+        """Called once by the cycle runner after the task is built and before its first ``fit``.
+
+        Selectors that train something jointly with the task model (Learn-Loss attaches its loss-prediction
+        module as an engine plugin) do it here; the others ignore it.
+        """
 
     def select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         available = validate_request(len(pool), budget, ctx)

@@ -1,4 +1,8 @@
-"""Linear probe: logistic regression on frozen backbone features read from the feature store."""
+"""Linear probe: logistic regression (or a linear SVM) on frozen backbone features from the feature store.
+
+With ``predict_proba`` and warm starts it is also the classifier of the "self-supervised features + linear
+classifier" active-learning cycle (Bengar et al., ICCVW 2021): retrained every cycle in seconds on CPU.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 
 from geal.task import Task, TaskError
 
@@ -19,11 +24,17 @@ log = logging.getLogger(__name__)
 
 
 class LinearProbeTask(Task):
-    """Multinomial logistic regression (scikit-learn, lbfgs) on fixed features.
+    """Multinomial logistic regression (scikit-learn, lbfgs) or a linear SVM on fixed features.
 
     Runtime arguments (given by ``geal-run``): ``train_features`` (N, D) and ``train_labels`` (N,) of the
     whole train pool (global id = row), ``test_features`` (M, D) and ``test_labels`` (M,) of the test split.
-    Config: ``C`` (inverse L2 strength), ``max_iter``, ``standardize``.
+    Config: ``C`` (inverse L2 strength), ``max_iter``, ``standardize``, ``classifier`` (``logistic`` |
+    ``linear_svm``: scikit-learn ``LinearSVC``, one-vs-rest, squared hinge).
+
+    ``predict_proba(ids)`` gives ``(n, n_classes)`` class probabilities of train-pool images (logistic: the
+    model's; linear SVM: a softmax over its decision values, a monotone score for acquisition functions, not
+    a calibrated probability); classes the fit never saw get 0. ``fit(ids, warm_start=True)`` (logistic
+    only) starts lbfgs from the previous fit's weights when the two fits saw the same classes.
 
     Features are standardised with a scaler fitted on the **whole pool** (labels unused; the pool is what
     an annotator sees), not on the few labeled images: on L2-normalised ViT features an unscaled C=1 probe
@@ -32,7 +43,7 @@ class LinearProbeTask(Task):
     ``n_test``. A fit on a single class predicts that class everywhere.
     """
 
-    provides: ClassVar[frozenset[str]] = frozenset({"embed"})
+    provides: ClassVar[frozenset[str]] = frozenset({"embed", "predict_proba", "warm_start"})
 
     def __init__(
         self,
@@ -45,7 +56,13 @@ class LinearProbeTask(Task):
         max_iter: int = 1000,
         standardize: bool = True,
         seed: int = 0,
+        classifier: str = "logistic",
     ) -> None:
+        if classifier not in ("logistic", "linear_svm"):
+            raise TaskError(f"task.classifier must be 'logistic' or 'linear_svm', got {classifier!r}")
+        self.classifier = classifier
+        if classifier == "linear_svm":  # LinearSVC (liblinear) cannot start from earlier weights
+            self.provides = frozenset(self.provides - {"warm_start"})
         if train_labels is None or test_labels is None:
             raise TaskError(
                 f"{name}: the {'train' if train_labels is None else 'test'} pool has no labels; a linear "
@@ -68,26 +85,44 @@ class LinearProbeTask(Task):
         self.x, self.x_test = x.astype(np.float32), xt.astype(np.float32)
         self.raw = np.asarray(train_features, dtype=np.float32)
         self.C, self.max_iter, self.seed = float(C), int(max_iter), int(seed)
-        self._model: LogisticRegression | None = None
+        self.n_classes = int(max(self.y.max(initial=0), self.y_test.max(initial=0))) + 1
+        self._model: LogisticRegression | LinearSVC | None = None
         self._constant: int | None = None
 
-    def fit(self, train_ids: Sequence[int]) -> dict[str, float]:
+    def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
         ids = np.asarray(train_ids, dtype=np.int64)
         if ids.size == 0:
             raise TaskError(f"{self.name}: nothing to train on (0 ids)")
+        if warm_start and "warm_start" not in self.provides:
+            raise TaskError(f"{self.name}: classifier={self.classifier} cannot warm-start")
         y = self.y[ids]
         classes = np.unique(y)
+        previous = self._model
         self._model, self._constant = None, None
         if classes.size == 1:
             self._constant = int(classes[0])
             return {"train_acc": 1.0, "n_train": float(ids.size), "n_classes": 1.0}
-        model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        model: LogisticRegression | LinearSVC
+        if self.classifier == "linear_svm":
+            model = LinearSVC(C=self.C, max_iter=self.max_iter, random_state=self.seed)
+        elif (
+            warm_start
+            and isinstance(previous, LogisticRegression)
+            and np.array_equal(previous.classes_, classes)
+        ):
+            model = previous
+            model.set_params(warm_start=True)
+        else:
+            model = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)
             model.fit(self.x[ids], y)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):
             log.warning(
-                "%s: lbfgs did not converge in %d iterations (raise task.max_iter)", self.name, self.max_iter
+                "%s: %s did not converge in %d iterations (raise task.max_iter)",
+                self.name,
+                self.classifier,
+                self.max_iter,
             )
         self._model = model
         return {
@@ -106,6 +141,28 @@ class LinearProbeTask(Task):
 
     def evaluate(self) -> dict[str, float]:
         pred = self.predict(self.x_test)
+        return self._scores(pred)
+
+    def predict_proba(self, ids: Sequence[int], mc_samples: int = 0) -> torch.Tensor:
+        """(len(ids), n_classes) class probabilities of train-pool images under the last fit."""
+        if mc_samples:
+            raise TaskError(f"{self.name}: a linear probe has no dropout to sample (BALD needs a CNN task)")
+        x = self.x[np.asarray(ids, dtype=np.int64)]
+        out = np.zeros((len(x), self.n_classes), dtype=np.float64)
+        if self._constant is not None:
+            out[:, self._constant] = 1.0
+        elif self._model is None:
+            raise RuntimeError(f"{self.name}: call fit() before predict_proba()")
+        elif isinstance(self._model, LogisticRegression):
+            out[:, self._model.classes_] = self._model.predict_proba(x)
+        else:
+            scores = self._model.decision_function(x)
+            if scores.ndim == 1:  # two classes: the score of classes_[1] against classes_[0]
+                scores = np.stack([np.zeros_like(scores), scores], axis=1)
+            out[:, self._model.classes_] = torch.from_numpy(scores).softmax(1).numpy()
+        return torch.from_numpy(out).float()
+
+    def _scores(self, pred: np.ndarray) -> dict[str, float]:
         correct = pred == self.y_test
         per_class = [correct[self.y_test == c].mean() for c in np.unique(self.y_test)]
         return {
