@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,24 @@ DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
 def wandb_reachable(base_url: str | None = None, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the wandb server (``WANDB_BASE_URL`` or api.wandb.ai) opens in time."""
+    """Whether a TCP connection to the wandb server (``WANDB_BASE_URL`` or api.wandb.ai) opens within
+    ``timeout`` seconds — name resolution included (it runs in a daemon thread: a resolver that never
+    answers cannot hang the run)."""
     url = urlparse(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname or "", port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, name="wandb-reachable", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
 
 
 class WandbLogger(RunLogger):
