@@ -12,6 +12,7 @@ import inspect
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 from geal.cycles import CycleSchedule, run_cycles
+from geal.device_lease import DeviceSlot, cuda_slots, current_lease, lease_device, set_current_lease
 from geal.extract import ExtractionSettings
 from geal.features import FeatureProvider
 from geal.loggers.base import RunLogger
@@ -33,6 +37,7 @@ from geal.pool import ImagePool
 from geal.report import ReportOptions, report
 from geal.resources import sha256_file
 from geal.selection import SelectionContext, Selector
+from geal.store import atomic_write_json
 from geal.task import Task
 from geal.training import check_budgets, selection_hash, train_on_budgets, write_metrics
 
@@ -44,13 +49,74 @@ register_schemas()
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda if available, else cpu; an explicit unavailable device is an error with the fix."""
+    """``auto`` → cuda if available, else cpu; an explicit unavailable device is an error with the fix.
+
+    In a job holding a device lease (:class:`DeviceLeaseCallback`), ``auto`` and ``cuda`` are the leased
+    device, so parallel jobs of a sweep never share a GPU."""
+    lease = current_lease()
+    if lease is not None and name in ("auto", "cuda", lease.device):
+        return torch.device(lease.device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name} but CUDA is not available here: use device=cpu or device=auto")
     return device
+
+
+class DeviceLeaseCallback(Callback):
+    """``hydra.callbacks.device_lease``: a job on CUDA (``device`` auto / cuda / cuda:N) first leases a
+    device slot (geal.device_lease), so parallel jobs on one machine never oversubscribe a GPU: ``auto``
+    prefers ``cuda:<job.num % n_gpus>`` and takes any free GPU, ``cuda:N`` waits for that GPU. The lease
+    ends with the job (or with its process)."""
+
+    def __init__(self, slots_per_device: int = 1, timeout_s: float | None = None) -> None:
+        self.slots_per_device = int(slots_per_device)
+        self.timeout_s = timeout_s
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        requested = str(config.get("device", "auto"))
+        slots: list[DeviceSlot] = cuda_slots() if requested != "cpu" else []
+        if requested.startswith("cuda:"):
+            slots = [s for s in slots if s.device == str(torch.device(requested))]
+        elif requested not in ("auto", "cuda"):
+            slots = []
+        if not slots:
+            return  # cpu, or CUDA absent (resolve_device then says what is wrong)
+        num = OmegaConf.select(config, "hydra.job.num", default=0) or 0
+        set_current_lease(lease_device(slots, int(num), self.slots_per_device, timeout_s=self.timeout_s))
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        lease = current_lease()
+        if lease is not None:
+            lease.release()
+        set_current_lease(None)
+
+
+class FailureRecordCallback(Callback):
+    """``hydra.callbacks.failure_record``: a job that raises writes ``failure.json`` (error, message,
+    traceback, overrides) into its run dir, so ``geal-report`` lists why it is missing; a job that
+    succeeds removes a stale one."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        out_dir = Path(str(OmegaConf.select(config, "hydra.runtime.output_dir", default=".")))
+        path = out_dir / "failure.json"
+        if job_return.status == JobStatus.FAILED:
+            err = job_return._return_value
+            cause = err
+            while isinstance(cause, BaseException) and cause.__cause__ is not None:
+                cause = cause.__cause__  # Hydra wraps errors of instantiate(): name the original one
+            doc = {
+                "error": type(cause).__name__,
+                "raised_as": type(err).__name__,
+                "message": str(err),
+                "traceback": traceback.format_exception(err) if isinstance(err, BaseException) else [],
+                "overrides": list(OmegaConf.select(config, "hydra.overrides.task", default=[]) or []),
+            }
+            atomic_write_json(path, doc)
+            log.error("job failed (%s: %s); recorded in %s", doc["error"], doc["message"], path)
+        elif path.exists():
+            path.unlink()
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
