@@ -341,10 +341,11 @@ class EfficiencyRow:
     row: tuple[str, ...]
     runs: int
     devices: list[str]
-    selection: Cell
+    selection: Cell  # the selector's own wall time (every cycle's selection for the traditional methods)
+    acquisition: Cell  # what choosing the labeled set cost: selection + the trainings whose models chose it
     stages: dict[str, Cell]  # run_info.json timings: extraction_s, clusters_s, sampling_s, ...
-    other: dict[str, Cell]  # metrics.json seconds other than selection (fit, total, per-cycle times...)
-    device_hours: float  # selection time × devices per run / 3600, summed over the runs
+    other: dict[str, Cell]  # the other metrics.json seconds (fit, eval, total, whatever a runner adds)
+    device_hours: float  # acquisition time × devices per run / 3600, summed over the runs
     cold: int  # runs whose features were extracted (not read from the cache)
 
 
@@ -371,6 +372,14 @@ def _selection_seconds(run: RunRecord) -> float | None:
     return sum(totals) if totals else None
 
 
+def _acquisition_seconds(run: RunRecord) -> float | None:
+    """``seconds.acquisition`` of a cycle run (selections plus the trainings that chose the set); for a
+    one-pass run, its selection time (no training is needed to choose)."""
+    if "acquisition" in run.seconds:
+        return run.seconds["acquisition"]
+    return _selection_seconds(run)
+
+
 def _device_label(info: dict[str, Any]) -> str:
     device = str(info.get("device", "?"))
     name = str(info.get("device_name") or "").strip()
@@ -378,11 +387,13 @@ def _device_label(info: dict[str, Any]) -> str:
 
 
 def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> EfficiencyTable:
-    """Selection wall time per setting, its stages (extraction / knowledge clusters / sampling, from
-    ``run_info.json``), the other wall times in ``metrics.json`` ``seconds`` (fit, total, and whatever a
-    runner adds, e.g. per-cycle train/select times of the traditional methods) and the selection's
-    device-hours (``world_size`` devices when a run records it, else one). Runs without a selection time
-    are left out of the means (and listed among the problems by the report)."""
+    """Wall time of choosing the labeled set, per setting: the selection, its stages (extraction /
+    knowledge clusters / sampling, from ``run_info.json``), the acquisition (for the traditional methods'
+    cycle runs, ``seconds.acquisition``: every selection plus the trainings whose models made them; for
+    one-pass methods, the selection), the other wall times in ``metrics.json`` ``seconds`` (fit, eval,
+    total, whatever a runner adds), and the acquisition's device-hours (``world_size`` devices when a run
+    records it, else one). Runs without a selection time are left out of the means (and listed among the
+    problems by the report)."""
     keys = list(row_keys)
     groups: dict[tuple[str, ...], list[RunRecord]] = {}
     for r in runs:
@@ -391,13 +402,20 @@ def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> Effi
     stage_keys = sorted(
         {k for r in runs for i in r.run_infos for k in i.get("timings", {})} - {"selection_total_s"}
     )
-    other_keys = sorted({k for r in runs for k in r.seconds} - {"selection"})
+    other_keys = sorted({k for r in runs for k in r.seconds} - {"selection", "acquisition"})
     out = []
     for row in sorted(groups, key=lambda row: tuple(_sort_key(v) for v in row)):
         members = groups[row]
         sel = [float(_selection_seconds(r)) for r in members]  # type: ignore[arg-type]
+        acq = [float(_acquisition_seconds(r)) for r in members]  # type: ignore[arg-type]
         stages = {
-            k: summarize([sum(float(i.get("timings", {}).get(k, 0.0)) for i in r.run_infos) for r in members])
+            k: summarize(
+                [
+                    sum(float(i["timings"][k]) for i in r.run_infos if k in i.get("timings", {}))
+                    for r in members
+                    if any(k in i.get("timings", {}) for i in r.run_infos)
+                ]
+            )
             for k in stage_keys
         }
         other = {k: summarize([r.seconds[k] for r in members if k in r.seconds]) for k in other_keys}
@@ -413,9 +431,10 @@ def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> Effi
                 len(members),
                 devices,
                 summarize(sel),
+                summarize(acq),
                 stages,
                 other,
-                sum(s * w for s, w in zip(sel, world, strict=True)) / 3600.0,
+                sum(s * w for s, w in zip(acq, world, strict=True)) / 3600.0,
                 cold,
             )
         )
@@ -437,8 +456,9 @@ def efficiency_markdown(table: EfficiencyTable) -> str:
         "selection (s)",
         *stage_heads,
         "feature extraction",
+        "acquisition (s)",
         *other_heads,
-        "selection device-hours",
+        "device-hours",
         "device",
     ]
     lines = [
@@ -452,6 +472,7 @@ def efficiency_markdown(table: EfficiencyTable) -> str:
             _seconds(r.selection),
             *(_seconds(r.stages[k]) for k in table.stage_keys),
             f"{r.cold} of {r.runs} cold",
+            _seconds(r.acquisition),
             *(_seconds(r.other[k]) for k in table.other_keys),
             f"{r.device_hours:.4g}",
             "; ".join(r.devices) or "?",
@@ -465,22 +486,24 @@ def efficiency_latex(table: EfficiencyTable) -> str:
         *(LATEX_HEADER_NAMES.get(h, _latex_escape(h)) for h in table.headers),
         "runs",
         "selection (s)",
+        "acquisition (s)",
         "device-hours",
         "device",
     ]
     lines = [
-        r"\begin{tabular}{" + "l" * len(table.row_keys) + "rrrl}",
+        r"\begin{tabular}{" + "l" * len(table.row_keys) + "rrrrl}",
         r"\toprule",
         " & ".join(heads) + r" \\",
         r"\midrule",
     ]
     for r in table.rows:
-        sel = r.selection
-        body = f"{sel.mean:.2f}" + (rf" \pm {sel.std:.2f}" if sel.n > 1 else "")
         cells = [
             *(_latex_escape(v) for v in r.row),
             str(r.runs),
-            f"${body}$",
+            *(
+                f"${c.mean:.2f}" + (rf" \pm {c.std:.2f}" if c.n > 1 else "") + "$"
+                for c in (r.selection, r.acquisition)
+            ),
             f"{r.device_hours:.4g}",
             _latex_escape("; ".join(r.devices) or "?"),
         ]
@@ -494,7 +517,11 @@ def efficiency_csv_rows(table: EfficiencyTable) -> list[dict[str, str]]:
     for r in table.rows:
         row: dict[str, str] = dict(zip(table.row_keys, r.row, strict=True))
         row.update(
-            runs=str(r.runs), selection_s_mean=repr(r.selection.mean), selection_s_std=repr(r.selection.std)
+            runs=str(r.runs),
+            selection_s_mean=repr(r.selection.mean),
+            selection_s_std=repr(r.selection.std),
+            acquisition_s_mean=repr(r.acquisition.mean),
+            acquisition_s_std=repr(r.acquisition.std),
         )
         for k in table.stage_keys:
             row[f"{k}_mean"] = repr(r.stages[k].mean)

@@ -17,6 +17,7 @@ from geal.report import (
     Cell,
     ReportOptions,
     budget_table,
+    efficiency_markdown,
     efficiency_table,
     metrics_of,
     report,
@@ -209,17 +210,27 @@ def test_efficiency_table_from_seconds_and_run_info(tmp_path: Path) -> None:
         "vaal",
         0,
         {10: 0.4},
-        seconds={"selection": 7200.0, "fit": 1.0, "total": 7202.0, "cycle_train": 7000.0},
+        # a cycle run (geal.cycles): the selections took 60 s, choosing the set (with the trainings) 2 h
+        seconds={"selection": 60.0, "acquisition": 7200.0, "fit": 1.0, "total": 7202.0, "recovery": 0.0},
     )
     eff = efficiency_table(collect(tmp_path).runs, ["method"])
     geal, vaal = eff.rows
     assert geal.row == ("geal",) and geal.runs == 2 and geal.selection.mean == 38.0
+    assert geal.acquisition.mean == 38.0  # one pass: choosing the set is the selection
     assert geal.device_hours == pytest.approx((36.0 + 2 * 40.0) / 3600)  # world_size 2 counts twice
     assert geal.stages["extraction_s"].mean == 30.0 and geal.cold == 2
     assert geal.devices == ["cuda:0 (NVIDIA H100)"]
-    assert eff.other_keys == ["cycle_train", "fit", "total"]  # whatever a runner adds is shown
-    assert vaal.other["cycle_train"].mean == 7000.0 and geal.other["cycle_train"].n == 0
+    assert eff.other_keys == ["fit", "recovery", "total"]  # whatever a runner adds is shown
+    assert vaal.other["recovery"].mean == 0.0 and geal.other["recovery"].n == 0
+    assert vaal.selection.mean == 60.0 and vaal.acquisition.mean == 7200.0
     assert vaal.device_hours == pytest.approx(2.0)
+    md = efficiency_markdown(eff).splitlines()
+    assert md[0].startswith(
+        "| method | runs | selection (s) | clusters (s) | extraction (s) | sampling (s) |"
+    )
+    assert md[3].startswith("| vaal | 1 | 60.00 | – | – | – | 0 of 1 cold | 7200.00 |") and md[3].endswith(
+        "| 2 | ? |"
+    )
 
 
 def test_report_writes_every_file(sweep: Path, tmp_path: Path) -> None:
