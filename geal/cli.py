@@ -500,6 +500,87 @@ def run_main(cfg: DictConfig) -> None:
         print("\n".join(lines), file=sys.stdout)  # the CLI's own output, not logging
 
 
+VISUALIZE_FIGURES = ("clusters", "contact_sheet", "histograms")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="visualize")
+def visualize_main(cfg: DictConfig) -> None:
+    """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+    from geal import visualize  # matplotlib is only needed here
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    unknown = sorted(set(cfg.figures) - set(VISUALIZE_FIGURES))
+    if unknown:
+        raise ValueError(
+            f"figures={list(cfg.figures)}: unknown {unknown}; choose from {list(VISUALIZE_FIGURES)}"
+        )
+    device = resolve_device(cfg.device)
+    pool = build_pool(cfg.data)
+    selected: list[int] = []
+    picked_by = ""
+    if cfg.selection:
+        selected, doc = load_selection(Path(cfg.selection), pool)
+        picked_by = f"{doc.get('selector')} (seed {doc.get('seed')}) on {pool.name}"
+    files: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    if "clusters" in cfg.figures:
+        check_target_kwargs(cfg.selector, "selector")
+        selector = instantiate(cfg.selector, _convert_="all")
+        settings = getattr(selector, "clusters", None)
+        if settings is None:
+            raise ValueError(
+                f"the cluster figure shows GEAL's knowledge clusters: use selector=geal (its tau, k, k-means "
+                f"settings), not {cfg.selector.get('name')}"
+            )
+        ids = pool.index_of(list(cfg.images)) if cfg.images else (selected or list(range(len(pool))))
+        ids = ids if cfg.images else ids[: cfg.n_images]
+        provider = feature_provider(cfg, pool, device)
+        store = provider.store(selector.feature_layer, selector.attention_layer)
+        clusters = provider.knowledge_clusters(store, settings)
+        items = visualize.image_clusters(store, clusters, ids, settings, pool.ids)
+        title = f"{pool.name}, {cfg.backbone.name}: τ={settings.tau:g}, K={settings.k}"
+        files["clusters"] = str(
+            visualize.cluster_figure(pool, items, out_dir / "knowledge_clusters.png", settings, title)
+        )
+    for figure in ("contact_sheet", "histograms"):
+        if figure in cfg.figures and not selected:
+            skipped[figure] = "needs selection=PATH (a selection.json of this pool)"
+    if "contact_sheet" in cfg.figures and selected:
+        shown = selected[: cfg.contact_sheet.max_images]
+        files["contact_sheet"] = str(
+            visualize.contact_sheet(
+                pool,
+                shown,
+                out_dir / "contact_sheet.png",
+                columns=cfg.contact_sheet.columns,
+                thumb=cfg.contact_sheet.thumb_size,
+                title=f"{picked_by}: first {len(shown)} of {len(selected)} picks, in selection order",
+                progress=cfg.extraction.progress,
+            )
+        )
+    if "histograms" in cfg.figures and selected:
+        others = {}
+        for path in cfg.compare:
+            ids, doc = load_selection(Path(path), pool)
+            others[f"{doc.get('selector')} (seed {doc.get('seed')}, {Path(path).parent.name})"] = ids
+        try:
+            hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
+        except ValueError as err:  # a pool without labels or annotations
+            skipped["histograms"] = str(err)
+        else:
+            files["histograms"] = str(visualize.histogram_figure(hist, out_dir / "histograms.png"))
+            atomic_write_json(out_dir / "histograms.json", hist.as_dict())
+            files["histograms_json"] = str(out_dir / "histograms.json")
+    for figure, why in skipped.items():
+        log.warning("%s not drawn: %s", figure, why)
+    atomic_write_json(
+        out_dir / "visualize.json",
+        {"files": files, "skipped": skipped, "config": OmegaConf.to_container(cfg, resolve=True)},
+    )
+    lines = [*(f"{k}: {v}" for k, v in files.items()), *(f"{k}: skipped ({v})" for k, v in skipped.items())]
+    print("\n".join(lines), file=sys.stdout)  # the CLI's own output
+
+
 def report_main(argv: Sequence[str] | None = None) -> None:
     """``geal-report DIR``: the paper-layout tables (mean ± std over seeds, number of seeds) as Markdown, CSV
     and LaTeX, metric-vs-budget plots (PNG, SVG), the efficiency table, and the runs that did not finish."""

@@ -105,9 +105,37 @@ class RunConfig:
     task_name: str = "run"
 
 
+@dataclass
+class ContactSheetConfig:
+    max_images: int = 100  # the first ones of the selection
+    columns: int = 10
+    thumb_size: int = 112  # pixels per tile
+
+
+@dataclass
+class VisualizeConfig:
+    """geal-visualize: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
+    figures: list[str] = field(default_factory=lambda: ["clusters", "contact_sheet", "histograms"])
+    selection: str | None = None  # a selection.json of this pool (geal-select / geal-run)
+    compare: list[str] = field(default_factory=list)  # more selection.json files for the histograms
+    images: list[str] = field(default_factory=list)  # image ids for the cluster figure
+    n_images: int = 6  # without images: the first n of the selection (else of the pool)
+    seed: int = 0  # the random draw the histograms compare with
+    device: str = "auto"
+    task_name: str = "visualize"
+
+
 def register_schemas() -> None:
     ConfigStore.instance().store(name="select_schema", node=SelectConfig)
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
 
 
 def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:
