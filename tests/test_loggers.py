@@ -185,3 +185,25 @@ def test_wandb_bad_mode_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("WANDB_MODE", raising=False)
     with pytest.raises(ValueError, match="online, offline or disabled"):
         WandbLogger(str(tmp_path), mode="ofline")
+
+
+def test_tensorboard_logger_writes_events_or_says_what_to_install(tmp_path: Path) -> None:
+    from geal.loggers.tensorboard import TensorBoardLogger
+
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install tensorboard"):
+            TensorBoardLogger(str(tmp_path))
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with TensorBoardLogger(str(tmp_path)) as lg:
+        lg.log_config({"seed": 1})
+        lg.log_metrics({"loss": 0.5}, step=1, prefix="budget_10/train")
+        lg.log_metrics({"loss": 0.25}, step=2, prefix="budget_10/train")
+        lg.log_summary({"seconds": {"total": 2.0}})
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("budget_10/train/loss")] == [(1, 0.5), (2, 0.25)]
+    assert events.Scalars("summary/seconds/total")[0].value == 2.0

@@ -81,6 +81,8 @@ class TrainSettings:
     ramp linearly from ``warmup_lr``. ``step_on_epochs=False`` updates the learning rate every step.
     amp: ``auto`` | ``bf16`` | ``fp16`` | ``none``. checkpoint_every: epochs between checkpoints (0: never;
     the last epoch is always saved unless 0). grad_clip: max global grad norm (None: no clipping).
+    deterministic: deterministic cuDNN kernels (no autotuning) — on a GPU, what makes a resumed fit end
+    with bit-identical weights; on the CPU results are deterministic either way.
     """
 
     epochs: int = 10
@@ -102,6 +104,7 @@ class TrainSettings:
     amp: str = "auto"
     num_workers: int = 0
     checkpoint_every: int = 1
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
@@ -449,6 +452,9 @@ class TorchTask(Task):
         s = self.settings
         key = self.fingerprint(ids)
         seed_everything(self.seed)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.deterministic = s.deterministic
+            torch.backends.cudnn.benchmark = not s.deterministic
         model = self.build_model().to(self.device)
         for plugin, init in zip(self.plugins, self._plugin_init, strict=True):
             plugin.load_state_dict(init)
