@@ -602,6 +602,9 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--methods", nargs="+", default=None, help="order (and subset) of the methods")
     parser.add_argument(
+        "--budgets", nargs="+", type=int, default=None, help="the budget columns (default: every budget run)"
+    )
+    parser.add_argument(
         "--scale", type=float, default=None, help="multiply values (default: 100 for fractions)"
     )
     parser.add_argument("--digits", type=int, default=1, help="decimals in the tables")
@@ -619,6 +622,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         metrics=args.metric,
         rows=args.rows,
         methods=args.methods,
+        budgets=args.budgets,
         scale=args.scale,
         digits=args.digits,
         title=args.title,

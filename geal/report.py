@@ -129,12 +129,14 @@ def budget_table(
     rows: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     scale: float | None = None,
+    budgets: Sequence[int] | None = None,
 ) -> BudgetTable:
     """Settings × budgets for ``metric``: mean and sample std over the seeds of each setting.
 
     Every run counts, finished or not, so the rows and budgets of failed runs appear as gaps. ``methods``
     orders (and filters) the methods; ``scale`` multiplies values when printed (None: ×100 when every value
-    lies in [0, 1], i.e. a fraction shown in percent).
+    lies in [0, 1], i.e. a fraction shown in percent); ``budgets``: the columns (default: every budget a
+    run planned or scored).
     """
     runs = [r for r in runs if r.status != SELECTION and (not methods or r.method in methods)]
     keys = row_keys_for(runs, rows)
@@ -149,7 +151,10 @@ def budget_table(
             parts.append((order.get(v, len(order)), _sort_key(v)) if k == "method" else (0, _sort_key(v)))
         return tuple(parts)
 
-    budgets = sorted({b for r in runs for b in (*r.values, *r.planned)})
+    if budgets:
+        budgets = sorted({int(b) for b in budgets})
+    else:
+        budgets = sorted({b for r in runs for b in (*r.values, *r.planned)})
     cells: dict[tuple[tuple[str, ...], int], Cell] = {}
     values_all: list[float] = []
     for row, members in by_row.items():
@@ -596,6 +601,7 @@ class ReportOptions:
     metrics: Sequence[str] | None = None  # None: the headline metric; ["all"]: every metric but counts
     rows: Sequence[str] | None = None  # None: method + the settings the sweep varied
     methods: Sequence[str] | None = None  # order / filter of the methods
+    budgets: Sequence[int] | None = None  # the columns (e.g. the paper's 1k, 2k, 3k, 5k, 7k, 10k)
     scale: float | None = None  # None: ×100 for fractions
     digits: int = 1
     title: str = ""
@@ -656,7 +662,10 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
     if unknown and finished_any:
         raise ValueError(f"metric(s) {unknown} are in no metrics.json below {root}; available: {available}")
     out_dir = Path(out_dir or root)
-    tables = [budget_table(trained, m, options.rows, options.methods, options.scale) for m in metrics]
+    tables = [
+        budget_table(trained, m, options.rows, options.methods, options.scale, options.budgets)
+        for m in metrics
+    ]
     keys = tables[0].row_keys if tables else row_keys_for(found.runs, options.rows)
     eff = efficiency_table(
         [r for r in found.runs if not options.methods or r.method in options.methods], keys

@@ -146,6 +146,15 @@ def _method_of(config: dict[str, Any], fallback: str) -> str:
 
 
 def _planned(config: dict[str, Any]) -> tuple[int, ...]:
+    """The budgets a run will score: ``initial_size + k · step`` (k = 0..n_cycles) for an active-learning
+    cycle schedule (geal.cycles.plan_cycles), else (and for the one-pass schedule) ``budgets``."""
+    cycles = config.get("cycles")
+    if isinstance(cycles, dict) and cycles.get("initial_size") is not None:
+        try:
+            size, step, n = int(cycles["initial_size"]), int(cycles.get("step") or 0), int(cycles["n_cycles"])
+        except (KeyError, TypeError, ValueError):
+            return ()
+        return tuple(size + k * step for k in range(n + 1))
     budgets = config.get("budgets")
     if isinstance(budgets, list):
         try:

@@ -123,6 +123,19 @@ def test_markdown_and_latex_layout_and_formatting(sweep: Path) -> None:
     assert Cell(0.0, 0.0, 0).format() == "–" and Cell(0.123, 0.0, 1).format(digits=2) == "12.30"
 
 
+def test_planned_budgets_of_a_cycle_run_come_from_its_schedule(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "c", "learn_loss", 0, {100: 0.3, 200: 0.4}, budgets=[10, 20, 50])
+    doc = json.loads((run / "metrics.json").read_text())
+    doc["config"]["cycles"] = {"initial_size": 100, "step": 100, "n_cycles": 2}  # budgets 100, 200, 300
+    (run / "metrics.json").write_text(json.dumps(doc))
+    [record] = collect(tmp_path).runs
+    assert record.planned == (100, 200, 300) and record.status == INCOMPLETE
+    assert record.reason == "no result for budget(s) 300"
+    doc["config"]["cycles"] = {"initial_size": None, "step": 0, "n_cycles": 0}  # one pass: the budgets
+    (run / "metrics.json").write_text(json.dumps(doc))
+    assert collect(tmp_path).runs[0].planned == (10, 20, 50)
+
+
 def test_scale_is_percent_only_for_fractions(tmp_path: Path) -> None:
     write_run(tmp_path, "a", "geal", 0, {10: 31.5})
     write_run(tmp_path, "b", "geal", 1, {10: 33.5})
@@ -275,6 +288,9 @@ def test_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     report_main([str(sweep), "--out", str(tmp_path / "cli"), "--methods", "random", "geal", "--digits", "2"])
     out = capsys.readouterr().out
     assert "| random | 35.00 ± 7.07 (2) | 55.00 (1) |" in out and "coreset_cos" not in out.split("##")[1]
+    report_main([str(sweep), "--out", str(tmp_path / "cli2"), "--budgets", "20", "30"])
+    out = capsys.readouterr().out
+    assert "| method | 20 | 30 |" in out and "| geal | 75.0 ± 7.1 (2) | – |" in out
     assert f"latex: {tmp_path / 'cli' / 'results.tex'}" in out
 
 
