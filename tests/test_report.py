@@ -291,7 +291,7 @@ def test_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     report_main([str(sweep), "--out", str(tmp_path / "cli2"), "--budgets", "20", "30"])
     out = capsys.readouterr().out
     assert "| method | 20 | 30 |" in out and "| geal | 75.0 ± 7.1 (2) | – |" in out
-    assert f"latex: {tmp_path / 'cli' / 'results.tex'}" in out
+    assert f"latex: {tmp_path / 'cli2' / 'results.tex'}" in out
 
 
 def test_wandb_offline_push(sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
