@@ -189,6 +189,13 @@ def check_task_provides(selector: Selector, task: Task, reinit: bool = True) -> 
         )
 
 
+def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two JSON-like documents (for error messages)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted({*a, *b}) for d in differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
+
+
 @dataclass
 class CycleResult:
     """One trained and evaluated budget (the fields of ``geal.training.BudgetResult`` and the cycle's)."""
@@ -395,7 +402,7 @@ class CycleRunner:
             return LabelState(identity)
         state = LabelState.from_json(json.loads(path.read_text()), path)
         if state.identity != identity:
-            diff = sorted(k for k in {*identity, *state.identity} if identity.get(k) != state.identity.get(k))
+            diff = differing_keys(identity, state.identity)
             raise ValueError(
                 f"{path} belongs to another run (differs in {diff}): use a new run dir (hydra.run.dir=...), "
                 f"output.resume=false to start over, or delete {path}"
