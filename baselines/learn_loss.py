@@ -126,20 +126,21 @@ class LossPredictionModule(TrainingPlugin):
 
 
 def hooked_channels(task: Any, hooks: Sequence[str]) -> list[int]:
-    """The channel count of each hooked module's output, read from one training step of a fresh model on
-    two pool images (run without gradients, under a forked RNG so nothing the task does later changes)."""
+    """The channel count of each hooked module's output, read from one inference forward
+    (``task.forward``, what ``predict_loss`` runs) of a fresh model on two pool images — without gradients,
+    under a forked RNG so nothing the task does later changes."""
     n = min(2, len(task.pool))
     devices = [task.device] if task.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         model = task.build_model().to(task.device)
-        model.train()
+        model.eval()
         batch = move_to(next(iter(task.eval_loader(list(range(n))))), task.device)
         with capture_outputs(model, hooks) as captured:
-            task.training_step(model, batch)
+            task.forward(model, batch)
     out = []
     for name in hooks:
         if name not in captured:
-            raise ValueError(f"Learn-Loss hook '{name}' was not called by the task's training step")
+            raise ValueError(f"Learn-Loss hook '{name}' was not called by the task model's forward")
         out.append(int(global_pool(captured[name], name).shape[1]))
     return out
 

@@ -162,3 +162,34 @@ def test_loss_predictor_learns_to_rank_true_losses_on_held_out_digits(tmp_path) 
     picks = selector.select(pool, 20, SelectionContext(labeled=list(range(400)), seed=0, task=task))
     top = torch.tensor(held)[predicted.argsort(descending=True, stable=True)[:20]].tolist()
     assert sorted(picks.global_ids) == sorted(top)
+
+
+def test_learn_loss_reads_the_source_layers_of_an_ssd_detector(tmp_path) -> None:
+    """The same plugin on the VOC detection task (small SSD): per-image detection losses, backbone levels."""
+    from downstream.datasets import synthetic
+    from downstream.datasets.voc import VOCPool
+    from downstream.tasks.detection import VOCDetectionTask
+    from downstream.tasks.detection_models import SmallSSD
+
+    synthetic.make_voc(tmp_path / "VOCdevkit", n07=12, n12=8)
+    pool = VOCPool(tmp_path / "VOCdevkit")
+    test = VOCPool(tmp_path / "VOCdevkit", sets=[["2007", "test"]], name="voc07test")
+    task = VOCDetectionTask(
+        pool=pool,
+        test_pool=test,
+        model=SmallSSD(size=64, widths=(8, 16, 16, 16, 16)),
+        progress=False,
+        work_dir=tmp_path / "work",
+        train={"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "amp": "none"},
+        warmup_iters=2,
+    )
+    hooks = [f"backbone.levels.{k}" for k in range(3)]
+    selector = LearnLossSelector(hooks=hooks, hidden=8, candidates=None)
+    selector.bind_task(task)
+    assert selector.module is not None and [lv[0].in_features for lv in selector.module.levels] == [16] * 3
+    stats = task.fit(list(range(10)))
+    assert stats["plugin0/loss_prediction"] > 0.0
+    picks = selector.select(pool, 4, SelectionContext(labeled=list(range(10)), seed=0, task=task))
+    predicted = task.predict_loss(list(range(10, len(pool))))
+    expected = (torch.arange(10, len(pool))[predicted.argsort(descending=True, stable=True)[:4]]).tolist()
+    assert picks.global_ids == expected
