@@ -150,8 +150,8 @@ def test_wandb_offline_writes_config_history_and_summary(
     )
     rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in got["history"]]
     assert rows == [
-        {"budget_10/train/loss": 0.5, "step": 1.0},
-        {"budget_10/train/loss": 0.25, "step": 2.0},
+        {"budget_10/train/loss": 0.5, "budget_10/train/step": 1.0},
+        {"budget_10/train/loss": 0.25, "budget_10/train/step": 2.0},
         {"test/top1": 0.75, "step": 10.0},
     ]
     assert got["summary"]["final/metrics/top1"] == 0.75 and got["summary"]["seconds/total"] == 3.5

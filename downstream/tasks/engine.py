@@ -497,12 +497,13 @@ class TorchTask(Task):
             for epoch in range(start_epoch, s.epochs):
                 t0 = time.perf_counter()
                 stats = self._train_epoch(trained, ids, epoch, optimizer, scheduler, scaler, hooks, bar)
+                lr = float(optimizer.param_groups[0]["lr"])  # at the epoch's last step
                 if scheduler is not None:
                     scheduler.step(epoch + 1)
                 stats.update(
                     {
                         "epoch": float(epoch + 1),
-                        "lr": optimizer.param_groups[0]["lr"],
+                        "lr": lr,
                         "epoch_s": time.perf_counter() - t0,
                     }
                 )

@@ -91,6 +91,7 @@ class WandbLogger(RunLogger):
             settings=wandb.Settings(init_timeout=init_timeout, silent=True),
         )
         self._closed = False
+        self._axes: set[str] = set()
 
     @property
     def run_dir(self) -> Path:
@@ -101,9 +102,16 @@ class WandbLogger(RunLogger):
         self.run.config.update(dict(config), allow_val_change=True)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None, prefix: str = "") -> None:
+        """Each prefix gets its own x axis ``<prefix>/step`` (epochs of one budget's fit, budgets of the
+        run: ``step``), declared to wandb with ``define_metric`` the first time the prefix is seen."""
         values = scalars(prefixed(dict(metrics), prefix))
         if step is not None:
-            values["step"] = float(step)
+            axis = f"{prefix}/step" if prefix else "step"
+            if axis not in self._axes:
+                self._axes.add(axis)
+                self.run.define_metric(axis, hidden=True)
+                self.run.define_metric(f"{prefix}/*" if prefix else "*", step_metric=axis)
+            values[axis] = float(step)
         self.run.log(values)
 
     def log_summary(self, values: Mapping[str, Any]) -> None:
