@@ -126,9 +126,9 @@ DEMOS = {
     "paper_voc_demo": ("voc", ["seed=0", "selector=geal,learn_loss_small_ssd", "task.train.epochs=1"]),
     "paper_cityscapes_demo": (
         "cityscapes",
-        ["seed=0", "selector=geal,vaal", "task.train.epochs=1", "selector.iterations=5"],
+        ["seed=0", "selector=geal,random", "task.train.epochs=1"],
     ),
-    "paper_pets_demo": ("pets", ["seed=0", "selector=geal,vaal", "selector.iterations=5"]),
+    "paper_pets_demo": ("pets", ["seed=0", "selector=geal,coreset_euc"]),
     "offshelf_coreset_demo": ("mnist", ["seed=0", "selector=coreset_euc,random"]),
     "ablation_tau_demo": ("mnist", ["seed=0", "selector.tau=0.4,0.6"]),
     "ablation_k_demo": ("mnist", ["seed=0", "selector.k=5,15"]),
