@@ -198,3 +198,33 @@ def test_bad_cycle_settings_fail_at_start_up(tmp: Path, overrides: list[str], me
     with pytest.raises(Exception, match=message):
         run_in_process(tmp, out, "data=fashion_mnist", *overrides)
     assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "experiment", ["cycles_demo", "cycles_linear_demo", "cycles_classification", "cycles_voc"]
+)
+def test_cycle_experiments_compose_for_every_swept_selector(experiment: str) -> None:
+    """Every selector a cycle experiment sweeps composes with it, and every _target_ accepts its keys."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from geal.cli import CONFIG_DIR
+    from geal.config import TASK_RUN_KEYS, check_target_kwargs
+    from geal.cycles import CycleSchedule
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        base = compose(
+            "run", overrides=["paths.data_dir=/d", f"experiment={experiment}"], return_hydra_config=True
+        )
+        selectors = str(base.hydra.sweeper.params.selector).split(",")
+        assert len(selectors) >= 4
+        for name in selectors:
+            cfg = compose(
+                "run", overrides=["paths.data_dir=/d", f"experiment={experiment}", f"selector={name}"]
+            )
+            check_target_kwargs(cfg.selector, "selector")
+            check_target_kwargs(cfg.task, "task", ignore=TASK_RUN_KEYS)
+            check_target_kwargs(cfg.cycles.initial_draw, "cycles.initial_draw")
+            node = cfg.cycles
+            CycleSchedule(node.initial, node.initial_size, node.step, node.n_cycles, node.reinit)
