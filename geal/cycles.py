@@ -346,8 +346,12 @@ class CycleRunner:
             raise ValueError(f"cycle 0 needs {plans[0].n_select} labeled ids, got {len(initial_ids)}")
         selector.bind_task(task)  # e.g. Learn-Loss attaches its loss-prediction plugin (→ predict_loss)
         check_task_provides(selector, task, reinit)
-        if plans[0].draw == "draw" and initial_draw is not None:
-            check_task_provides(initial_draw, task)
+        if plans[0].draw == "draw" and initial_draw is not None and not initial_draw.cold_start:
+            raise ValueError(
+                f"cycles.initial_draw={getattr(initial_draw, 'name', type(initial_draw).__name__)} cannot pick "
+                "from nothing (no trained model or labeled set yet): use a one-pass selector (random, geal, "
+                "coreset_cos)"
+            )
         self.task, self.selector, self.pool = task, selector, pool
         self.plans = list(plans)
         self.out_dir = Path(out_dir)
