@@ -348,9 +348,9 @@ class CycleRunner:
         check_task_provides(selector, task, reinit)
         if plans[0].draw == "draw" and initial_draw is not None and not initial_draw.cold_start:
             raise ValueError(
-                f"cycles.initial_draw={getattr(initial_draw, 'name', type(initial_draw).__name__)} cannot pick "
-                "from nothing (no trained model or labeled set yet): use a one-pass selector (random, geal, "
-                "coreset_cos)"
+                f"cycles.initial_draw={getattr(initial_draw, 'name', type(initial_draw).__name__)} cannot "
+                "pick from nothing (no trained model or labeled set yet): use a one-pass selector (random, "
+                "geal, coreset_cos)"
             )
         self.task, self.selector, self.pool = task, selector, pool
         self.plans = list(plans)

@@ -324,3 +324,19 @@ def test_runner_rejects_a_selection_that_repeats_labeled_ids(probe_setup, tmp_pa
     )
     with pytest.raises(RuntimeError, match="already labeled"):
         runner.run()
+
+
+def test_initial_draw_must_pick_from_nothing(probe_setup, tmp_path: Path) -> None:
+    pool, make_task = probe_setup
+    plans = plan_cycles(SCHEDULE, EntropySelector())
+    with pytest.raises(ValueError, match="initial_draw=margin cannot pick from nothing"):
+        CycleRunner(
+            Interrupting(make_task()),
+            EntropySelector(),
+            pool,
+            plans,
+            tmp_path,
+            {"seed": 0},
+            SelectionContext(),
+            initial_draw=MarginSelector(),
+        )
