@@ -158,8 +158,13 @@ def budget_table(
     cells: dict[tuple[tuple[str, ...], int], Cell] = {}
     values_all: list[float] = []
     for row, members in by_row.items():
+        members = one_run_per_seed(members, row)
         for b in budgets:
-            got = [(r.values[b][metric], r.seed) for r in members if metric in r.values.get(b, {})]
+            got = [
+                (r.values[b][metric], r.seed)
+                for r in members
+                if math.isfinite(r.values.get(b, {}).get(metric, math.nan))  # undefined (NaN) = no value
+            ]
             values_all += [v for v, _ in got]
             if got:
                 cells[(row, b)] = summarize([v for v, _ in got], sorted((s for _, s in got), key=str))
@@ -170,6 +175,24 @@ def budget_table(
 
 #: the paper's headline metric of each task, preferred in this order when no metric is asked for
 HEADLINE_METRICS = ("top1", "map", "mAP", "map50", "miou", "mIoU")
+
+
+def one_run_per_seed(runs: Sequence[RunRecord], row: tuple[str, ...] = ()) -> list[RunRecord]:
+    """The runs of one setting with each seed once: a seed run twice (a rerun into another dir) counts
+    with its most recent ``metrics.json``; the others are logged, never averaged in."""
+    latest: dict[Any, RunRecord] = {}
+    for r in sorted(runs, key=lambda r: r.mtime):
+        if r.seed in latest and r.values:
+            log.warning(
+                "setting %s seed %s ran twice: %s replaces %s",
+                row,
+                r.seed,
+                r.directory,
+                latest[r.seed].directory,
+            )
+        if r.values or r.seed not in latest:
+            latest[r.seed] = r
+    return list(latest.values())
 
 
 def metrics_of(runs: Sequence[RunRecord]) -> list[str]:
@@ -598,7 +621,7 @@ def push_to_wandb(
 
 @dataclass
 class ReportOptions:
-    metrics: Sequence[str] | None = None  # None: the headline metric; ["all"]: every metric but counts
+    metrics: Sequence[str] | None = None  # None: the headline metric; ["all"]: all but counts, per-class
     rows: Sequence[str] | None = None  # None: method + the settings the sweep varied
     methods: Sequence[str] | None = None  # order / filter of the methods
     budgets: Sequence[int] | None = None  # the columns (e.g. the paper's 1k, 2k, 3k, 5k, 7k, 10k)
@@ -654,8 +677,8 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
             f"runs finish? ({len(found.runs)} run dir(s) found)"
         )
     available = metrics_of(finished_any)
-    if options.metrics and list(options.metrics) == ["all"]:
-        metrics = [m for m in available if not m.startswith("n_")]
+    if options.metrics and list(options.metrics) == ["all"]:  # not counts, not per-class breakdowns
+        metrics = [m for m in available if not m.startswith("n_") and "/" not in m]
     else:
         metrics = list(options.metrics or available[:1])
     unknown = [m for m in metrics if m not in available]

@@ -68,6 +68,7 @@ class RunRecord:
     seconds: dict[str, float] = field(default_factory=dict)
     run_infos: tuple[dict[str, Any], ...] = ()
     reason: str = ""
+    mtime: float = 0.0  # of metrics.json: which of two runs of one seed is the later
 
     @property
     def missing_budgets(self) -> list[int]:
@@ -193,8 +194,9 @@ def read_run(run_dir: Path) -> RunRecord:
             reason = f"no result for budget(s) {', '.join(map(str, missing))}"
         elif not seconds:
             reason = "metrics.json has no final wall times (interrupted or still running)"
+        mtime = metrics.stat().st_mtime
         return RunRecord(
-            run_dir, status, method, seed, values, planned, config, overrides, seconds, infos, reason
+            run_dir, status, method, seed, values, planned, config, overrides, seconds, infos, reason, mtime
         )
     selection = run_dir / "selection.json"
     config = _hydra_config(run_dir)

@@ -136,6 +136,17 @@ def test_planned_budgets_of_a_cycle_run_come_from_its_schedule(tmp_path: Path) -
     assert collect(tmp_path).runs[0].planned == (10, 20, 50)
 
 
+def test_a_seed_counts_once_and_nan_is_no_value(tmp_path: Path) -> None:
+    old = write_run(tmp_path, "old", "geal", 0, {10: 0.10})
+    new = write_run(tmp_path, "new", "geal", 0, {10: 0.50})  # the same seed rerun elsewhere
+    os.utime(old / "metrics.json", (1_000, 1_000))
+    os.utime(new / "metrics.json", (2_000, 2_000))
+    write_run(tmp_path, "s1", "geal", 1, {10: 0.70})
+    write_run(tmp_path, "s2", "geal", 2, {10: float("nan")})  # e.g. mIoU with no class present
+    cell = budget_table(collect(tmp_path).trained, "top1").cell("geal", 10)
+    assert cell.n == 2 and cell.mean == pytest.approx(0.60) and cell.seeds == (0, 1)
+
+
 def test_scale_is_percent_only_for_fractions(tmp_path: Path) -> None:
     write_run(tmp_path, "a", "geal", 0, {10: 31.5})
     write_run(tmp_path, "b", "geal", 1, {10: 33.5})
