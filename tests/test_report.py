@@ -289,6 +289,25 @@ def test_report_writes_every_file(sweep: Path, tmp_path: Path) -> None:
     assert list(out.glob(".*tmp*")) == []  # nothing half-written left behind
 
 
+def test_a_geal_select_sweep_gets_the_efficiency_table(tmp_path: Path) -> None:
+    """geal-select runs (selection.json, no training) are not failures: they feed the efficiency table."""
+    for num, (method, seconds) in enumerate([("geal", 12.0), ("geal", 14.0), ("random", 0.5)]):
+        run = tmp_path / str(num)
+        (run / ".hydra").mkdir(parents=True)
+        config = {"selector": {"name": method}, "seed": num, "budget": 100}
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+        selection = {"selector": method, "seed": num, "budget": 100, "config": config, "global_ids": [1]}
+        (run / "selection.json").write_text(json.dumps(selection))
+        info = {"device": "cpu", "timings": {"extraction_s": seconds - 1, "selection_total_s": seconds}}
+        (run / "run_info.json").write_text(json.dumps(info))
+    done = report(tmp_path)
+    assert done.tables == [] and not done.missing
+    geal, rand = done.efficiency.rows
+    assert geal.row == ("geal",) and geal.selection.mean == 13.0 and geal.stages["extraction_s"].mean == 12.0
+    assert rand.selection.n == 1 and rand.acquisition.mean == 0.5
+    assert "| geal | 2 | 13.00 ± 1.41 |" in done.markdown
+
+
 def test_metrics_headline_first_and_all(sweep: Path, tmp_path: Path) -> None:
     assert metrics_of(collect(sweep).trained) == ["top1", "n_test"]
     done = report(sweep, tmp_path / "r", ReportOptions(metrics=["all"]))
