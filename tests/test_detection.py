@@ -242,3 +242,34 @@ def test_real_ssd300_config_builds_and_trains_one_step(
     assert torch.equal(loaded.backbone.features[0].weight, vgg.features[0].weight)
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
         SSD300VGG16(backbone_weights=str(tmp_path / "missing.pth"))(21)
+
+
+def test_warmup_is_counted_in_iterations_whatever_the_budget(voc: synthetic.GeneratedDataset) -> None:
+    """warmup_iters=4 with 3 updates per epoch: the lr ramps linearly per iteration, then the multistep
+    milestone (epoch 2 = update 6) divides it by 10."""
+    pool = VOCPool(voc.root)
+    train = {
+        "epochs": 3,
+        "batch_size": 2,
+        "optimizer": "momentum",
+        "lr": 1e-3,
+        "warmup_lr": 1e-6,
+        "scheduler": "multistep",
+        "decay_milestones": [2],
+        "decay_rate": 0.1,
+        "amp": "none",
+        "checkpoint_every": 0,
+    }
+    task = VOCDetectionTask(
+        pool,
+        VOCPool(voc.root, sets=[["2007", "test"]]),
+        SmallSSD(size=64, widths=(8, 8, 8, 8)),
+        progress=False,
+        train=train,
+        warmup_iters=4,
+        instance_stats=False,
+    )
+    task.fit(list(range(6)))
+    lrs = [h["lr"] for h in task.history]
+    assert lrs == pytest.approx([1e-6 + 3 * (1e-3 - 1e-6) / 4, 1e-4, 1e-4])
+    assert task.settings.warmup_epochs == pytest.approx(4 / 3) and not task.settings.step_on_epochs
