@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -345,7 +346,7 @@ def plot(table: BudgetTable, paths: Sequence[Path], title: str = "") -> list[Pat
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     if title:
-        ax.set_title(title, fontsize="medium")
+        ax.set_title(textwrap.fill(title, 72), fontsize="medium")
     fig.tight_layout()
     written = []
     for path in paths:
@@ -722,7 +723,16 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
         for path in plot(table, [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"], title=options.title):
             files[f"plot_{table.metric}_{path.suffix[1:]}"] = path
     if eff.rows:
-        sections += ["", "## Efficiency: selection wall time per run", "", efficiency_markdown(eff)]
+        sections += [
+            "",
+            "## Efficiency: selection wall time per run",
+            "",
+            efficiency_markdown(eff),
+            "",
+            "Selection: the selector's own wall time, including feature extraction only where the run "
+            "extracted (cold); acquisition: for active-learning cycles, every selection plus the trainings "
+            "whose models made them. Device-hours: acquisition × devices / 3600, summed over the runs.",
+        ]
         latex += ["% selection wall time (s) and device-hours", efficiency_latex(eff), ""]
         files["efficiency_csv"] = write_csv(efficiency_csv_rows(eff), out_dir / "efficiency.csv")
     problems = problems_markdown(found)
