@@ -93,11 +93,17 @@ def _sq_dist(x: Tensor, c: Tensor, x_sq: Tensor) -> Tensor:
     return (x_sq.unsqueeze(-1) + c_sq.unsqueeze(-2) - 2.0 * (x @ c.transpose(-1, -2))).clamp_min_(0.0)
 
 
-def _assign(x: Tensor, c: Tensor, x_sq: Tensor, metric: str) -> Tensor:
-    """Nearest centroid index per point: (…,P,D), (…,k,D) → (…,P) long (first index on ties)."""
+def _assign(x: Tensor, c: Tensor, metric: str) -> Tensor:
+    """Nearest centroid index per point: (…,P,D), (…,k,D) → (…,P) long (first index on ties).
+
+    Euclidean: smallest ``‖c‖² − 2x·c`` (‖x‖² is the same for every centroid of a point); cosine: largest
+    ``x·c``. One batched matrix product either way.
+    """
     if metric == "cosine":
         return (x @ c.transpose(-1, -2)).argmax(-1)
-    return _sq_dist(x, c, x_sq).argmin(-1)
+    if x.ndim == 2:
+        return torch.addmm((c * c).sum(-1).unsqueeze(0), x, c.T, alpha=-2.0).argmin(-1)
+    return torch.baddbmm((c * c).sum(-1).unsqueeze(-2), x, c.transpose(-1, -2), alpha=-2.0).argmin(-1)
 
 
 def _pair_dist(x: Tensor, c: Tensor, x_sq: Tensor, metric: str) -> Tensor:
@@ -105,6 +111,15 @@ def _pair_dist(x: Tensor, c: Tensor, x_sq: Tensor, metric: str) -> Tensor:
     if metric == "cosine":
         return (1.0 - x @ c.transpose(-1, -2)).clamp_min_(0.0)
     return _sq_dist(x, c, x_sq).sqrt_()
+
+
+def _chunk_images(x: Tensor, k: int) -> int:
+    """Images per chunk: on CPU the per-chunk tensors (≈ chunk × max(P, k) × D) stay within ~2 MB so the
+    elementwise passes run from cache (measured faster than one huge batch streaming through memory); on
+    accelerators, big batches (~256 MB)."""
+    _, P, D = x.shape
+    budget = 2 * 2**20 if x.device.type == "cpu" else 256 * 2**20
+    return max(1, budget // max(1, max(P, k) * D * x.element_size()))
 
 
 def init_centroids(
@@ -116,51 +131,68 @@ def init_centroids(
     init: Init = "kmeans++",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Initial centroids (B,k,D) for every image at once (see the module docstring).
+    """Initial centroids (B,k,D) for every image (see the module docstring).
 
     points (B,P,D); mask (B,P) bool. Rows with fewer than k valid points still get k centroids (repeated
     draws), though :func:`batched_kmeans` replaces them by the points themselves. Cosine centroids are unit.
+    All random numbers are drawn first ((B,k) uniforms for kmeans++, (B,P) keys for random), so the result
+    does not depend on how the images are chunked.
     """
     _check(points, mask, k, metric, init, 0, 0.0)
     x = _prepare(points, metric)
+    return _init(x, mask, k, metric, init, generator, torch.arange(x.shape[0], device=x.device))
+
+
+def _init(
+    x: Tensor, mask: Tensor, k: int, metric: str, init: str, generator: torch.Generator | None, rows: Tensor
+) -> Tensor:
+    """:func:`init_centroids` of the prepared points x (B,P,D), computed for the images ``rows`` only
+    (the random numbers of every image are drawn all the same) → (len(rows),k,D)."""
     B, P, D = x.shape
     dev, dt = x.device, x.dtype
-    out = torch.zeros(B, k, D, device=dev, dtype=dt)
     if B == 0 or P == 0:
-        return out
-    maskf = mask.to(dt)
-    rows = torch.arange(B, device=dev)
+        return torch.zeros(rows.numel(), k, D, device=dev, dtype=dt)
     if init == "random":
         # k distinct valid points uniformly: the k largest random keys among valid points
-        keys = _rand((B, P), generator, dev, dt).masked_fill_(~mask, -1.0)
+        keys = _rand((B, P), generator, dev, dt).masked_fill_(~mask, -1.0)[rows]
         idx = keys.topk(min(k, P), dim=1).indices
         if idx.shape[1] < k:  # fewer than k points in the padded set: repeat the first one
-            idx = torch.cat([idx, idx[:, :1].expand(B, k - idx.shape[1])], dim=1)
-        return x.gather(1, idx.unsqueeze(-1).expand(B, k, D)).clone()
+            idx = torch.cat([idx, idx[:, :1].expand(rows.numel(), k - idx.shape[1])], dim=1)
+        return x[rows].gather(1, idx.unsqueeze(-1).expand(rows.numel(), k, D)).clone()
+    uniforms = _rand((B, k), generator, dev, torch.float64)[rows]
+    out = torch.empty(rows.numel(), k, D, device=dev, dtype=dt)
+    step = _chunk_images(x, k)
+    for s in range(0, rows.numel(), step):
+        r = rows[s : s + step]
+        out[s : s + step] = _kmeanspp(x[r], mask[r], k, metric, uniforms[s : s + step])
+    return out
+
+
+def _kmeanspp(x: Tensor, mask: Tensor, k: int, metric: str, uniforms: Tensor) -> Tensor:
+    """kmeans++ seeds (A,k,D) of the images x (A,P,D) with the uniforms (A,k) float64."""
+    A = x.shape[0]
+    rows = torch.arange(A, device=x.device)
+    maskf = mask.to(x.dtype)
     x_sq = (x * x).sum(-1)
+    out = torch.empty(A, k, x.shape[2], device=x.device, dtype=x.dtype)
     # first centre: uniform among valid points (all points when a row has none)
     weights = torch.where(maskf.sum(1, keepdim=True) > 0, maskf, torch.ones_like(maskf))
-    first = _draw_rows(weights, generator)
-    out[:, 0] = x[rows, first]
-    mind = _pair_dist(x, out[:, :1], x_sq, metric).squeeze(-1)  # (B,P)
+    out[:, 0] = x[rows, _draw_rows(weights, uniforms[:, 0])]
+    mind = _pair_dist(x, out[:, :1], x_sq, metric).squeeze(-1)  # (A,P)
     for j in range(1, k):
         w = mind.square() * maskf
         total = w.sum(1, keepdim=True)
         w = torch.where(total > 0, w, weights)
-        pick = _draw_rows(w, generator)
-        out[:, j] = x[rows, pick]
+        out[:, j] = x[rows, _draw_rows(w, uniforms[:, j])]
         torch.minimum(mind, _pair_dist(x, out[:, j : j + 1], x_sq, metric).squeeze(-1), out=mind)
     return out
 
 
-def _draw_rows(weights: Tensor, generator: torch.Generator | None) -> Tensor:
-    """One index per row with probability ∝ weights (B,P) (non-negative, positive row sums) → (B,) long.
-
-    Inverse-CDF sampling in float64 with uniforms from ``generator``: works whatever the device of the
-    weights and of the generator.
-    """
+def _draw_rows(weights: Tensor, uniforms: Tensor) -> Tensor:
+    """One index per row with probability ∝ weights (A,P) (non-negative, positive row sums) → (A,) long,
+    by inverse-CDF sampling in float64 with the given uniforms (A,) in [0, 1)."""
     cdf = weights.to(torch.float64).cumsum(1)
-    u = _rand((weights.shape[0], 1), generator, weights.device, torch.float64) * cdf[:, -1:]
+    u = uniforms.unsqueeze(1) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).squeeze(1)
     return idx.clamp_(max=weights.shape[1] - 1)
 
@@ -180,20 +212,72 @@ def _small_images(x: Tensor, mask: Tensor, k: int) -> tuple[Tensor, Tensor, Tens
     return cents, valid, assign
 
 
-def _update(x: Tensor, maskf: Tensor, assign: Tensor, c: Tensor, metric: str) -> tuple[Tensor, Tensor]:
-    """New centroids (A,k,D) from assignments (A,P); empty clusters keep ``c``. Also returns counts (A,k)."""
+def _update(x: Tensor, mask: Tensor, assign: Tensor, c: Tensor, metric: str) -> tuple[Tensor, Tensor]:
+    """New centroids (A,k,D) from assignments (A,P); empty clusters keep ``c``. Also returns counts (A,k).
+
+    One ``index_add`` of every point into its cluster's row (padded points go to a spare row), so the work
+    is one pass over the points whatever k (no (A,P,k) one-hot).
+    """
+    A, _, D = x.shape
     k = c.shape[1]
-    onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype) * maskf.unsqueeze(-1)  # (A,P,k)
-    counts = onehot.sum(1)  # (A,k)
-    sums = onehot.transpose(1, 2) @ x  # (A,k,D)
+    slot = torch.where(mask, assign, torch.full_like(assign, k))
+    slot = slot + (k + 1) * torch.arange(A, device=x.device).unsqueeze(1)
+    flat = slot.reshape(-1)
+    sums = torch.zeros(A * (k + 1), D, dtype=x.dtype, device=x.device).index_add_(0, flat, x.reshape(-1, D))
+    sums = sums.view(A, k + 1, D)[:, :k]
+    counts = torch.bincount(flat, minlength=A * (k + 1)).view(A, k + 1)[:, :k]
     if metric == "cosine":
         norm = sums.norm(dim=-1, keepdim=True)
-        new = sums / norm.clamp_min(torch.finfo(x.dtype).tiny)
-        keep_old = (counts == 0).unsqueeze(-1) | (norm == 0)
+        new = sums.div_(norm.clamp_min(torch.finfo(x.dtype).tiny))
+        keep_old = (counts == 0) | (norm.squeeze(-1) == 0)
     else:
-        new = sums / counts.clamp_min(1.0).unsqueeze(-1)
-        keep_old = (counts == 0).unsqueeze(-1)
-    return torch.where(keep_old, c, new), counts
+        new = sums.div_(counts.clamp_min(1).unsqueeze(-1).to(x.dtype))
+        keep_old = counts == 0
+    old = keep_old.nonzero(as_tuple=True)  # few: empty clusters keep their previous centroid
+    if old[0].numel():
+        new[old] = c[old]
+    return new, counts
+
+
+def _counts(assign: Tensor, mask: Tensor, k: int) -> Tensor:
+    """Points per cluster (A,k) from assignments (A,P) (masked points not counted)."""
+    A = assign.shape[0]
+    slot = torch.where(mask, assign, torch.full_like(assign, k))
+    flat = (slot + (k + 1) * torch.arange(A, device=assign.device).unsqueeze(1)).reshape(-1)
+    return torch.bincount(flat, minlength=A * (k + 1)).view(A, k + 1)[:, :k]
+
+
+def _lloyd(x: Tensor, mask: Tensor, c: Tensor, iters: int, tol: float, metric: str) -> tuple[Tensor, int]:
+    """Lloyd iterations of every image of (A,P,D) from centroids c (A,k,D) → (final centroids, iterations).
+
+    An image stops when no centroid moved by more than ``tol``; its centroids are frozen from then on. The
+    working set is compacted to the images still moving whenever half of it has converged, so finished
+    images cost nothing and the others never wait for a gather per iteration.
+    """
+    c = c.clone()
+    work = torch.arange(x.shape[0], device=x.device)  # images in the working arrays
+    xw, mw, cw = x, mask, c
+    moving = torch.ones(work.numel(), dtype=torch.bool, device=x.device)
+    n_iter = 0
+    for _ in range(iters):
+        n_moving = int(moving.sum())
+        if n_moving == 0:
+            break
+        if n_moving <= work.numel() // 2:  # compact: drop converged images from the working arrays
+            c[work] = cw
+            keep = moving.nonzero().squeeze(1)
+            work, xw, mw, cw = work[keep], xw[keep], mw[keep], cw[keep]
+            moving = moving[keep]
+        n_iter += 1
+        new, _ = _update(xw, mw, _assign(xw, cw, metric), cw, metric)
+        shift = torch.linalg.vector_norm(new - cw, dim=-1).amax(dim=1)  # (W,)
+        frozen = (~moving).nonzero().squeeze(1)  # converged, not yet compacted away: keep their centroids
+        if frozen.numel():
+            new[frozen] = cw[frozen]
+        cw = new
+        moving &= shift > tol
+    c[work] = cw
+    return c, n_iter
 
 
 def batched_kmeans(
@@ -217,47 +301,37 @@ def batched_kmeans(
     _check(points, mask, k, metric, init, iters, tol)
     x = _prepare(points, metric)
     B, _, D = x.shape
-    cents, valid, assign = _small_images(x, mask, k)
     n_valid = mask.sum(1)
     big = n_valid > k
-    if not bool(big.any()):
+    cents = torch.zeros(B, k, D, device=x.device, dtype=x.dtype)
+    valid = torch.zeros(B, k, device=x.device, dtype=torch.bool)
+    assign = torch.full(mask.shape, -1, device=x.device, dtype=torch.long)
+    small = (~big).nonzero().squeeze(1)
+    if small.numel():
+        cents[small], valid[small], assign[small] = _small_images(x[small], mask[small], k)
+    bidx = big.nonzero().squeeze(1)
+    if bidx.numel() == 0:
         return KMeansResult(cents, valid, assign)
     if initial_centroids is None:
-        c0 = init_centroids(points, mask, k, metric=metric, init=init, generator=generator)
+        c0 = _init(x, mask, k, metric, init, generator, bidx)
     else:
         if initial_centroids.shape != (B, k, D):
             raise ValueError(f"initial_centroids must be {(B, k, D)}, got {tuple(initial_centroids.shape)}")
-        c0 = initial_centroids.to(device=x.device, dtype=x.dtype)
+        c0 = initial_centroids.to(device=x.device, dtype=x.dtype)[bidx]
         if metric == "cosine":
             c0 = torch.nn.functional.normalize(c0, dim=-1)
-    bidx = big.nonzero().squeeze(1)
-    xb, mb = x[bidx], mask[bidx]
-    mbf = mb.to(x.dtype)
-    xb_sq = (xb * xb).sum(-1)
-    c = c0[bidx].clone()
-    active = torch.arange(bidx.numel(), device=x.device)
+    step = _chunk_images(x, k)
     n_iter = 0
-    for _ in range(iters):
-        if active.numel() == 0:
-            break
-        n_iter += 1
-        xa, ma, ca = xb[active], mbf[active], c[active]
-        a = _assign(xa, ca, xb_sq[active], metric)
-        new, _ = _update(xa, ma, a, ca, metric)
-        shift = (new - ca).norm(dim=-1).amax(dim=1)  # (A,)
-        c[active] = new
-        active = active[shift > tol]
-    log.debug(
-        "batched k-means: %d images clustered, %d iterations, %d not converged",
-        bidx.numel(),
-        n_iter,
-        active.numel(),
-    )
-    a = _assign(xb, c, xb_sq, metric)
-    _, counts = _update(xb, mbf, a, c, metric)
-    cents[bidx] = c
-    valid[bidx] = counts > 0
-    assign[bidx] = torch.where(mb, a, torch.full_like(a, -1))
+    for s in range(0, bidx.numel(), step):
+        rows = bidx[s : s + step]
+        xb, mb = (x, mask) if rows.numel() == B else (x[rows], mask[rows])
+        c, it = _lloyd(xb, mb, c0[s : s + step], iters, tol, metric)
+        n_iter = max(n_iter, it)
+        a = _assign(xb, c, metric)
+        cents[rows] = c
+        valid[rows] = _counts(a, mb, k) > 0
+        assign[rows] = torch.where(mb, a, torch.full_like(a, -1))
+    log.debug("batched k-means: %d images clustered, up to %d iterations", bidx.numel(), n_iter)
     return KMeansResult(cents, valid, assign)
 
 
@@ -299,27 +373,16 @@ def per_image_kmeans(
             valid[b, :n] = True
             assign[b, pos] = torch.arange(n, device=x.device)
             continue
-        pts_sq = (pts * pts).sum(-1)
-        c = c0[b].clone()
-        for _ in range(iters):
-            lab = _assign(pts, c, pts_sq, metric)
-            new = c.clone()
-            for j in range(k):
-                members = pts[lab == j]
-                if members.shape[0] == 0:
-                    continue  # empty cluster keeps its previous centroid
-                s = members.sum(0)
-                if metric == "cosine":
-                    if s.norm() > 0:
-                        new[j] = s / s.norm()
-                else:
-                    new[j] = s / members.shape[0]
+        one = torch.ones(1, n, dtype=torch.bool, device=x.device)
+        c = c0[b : b + 1].clone()
+        for _ in range(iters):  # the batched code's steps, on this image alone
+            new, _ = _update(pts[None], one, _assign(pts[None], c, metric), c, metric)
             shift = (new - c).norm(dim=-1).max()
             c = new
             if shift <= tol:
                 break
-        lab = _assign(pts, c, pts_sq, metric)
-        cents[b] = c
-        valid[b] = torch.bincount(lab, minlength=k) > 0
-        assign[b, pos] = lab
+        lab = _assign(pts[None], c, metric)
+        cents[b] = c[0]
+        valid[b] = _counts(lab, one, k)[0] > 0
+        assign[b, pos] = lab[0]
     return KMeansResult(cents, valid, assign)

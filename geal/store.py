@@ -9,12 +9,19 @@ Layout of one store (a directory under the cache dir, never inside a dataset fol
             attention.npy       (n, H, N) fp32 per-head importance, rows sum to 1
             global.npy          (n, D')   fp32 global feature
             valid.npy           (n,)      bool, False for images skipped as unreadable
-            meta.json           range, dtypes, skipped files
+            meta.json           range, arrays, dtypes, skipped files
         shard_00001/ ...
         clusters/<hash>.npz     second stage: knowledge clusters for one (τ, K, k-means...) setting
+        .extract.lock           held by the job (or rank 0 of the distributed job) filling the store
+
+A ``clusters_only`` store (``mode`` in the manifest; for pools too large to keep dense tokens) holds per
+shard ``clusters.npy`` (n, K, D) fp16 knowledge clusters and ``cluster_valid.npy`` (n, K) bool instead of
+tokens and attention, for the one cluster setting recorded in the manifest.
 
 A shard directory is written under a temporary name and renamed into place when complete, so a shard
-that exists is complete; an interrupted extraction resumes at the first missing shard.
+that exists is complete; an interrupted extraction resumes at the first missing shard. Jobs that share a
+cache dir (sweeps, several nodes on one file system) take a file lock before filling a store or computing
+a cluster cache, so each is written once; the others wait and then read it.
 """
 
 from __future__ import annotations
@@ -29,16 +36,40 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
 
 #: bump when the meaning of stored data changes (old stores are then ignored, not misread)
 STORE_VERSION = 1
-ARRAYS = ("tokens", "attention", "global", "valid")
+ARRAYS = ("tokens", "attention", "global", "valid")  # a dense shard's arrays
+CLUSTER_ARRAYS = ("clusters", "cluster_valid", "global", "valid")  # a clusters-only shard's arrays
 FP16_MAX = 65504.0
+
+StoreMode = Literal["full", "clusters_only"]
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a file beside the data) while the block runs; says when it waits.
+
+    Works across processes and across machines on a file system with working ``fcntl`` locks (NFSv4,
+    Lustre, GPFS).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another job that is %s (lock %s)", what, path)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class StoreMismatchError(RuntimeError):
@@ -73,13 +104,23 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 @dataclass(frozen=True)
 class ShardData:
-    """Arrays of one shard (numpy): tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,)."""
+    """Arrays of one shard (numpy): tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,); or, in a
+    clusters-only store, clusters (n,K,D) and cluster_valid (n,K) instead of tokens and attention."""
 
-    tokens: np.ndarray
-    attention: np.ndarray
+    tokens: np.ndarray | None
+    attention: np.ndarray | None
     global_feature: np.ndarray
     valid: np.ndarray
     skipped: list[dict[str, str]]
+    clusters: np.ndarray | None = None
+    cluster_valid: np.ndarray | None = None
+
+
+def _fp16_if_lossless_range(arr: np.ndarray) -> np.ndarray:
+    """fp16 unless a value is non-finite or beyond fp16's range (then fp32)."""
+    arr = arr.astype(np.float32, copy=False)
+    fits = bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0.0)) < FP16_MAX
+    return arr.astype(np.float16 if fits else np.float32)
 
 
 class FeatureStore:
@@ -90,19 +131,41 @@ class FeatureStore:
     store is only ever read by a run that asks for exactly the same thing.
     """
 
-    def __init__(self, directory: Path, key: dict[str, Any], n_images: int, shard_size: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        key: dict[str, Any],
+        n_images: int,
+        shard_size: int,
+        mode: StoreMode = "full",
+        clusters: dict[str, Any] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.key = key
         self.n_images = int(n_images)
         self.shard_size = int(shard_size)
+        self.mode: StoreMode = mode
+        #: clusters-only stores: the knowledge-cluster settings the shards hold (None: no clusters)
+        self.clusters = clusters
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(
-        cls, cache_dir: Path, key: dict[str, Any], n_images: int, shard_size: int, label: str
+        cls,
+        cache_dir: Path,
+        key: dict[str, Any],
+        n_images: int,
+        shard_size: int,
+        label: str,
+        mode: StoreMode = "full",
+        clusters: dict[str, Any] | None = None,
     ) -> FeatureStore:
-        """Open (or create) the store for ``key`` under ``cache_dir/features``; check its manifest."""
+        """Open (or create) the store for ``key`` under ``cache_dir/features``; check its manifest.
+
+        ``mode``/``clusters``: a clusters-only store and the cluster settings it is filled with (recorded in
+        the manifest when the store is created; an existing store keeps the ones it was created with).
+        """
         if n_images <= 0:
             raise ValueError("cannot build a feature store for an empty pool")
         safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
@@ -129,9 +192,18 @@ class FeatureStore:
                     f"re-extract, or point paths.cache_dir somewhere else."
                 )
             shard_size = int(found["shard_size"])
+            mode = found.get("mode", "full")
+            clusters = found.get("clusters")
         else:
-            atomic_write_json(manifest, {**expected, "shard_size": shard_size, "label": label})
-        return cls(directory, key, n_images, shard_size)
+            atomic_write_json(
+                manifest,
+                {**expected, "shard_size": shard_size, "label": label, "mode": mode, "clusters": clusters},
+            )
+        return cls(directory, key, n_images, shard_size, mode, clusters)
+
+    def lock(self, what: str = "extracting features") -> contextlib.AbstractContextManager[None]:
+        """The store's cross-process lock (see :func:`file_lock`)."""
+        return file_lock(self.directory / ".extract.lock", f"{what} into {self.directory}")
 
     # ------------------------------------------------------------------ shards
     @property
@@ -152,26 +224,37 @@ class FeatureStore:
     def complete(self) -> bool:
         return not self.missing_shards()
 
+    @property
+    def array_names(self) -> tuple[str, ...]:
+        return CLUSTER_ARRAYS if self.mode == "clusters_only" else ARRAYS
+
     def write_shard(self, shard: int, data: ShardData) -> None:
         """Write one complete shard atomically (temporary directory renamed into place)."""
         start, stop = self.shard_range(shard)
         n = stop - start
-        for name, arr in (
-            ("tokens", data.tokens),
-            ("attention", data.attention),
-            ("global", data.global_feature),
-            ("valid", data.valid),
-        ):
+        given = {
+            "tokens": data.tokens,
+            "attention": data.attention,
+            "global": data.global_feature,
+            "valid": data.valid,
+            "clusters": data.clusters,
+            "cluster_valid": data.cluster_valid,
+        }
+        for name in self.array_names:
+            arr = given[name]
+            if arr is None:
+                raise ValueError(f"shard {shard}: a {self.mode} store needs '{name}', which is missing")
             if arr.shape[0] != n:
                 raise ValueError(f"shard {shard}: {name} has {arr.shape[0]} rows, expected {n}")
-        tokens = data.tokens.astype(np.float32, copy=False)
-        fits_fp16 = bool(np.isfinite(tokens).all()) and float(np.abs(tokens).max(initial=0.0)) < FP16_MAX
-        arrays = {
-            "tokens": tokens.astype(np.float16 if fits_fp16 else np.float32),
-            "attention": data.attention.astype(np.float32),
-            "global": data.global_feature.astype(np.float32),
-            "valid": data.valid.astype(bool),
+        convert = {
+            "tokens": _fp16_if_lossless_range,
+            "attention": lambda a: a.astype(np.float32),
+            "global": lambda a: a.astype(np.float32),
+            "valid": lambda a: a.astype(bool),
+            "clusters": _fp16_if_lossless_range,
+            "cluster_valid": lambda a: a.astype(bool),
         }
+        arrays = {name: convert[name](given[name]) for name in self.array_names}
         final = self.shard_dir(shard)
         tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{final.name}.", suffix=".tmp"))
         try:
@@ -181,6 +264,7 @@ class FeatureStore:
                 "start": start,
                 "stop": stop,
                 "skipped": data.skipped,
+                "arrays": list(arrays),
                 "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
             }
             # meta.json last: its presence marks the shard complete
@@ -203,36 +287,42 @@ class FeatureStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ reading
-    def _shard_arrays(self, shard: int) -> dict[str, np.ndarray]:
-        if shard not in self._cache:
-            directory = self.shard_dir(shard)
-            if not (directory / "meta.json").exists():
-                raise FileNotFoundError(
-                    f"shard {directory} is missing: the store is incomplete (run extraction)"
+    def _shard_arrays(self, shard: int, keep: bool = True) -> dict[str, np.ndarray]:
+        """The memory-mapped arrays of one shard; ``keep=False`` does not keep the maps open afterwards
+        (a pass over a large store then never holds more than one shard's pages resident)."""
+        if shard in self._cache:
+            return self._cache[shard]
+        directory = self.shard_dir(shard)
+        if not (directory / "meta.json").exists():
+            raise FileNotFoundError(f"shard {directory} is missing: the store is incomplete (run extraction)")
+        start, stop = self.shard_range(shard)
+        meta = json.loads((directory / "meta.json").read_text())
+        names = meta.get("arrays", ARRAYS)
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names}
+        for name, arr in arrays.items():
+            if arr.shape[0] != stop - start:
+                raise StoreMismatchError(
+                    f"{directory / (name + '.npy')} has {arr.shape[0]} rows, expected {stop - start}: "
+                    f"the store is damaged; delete {self.directory} to re-extract."
                 )
-            start, stop = self.shard_range(shard)
-            arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in ARRAYS}
-            for name, arr in arrays.items():
-                if arr.shape[0] != stop - start:
-                    raise StoreMismatchError(
-                        f"{directory / (name + '.npy')} has {arr.shape[0]} rows, expected {stop - start}: "
-                        f"the store is damaged; delete {self.directory} to re-extract."
-                    )
+        if keep:
             self._cache[shard] = arrays
-        return self._cache[shard]
+        return arrays
 
     def iter_shards(self) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-        """Yield (start, stop, memory-mapped arrays) per shard, in global-id order."""
+        """Yield (start, stop, memory-mapped arrays) per shard, in global-id order (the maps of a shard are
+        released when the next one is read)."""
         for shard in range(self.n_shards):
             start, stop = self.shard_range(shard)
-            yield start, stop, self._shard_arrays(shard)
+            yield start, stop, self._shard_arrays(shard, keep=False)
 
     def _concat(self, name: str) -> np.ndarray:
         return np.concatenate([arrays[name] for _, _, arrays in self.iter_shards()], axis=0)
 
     @property
     def token_dim(self) -> int:
-        return int(self._shard_arrays(0)["tokens"].shape[-1])
+        arrays = self._shard_arrays(0)
+        return int(arrays["tokens" if "tokens" in arrays else "clusters"].shape[-1])
 
     def global_features(self) -> np.ndarray:
         """(n_images, D') float32 global features."""
