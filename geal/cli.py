@@ -562,6 +562,8 @@ def visualize_main(cfg: DictConfig) -> None:
         others = {}
         for path in cfg.compare:
             ids, doc = load_selection(Path(path), pool)
+            # the same number of images as the selection: the prefix (a nested selector's smaller budget)
+            ids = ids[: len(selected)]
             others[f"{doc.get('selector')} (seed {doc.get('seed')}, {Path(path).parent.name})"] = ids
         try:
             hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
