@@ -112,6 +112,8 @@ def test_the_paper_grids() -> None:
         "coreset_euc",
         "random",
     ]
+    # an experiment's launcher is the one it names (the root configs leave the choice to it)
+    assert "JoblibLauncher" in str(compose_experiment("paper_voc_demo").hydra.launcher._target_)
     eff = compose_experiment("efficiency")
     assert (
         "local" in str(eff.hydra.launcher._target_).lower()
