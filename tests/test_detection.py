@@ -12,12 +12,14 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 from torchvision.models.detection.ssd import SSD
+from torchvision.models.vgg import cfgs as vgg_cfgs
+from torchvision.models.vgg import make_layers
 
 from downstream.datasets import synthetic
 from downstream.datasets.cityscapes import CityscapesPool
 from downstream.datasets.voc import VOC_CLASSES, VOCPool, read_voc_xml
 from downstream.tasks.detection import VOCDetectionTask
-from downstream.tasks.detection_models import SSD300VGG16, SmallSSD, load_vgg16_backbone
+from downstream.tasks.detection_models import SSD300VGG16, SmallSSD
 from downstream.tasks.detection_transforms import SSDTransform
 from downstream.tasks.instance_stats import class_count_matrix, instance_statistics
 from geal.task import TaskError
@@ -235,11 +237,13 @@ def test_real_ssd300_config_builds_and_trains_one_step(
     assert any(k.startswith("head.classification_head") for k in changed)
     assert any(k.startswith("backbone.features") for k in changed)
 
-    vgg = load_vgg16_backbone(None)
+    # a local file with VGG16's conv layers (the classifier may be absent) becomes the SSD backbone's start
+    features = make_layers(vgg_cfgs["D"])
     path = tmp_path / "vgg16_features.pth"
-    torch.save({k: v for k, v in vgg.state_dict().items() if k.startswith("features.")}, path)
+    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
     loaded = SSD300VGG16(backbone_weights=str(path))(21)
-    assert torch.equal(loaded.backbone.features[0].weight, vgg.features[0].weight)
+    assert torch.equal(loaded.backbone.features[0].weight, features[0].weight)
+    assert torch.equal(loaded.backbone.features[21].weight, features[21].weight)  # conv4_3
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
         SSD300VGG16(backbone_weights=str(tmp_path / "missing.pth"))(21)
 
