@@ -127,7 +127,7 @@ def bench_detection(root: Path, args: argparse.Namespace, device: torch.device) 
     bare = bare_model_speed(model, step, args.batch_size_ssd, args.steps, task.amp_dtype, device)
     print(
         f"voc_detection SSD300-VGG16 300x300 batch {args.batch_size_ssd} amp {task.amp_dtype} on {device}: "
-        f"task {ours:.2f} img/s | bare model {bare:.2f} img/s | ratio {ours / bare:.2f}"
+        f"task {ours:.3g} img/s | bare model {bare:.3g} img/s | ratio {ours / bare:.2f}"
     )
 
 
@@ -169,7 +169,7 @@ def bench_segmentation(root: Path, args: argparse.Namespace, device: torch.devic
     bare = bare_model_speed(model, step, args.batch_size_seg, args.steps, task.amp_dtype, device)
     print(
         f"cityscapes_segmentation DeepLabV3-ResNet50 crop {crop[0]}x{crop[1]} batch {args.batch_size_seg} "
-        f"amp {task.amp_dtype} on {device}: task {ours:.2f} img/s | bare model {bare:.2f} img/s | "
+        f"amp {task.amp_dtype} on {device}: task {ours:.3g} img/s | bare model {bare:.3g} img/s | "
         f"ratio {ours / bare:.2f}"
     )
 
