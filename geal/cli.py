@@ -161,6 +161,7 @@ def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> 
             shard_size=cfg.extraction.shard_size,
             on_error=cfg.data.get("on_error", "raise"),
             progress=cfg.extraction.progress,
+            cache_mode=cfg.extraction.cache_mode,
         ),
         device=device,
         label=str(cfg.backbone.get("name", "backbone")),

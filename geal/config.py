@@ -35,6 +35,7 @@ class ExtractionConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | none
     shard_size: int = 512
     progress: bool = True
+    cache_mode: str = "full"  # full | clusters_only (keep only the selector's knowledge clusters)
 
 
 @dataclass

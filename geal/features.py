@@ -4,11 +4,22 @@ Stage 1 runs the network once per (backbone, weights, preprocessing, layers, poo
 filter + per-image k-means) is keyed additionally by its own settings, so sweeps over τ, K, distance,
 sampler, seed or budget never run the network again, and sweeps over distance/sampler/seed/budget never
 re-run k-means.
+
+Both stages are computed under a file lock, so parallel jobs that share the cache dir (a sweep started all
+at once) extract a store once and compute a cluster cache once; the others wait and read it. With
+``ExtractionSettings.cache_mode="clusters_only"`` stage 2 runs inside stage 1, shard by shard, and only
+the knowledge clusters of that one setting are kept (asking for another setting is then an error that
+says how to get it).
+
+Knowledge clusters are computed ``batch_images`` images at a time within each shard, each chunk with its
+own generator seeded from (``kmeans_seed``, the chunk's first global id): the result does not depend on
+which job, rank or resumed run computes a chunk, so both cache modes and distributed extraction agree.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -24,9 +35,16 @@ from geal.backbones.base import Backbone
 from geal.extract import ExtractionReport, ExtractionSettings, extract_to_store
 from geal.knowledge import knowledge_clusters
 from geal.pool import ImagePool
-from geal.store import STORE_VERSION, FeatureStore, atomic_write_bytes, stable_hash
+from geal.store import STORE_VERSION, FeatureStore, ShardData, atomic_write_bytes, file_lock, stable_hash
 
 log = logging.getLogger(__name__)
+
+#: bump when the knowledge clusters computed for the same settings change (old caches are then ignored)
+CLUSTERS_VERSION = 2
+
+
+class ClustersNotStoredError(RuntimeError):
+    """A clusters-only feature store does not hold the knowledge clusters a selector asks for."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,10 @@ class ClusterSettings:
     kmeans_init: Literal["kmeans++", "random"] = "kmeans++"
     kmeans_seed: int = 0
     batch_images: int = 256  # images clustered together; part of the key (it orders the random draws)
+
+    def identity(self) -> dict[str, Any]:
+        """What determines the clusters: these settings and the algorithm's version (the cache key)."""
+        return {**asdict(self), "clusters_version": CLUSTERS_VERSION}
 
 
 @dataclass
@@ -98,109 +120,234 @@ class FeatureProvider:
         self.label = label
         self.timings = FeatureTimings()
 
-    def open_store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
-        """The (possibly incomplete) dense store for these layers; nothing is extracted."""
-        key = {
+    def open_store(
+        self, feature_layer: int = -2, attention_layer: int = -1, clusters: ClusterSettings | None = None
+    ) -> FeatureStore:
+        """The (possibly incomplete) store for these layers; nothing is extracted. ``clusters``: the
+        settings a clusters-only store is filled with when it is created (ignored in full mode)."""
+        key: dict[str, Any] = {
             "store_version": STORE_VERSION,
             "backbone": self.backbone_key,
             "layers": {"feature": feature_layer, "attention": attention_layer},
             "amp": self.settings.amp,
             "pool": self.pool.identity(),
         }
+        mode = self.settings.cache_mode
+        if mode == "clusters_only":  # a different store: what it holds is not what a full store holds
+            key["cache_mode"] = mode
+        label = f"{self.label}-{self.pool.name}" + ("-clusters" if mode == "clusters_only" else "")
         store = FeatureStore.open(
             self.cache_dir,
             key,
             len(self.pool),
             self.settings.shard_size,
-            label=f"{self.label}-{self.pool.name}",
+            label=label,
+            mode=mode,
+            clusters=clusters.identity() if mode == "clusters_only" and clusters is not None else None,
         )
         return store
 
-    def store(self, feature_layer: int = -2, attention_layer: int = -1) -> FeatureStore:
-        """The complete dense store for these layers (extracting the missing shards first)."""
-        store = self.open_store(feature_layer, attention_layer)
+    def store(
+        self, feature_layer: int = -2, attention_layer: int = -1, clusters: ClusterSettings | None = None
+    ) -> FeatureStore:
+        """The complete store for these layers (extracting the missing shards first, under the store's
+        lock). ``clusters``: the knowledge-cluster settings the caller will ask for; a clusters-only store
+        is filled with them (full stores ignore it)."""
+        store = self.open_store(feature_layer, attention_layer, clusters)
         self.timings.store_dir = str(store.directory)
         hit = store.complete
+        if not hit:
+            with store.lock():
+                if store.complete:  # another job filled it while we waited
+                    log.info("features: extracted meanwhile by another job (%s)", store.directory)
+                else:
+                    self.timings.extraction = self.extract(store, feature_layer, attention_layer)
+                    hit = False
         if self.timings.extraction_cache_hit is None:
-            self.timings.extraction_cache_hit = hit
+            self.timings.extraction_cache_hit = self.timings.extraction is None
         if hit:
             log.info("features: cache hit (%s)", store.directory)
-        else:
-            report = extract_to_store(
-                self.pool,
-                self.backbone_factory,
-                store,
-                settings=self.settings,
-                device=self.device,
-                feature_layer=feature_layer,
-                attention_layer=attention_layer,
-            )
-            self.timings.extraction = report
         return store
 
-    def knowledge_clusters(self, store: FeatureStore, settings: ClusterSettings) -> KnowledgeClusterSet:
-        """Knowledge clusters of every valid image (cached under the store's ``clusters/`` folder)."""
-        path = store.directory / "clusters" / f"{stable_hash(asdict(settings))}.npz"
-        t0 = time.perf_counter()
-        if path.exists():
-            with np.load(path) as data:
-                if str(data["settings"]) == stable_hash(asdict(settings), 64):
-                    self.timings.clusters_cache_hit = True
-                    self.timings.clusters_seconds = time.perf_counter() - t0
-                    log.info("knowledge clusters: cache hit (%s)", path)
-                    return KnowledgeClusterSet(data["features"], data["owners"])
-            log.warning("knowledge-cluster cache %s does not match its settings; recomputing", path)
-        clusters = compute_knowledge_clusters(store, settings, self.device, progress=self.settings.progress)
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            features=clusters.features,
-            owners=clusters.owners,
-            settings=np.array(stable_hash(asdict(settings), 64)),
+    def extract(
+        self,
+        store: FeatureStore,
+        feature_layer: int,
+        attention_layer: int,
+        shards: list[int] | None = None,
+    ) -> ExtractionReport:
+        """Run the network over the missing shards of ``store`` (``shards`` only, when given). The caller
+        holds the store's lock (or, in a distributed extraction, owns these shards)."""
+        transform = None
+        if store.mode == "clusters_only":
+            settings = _stored_settings(store)
+            transform = None if settings is None else self._clusters_transform(settings)
+        return extract_to_store(
+            self.pool,
+            self.backbone_factory,
+            store,
+            settings=self.settings,
+            device=self.device,
+            feature_layer=feature_layer,
+            attention_layer=attention_layer,
+            shards=shards,
+            shard_transform=transform,
         )
-        atomic_write_bytes(path, buffer.getvalue())
-        self.timings.clusters_cache_hit = False
+
+    def _clusters_transform(self, settings: ClusterSettings):
+        def transform(start: int, data: ShardData) -> ShardData:
+            assert data.tokens is not None and data.attention is not None
+            cents, ok = shard_knowledge_clusters(
+                data.tokens, data.attention, data.valid, start, settings, self.device
+            )
+            return ShardData(None, None, data.global_feature, data.valid, data.skipped, cents, ok)
+
+        return transform
+
+    def knowledge_clusters(self, store: FeatureStore, settings: ClusterSettings) -> KnowledgeClusterSet:
+        """Knowledge clusters of every valid image (cached under the store's ``clusters/`` folder, or read
+        from a clusters-only store)."""
+        t0 = time.perf_counter()
+        if store.mode == "clusters_only":
+            clusters = _clusters_from_store(store, settings)
+            self.timings.clusters_cache_hit = True
+            self.timings.clusters_seconds = time.perf_counter() - t0
+            return clusters
+        digest = stable_hash(settings.identity())
+        path = store.directory / "clusters" / f"{digest}.npz"
+        cached = _read_clusters(path, settings)
+        if cached is None:
+            with file_lock(path.with_suffix(".lock"), f"computing knowledge clusters {path.name}"):
+                cached = _read_clusters(path, settings)  # computed meanwhile by another job?
+                if cached is None:
+                    clusters = compute_knowledge_clusters(
+                        store, settings, self.device, progress=self.settings.progress
+                    )
+                    buffer = io.BytesIO()
+                    np.savez(
+                        buffer,
+                        features=clusters.features,
+                        owners=clusters.owners,
+                        settings=np.array(stable_hash(settings.identity(), 64)),
+                    )
+                    atomic_write_bytes(path, buffer.getvalue())
+                    self.timings.clusters_cache_hit = False
+                    self.timings.clusters_seconds = time.perf_counter() - t0
+                    return clusters
+        self.timings.clusters_cache_hit = True
         self.timings.clusters_seconds = time.perf_counter() - t0
-        return clusters
+        log.info("knowledge clusters: cache hit (%s)", path)
+        return cached
+
+
+def _read_clusters(path: Path, settings: ClusterSettings) -> KnowledgeClusterSet | None:
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        if str(data["settings"]) == stable_hash(settings.identity(), 64):
+            return KnowledgeClusterSet(data["features"], data["owners"])
+    log.warning("knowledge-cluster cache %s does not match its settings; recomputing", path)
+    return None
+
+
+def _stored_settings(store: FeatureStore) -> ClusterSettings | None:
+    """The cluster settings a clusters-only store holds (None: it holds no clusters)."""
+    if store.clusters is None:
+        return None
+    fields = {k: v for k, v in store.clusters.items() if k != "clusters_version"}
+    return ClusterSettings(**fields)
+
+
+def _clusters_from_store(store: FeatureStore, settings: ClusterSettings) -> KnowledgeClusterSet:
+    """The knowledge clusters kept by a clusters-only store, if they are those of ``settings``."""
+    fix = (
+        f"run with extraction.cache_mode=full (dense store: any τ/K), or delete {store.directory} to "
+        f"extract again for the new setting"
+    )
+    if store.clusters is None:
+        raise ClustersNotStoredError(
+            f"the clusters-only feature store {store.directory} holds no knowledge clusters (it was "
+            f"extracted for a selector that needs none, e.g. Core-Set): {fix}"
+        )
+    wanted = json.loads(json.dumps(settings.identity()))
+    if store.clusters != wanted:
+        theirs = {k: v for k, v in store.clusters.items() if wanted.get(k) != v}
+        ours = {k: v for k, v in wanted.items() if k in theirs}
+        raise ClustersNotStoredError(
+            f"the clusters-only feature store {store.directory} holds knowledge clusters for {theirs}, but "
+            f"this selector asks for {ours}: {fix}"
+        )
+    features: list[np.ndarray] = []
+    owners: list[np.ndarray] = []
+    for start, stop, arrays in store.iter_shards():
+        ok = np.asarray(arrays["cluster_valid"]) & np.asarray(arrays["valid"])[:, None]
+        features.append(np.asarray(arrays["clusters"], dtype=np.float32)[ok])
+        owners.append(np.broadcast_to(np.arange(start, stop)[:, None], ok.shape)[ok].astype(np.int64))
+    return KnowledgeClusterSet(np.concatenate(features), np.concatenate(owners))
+
+
+def _chunk_generator(settings: ClusterSettings, first_id: int, device: torch.device) -> torch.Generator:
+    """The generator of the chunk of images starting at global id ``first_id``."""
+    seed = int(stable_hash([settings.kmeans_seed, int(first_id)]), 16) % 2**63
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
+
+
+def shard_knowledge_clusters(
+    tokens: np.ndarray,
+    attention: np.ndarray,
+    valid: np.ndarray,
+    start: int,
+    settings: ClusterSettings,
+    device: torch.device,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Knowledge clusters of one shard: tokens (n,N,D), attention (n,H,N), valid (n,) of images
+    ``start..start+n`` → centroids (n,K,D) float32, cluster_valid (n,K) bool (all False for invalid
+    images), ``settings.batch_images`` images at a time, each chunk with its own seeded generator."""
+    n = tokens.shape[0]
+    cents = np.zeros((n, settings.k, tokens.shape[-1]), dtype=np.float32)
+    ok = np.zeros((n, settings.k), dtype=bool)
+    for lo in range(0, n, settings.batch_images):
+        hi = min(lo + settings.batch_images, n)
+        rows = np.flatnonzero(np.asarray(valid[lo:hi]))
+        if rows.size == 0:
+            continue
+        tok = torch.from_numpy(np.asarray(tokens[lo:hi][rows], dtype=np.float32)).to(device)
+        att = torch.from_numpy(np.asarray(attention[lo:hi][rows], dtype=np.float32)).to(device)
+        c, v = knowledge_clusters(
+            tok,
+            att,
+            tau=settings.tau,
+            k=settings.k,
+            head_reduction=settings.head_reduction,
+            empty_fallback=settings.empty_fallback,
+            kmeans_metric=settings.kmeans_metric,
+            kmeans_iters=settings.kmeans_iters,
+            kmeans_tol=settings.kmeans_tol,
+            kmeans_init=settings.kmeans_init,
+            generator=_chunk_generator(settings, start + lo, device),
+        )
+        cents[lo + rows] = c.float().cpu().numpy()
+        ok[lo + rows] = v.cpu().numpy()
+    return cents, ok
 
 
 def compute_knowledge_clusters(
     store: FeatureStore, settings: ClusterSettings, device: torch.device, progress: bool = True
 ) -> KnowledgeClusterSet:
-    """Filter + batched per-image k-means over the whole store, ``settings.batch_images`` images at a time."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(settings.kmeans_seed)
+    """Filter + batched per-image k-means over a dense store, shard by shard
+    (:func:`shard_knowledge_clusters`)."""
     features: list[np.ndarray] = []
     owners: list[np.ndarray] = []
     bar = tqdm(total=store.n_images, desc="knowledge clusters", unit="img", disable=not progress)
     for start, stop, arrays in store.iter_shards():
-        for lo in range(0, stop - start, settings.batch_images):
-            hi = min(lo + settings.batch_images, stop - start)
-            valid = np.asarray(arrays["valid"][lo:hi])
-            rows = np.flatnonzero(valid)
-            if rows.size:
-                tokens = torch.from_numpy(np.asarray(arrays["tokens"][lo:hi][rows], dtype=np.float32)).to(
-                    device
-                )
-                attention = torch.from_numpy(np.asarray(arrays["attention"][lo:hi][rows], dtype=np.float32))
-                centroids, ok = knowledge_clusters(
-                    tokens,
-                    attention.to(device),
-                    tau=settings.tau,
-                    k=settings.k,
-                    head_reduction=settings.head_reduction,
-                    empty_fallback=settings.empty_fallback,
-                    kmeans_metric=settings.kmeans_metric,
-                    kmeans_iters=settings.kmeans_iters,
-                    kmeans_tol=settings.kmeans_tol,
-                    kmeans_init=settings.kmeans_init,
-                    generator=generator,
-                )
-                ok_np = ok.cpu().numpy()
-                features.append(centroids.float().cpu().numpy()[ok_np])
-                image_ids = (start + lo + rows)[:, None].repeat(ok_np.shape[1], axis=1)
-                owners.append(image_ids[ok_np].astype(np.int64))
-            bar.update(hi - lo)
+        cents, ok = shard_knowledge_clusters(
+            arrays["tokens"], arrays["attention"], arrays["valid"], start, settings, device
+        )
+        features.append(cents[ok])
+        owners.append(np.broadcast_to(np.arange(start, stop)[:, None], ok.shape)[ok].astype(np.int64))
+        bar.update(stop - start)
     bar.close()
     dim = store.token_dim
     return KnowledgeClusterSet(

@@ -12,10 +12,35 @@ distance of a point to the selected set is its minimum distance to any point of 
 A selected group is never picked twice (its points are masked out of the argmax/draw, so repeated features
 or all-zero distances cannot select it again); groups with no points or ``eligible=False`` are never
 picked. Ties go to the lowest point index. Distances: ``"cosine"`` = 1 − cos on L2-normalised points
-(normalised once); ``"euclidean"`` = sqrt(max(‖a‖²+‖b‖²−2a·b, 0)). Each step updates a running min-distance
-vector with one matrix product of all points against the new group's points, chunked over the points by
-``chunk_size`` (memory ∝ chunk_size × group size), on the points' device. Work is float32 (float64 when the
-points are float64). For ``kcenter_greedy`` with a fixed seed a smaller budget is a prefix of a larger one.
+(normalised once); ``"euclidean"`` = sqrt(max(‖a‖²+‖b‖²−2a·b, 0)); a distance within the worst-case
+rounding error of that formula (≈ (D+4)·2⁻²⁴ relative in float32) is taken as exactly 0, so duplicated
+points tie exactly whatever batch computed them. Work is float32 (float64 when the points are float64).
+For ``kcenter_greedy`` with a fixed seed a smaller budget is a prefix of a larger one.
+
+How the distances are kept (``pruning``; never what they are — picks, scores and draws are the same):
+
+* ``"none"`` — the plain full scan: after each pick, one matrix product of all points against the new
+  centres updates the running min-distance vector, chunked over the points by ``chunk_size``.
+* ``"bounds"`` — only the distances that matter are computed, with the full scan's formula (so the same
+  numbers). The points are partitioned once into blocks of about ``block_size`` points around anchors
+  (two-level k-means in the metric space of the points; for cosine that is the euclidean space of the unit
+  vectors, where ‖a−b‖ = sqrt(2·(1 − cos)) is a metric, so the triangle inequality holds).
+
+  - k-center is **lazy**: a point's stored distance only ever decreases as centres are added, so a stale
+    value bounds the exact one from above. Each argmax refreshes only the stale points with the largest
+    stored values (found through per-block maxima) until the largest value is exact; a refresh of a few
+    points reads only the centres that the triangle inequality ‖x−c‖ ≥ ‖x−anchor(c)‖ − ‖c−anchor(c)‖ cannot
+    rule out, otherwise all centres it has not seen yet, in chunks.
+  - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
+    centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
+    the bounds rule out little, a contiguous full scan is cheaper and is used instead.
+
+  Skips keep a margin for the worst-case float32/64 rounding of the dot products. Points of selected or
+  ineligible groups are never updated (their distance is never read). On unstructured high-dimensional
+  noise (all distances alike) the bounds rule out nothing and laziness is what is left.
+* ``"auto"`` (default) — ``"bounds"`` on a CPU from 16,384 points up; ``"none"`` on smaller sets (the
+  full scan costs less than the blocks) and on GPUs (a full scan per step is a fraction of a millisecond
+  there, and the lazy path's many small steps are not).
 """
 
 from __future__ import annotations
@@ -35,9 +60,19 @@ __all__ = ["GreedyResult", "d2_sampling", "kcenter_greedy"]
 log = logging.getLogger(__name__)
 
 Distance = Literal["cosine", "euclidean"]
+Pruning = Literal["auto", "bounds", "none"]
 
 _MULTINOMIAL_MAX = 2**24  # torch.multinomial's category limit
-_CENTER_BLOCK = 256  # centres per matrix product when seeding from a large initial set
+_CENTER_BLOCK = 256  # centres per update when seeding from a large initial set
+_AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is cheaper than the blocks
+_PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
+_EAGER_DENSE_FRACTION = 0.3  # D²: a full scan when the bounds keep more than this fraction of the points
+_LAZY_CENTERS = 8192  # centres per matrix product when a block is brought up to date
+_LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the centres the bounds keep
+_LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
+_LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
+_LAZY_MAX_BLOCKS = 512
+_LLOYD_STEPS = 2  # refinements of the block anchors (tighter blocks prune more; more costs time up front)
 
 
 @dataclass
@@ -49,11 +84,104 @@ class GreedyResult:
     scores: list[float] = field(default_factory=list)
 
 
+def _nearest_anchor(x: Tensor, anchors: Tensor, chunk: int = 16384) -> Tensor:
+    """Index of the nearest anchor (euclidean) of every row of x (n,D), chunked: → (n,) long."""
+    a_sq = (anchors * anchors).sum(1)
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        xs = x[s : s + chunk]
+        out[s : s + chunk] = (a_sq[None, :] - 2.0 * (xs @ anchors.T)).argmin(1)
+    return out
+
+
+def _kmeans_cells(x: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """Cells of the rows of x (m,D): ``n`` random distinct seeds, then a few Lloyd steps → (m,) long."""
+    m = x.shape[0]
+    n = max(1, min(n, m))
+    seeds = torch.randperm(m, generator=generator)[:n].to(x.device)
+    anchors = x.index_select(0, seeds)
+    cell = _nearest_anchor(x, anchors)
+    for _ in range(_LLOYD_STEPS):
+        sums = torch.zeros_like(anchors).index_add_(0, cell, x)
+        counts = torch.bincount(cell, minlength=n).to(x.dtype)
+        anchors = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], anchors)
+        cell = _nearest_anchor(x, anchors)
+    return cell
+
+
+class _Blocks:
+    """A static partition of the points into blocks with anchors and radii (for the lower bounds).
+
+    order (M,): point indices grouped by block; start (nb+1,): block b's points are
+    ``order[start[b]:start[b+1]]``; block_of (M,); anchors (nb,D) (the blocks' means, work dtype);
+    r (M,) float64 ‖x − anchor‖ rounded up; rho (nb,) float64 the largest r of each block.
+    """
+
+    def __init__(self, x: Tensor, block_size: int) -> None:
+        M, dev = x.shape[0], x.device
+        gen = torch.Generator().manual_seed(_PARTITION_SEED)
+        n_blocks = max(1, -(-M // block_size))
+        n_coarse = max(1, round(math.sqrt(n_blocks)))
+        coarse = _kmeans_cells(x, n_coarse, gen)
+        block_of = torch.empty(M, dtype=torch.long, device=dev)
+        members = torch.sort(coarse, stable=True).indices
+        counts = torch.bincount(coarse, minlength=n_coarse).tolist()
+        nb, pos = 0, 0
+        for c in counts:  # one k-means per coarse cell (tens of cells, each thousands of points)
+            idx = members[pos : pos + c]
+            pos += c
+            if c == 0:
+                continue
+            fine = _kmeans_cells(x.index_select(0, idx), -(-c // block_size), gen)
+            _, fine = torch.unique(fine, return_inverse=True)  # drop empty cells
+            block_of[idx] = fine + nb
+            nb += int(fine.max()) + 1
+        self.n = nb
+        self.block_of = block_of
+        self.order = torch.sort(block_of, stable=True).indices
+        sizes = torch.bincount(block_of, minlength=nb)
+        self.start = torch.zeros(nb + 1, dtype=torch.long, device=dev)
+        self.start[1:] = torch.cumsum(sizes, 0)
+        sums = torch.zeros(nb, x.shape[1], dtype=x.dtype, device=dev).index_add_(0, block_of, x)
+        self.anchors = sums / sizes.clamp_min(1).to(x.dtype)[:, None]
+        self.anchor_sq = (self.anchors * self.anchors).sum(1)
+        # exact radii in float64, rounded up a little so that r ≥ the true ‖x − anchor‖
+        r = torch.empty(M, dtype=torch.float64, device=dev)
+        for s in range(0, M, 16384):
+            diff = x[s : s + 16384].double() - self.anchors[block_of[s : s + 16384]].double()
+            r[s : s + 16384] = diff.norm(dim=1)
+        self.r = r * (1 + 1e-12) + 1e-300
+        self.rho = torch.full((nb,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
+            0, block_of, self.r, reduce="amax"
+        )
+
+    def points_of(self, blocks: Tensor) -> Tensor:
+        """Point indices of ``blocks`` (long), concatenated block by block."""
+        # (no searchsorted/repeat_interleave: on a busy CPU their thread wake-ups cost milliseconds)
+        starts = self.start.index_select(0, blocks)
+        lens = self.start.index_select(0, blocks + 1) - starts
+        ends = torch.cumsum(lens, 0)  # end of each block in the output
+        total = int(ends[-1]) if ends.numel() else 0
+        marks = torch.zeros(total + 1, dtype=torch.long, device=blocks.device)
+        marks.index_add_(0, ends, torch.ones_like(ends))
+        j = torch.cumsum(marks[:total], 0)  # output position → its block
+        pos = torch.arange(total, device=blocks.device)
+        return self.order.index_select(0, pos + (starts - ends + lens).index_select(0, j))
+
+
 class _State:
     """Points, group index and the running min-distance vector of one selection."""
 
     def __init__(
-        self, points: Tensor, groups: Tensor, distance: str, eligible: Tensor | None, chunk_size: int
+        self,
+        points: Tensor,
+        groups: Tensor,
+        distance: str,
+        eligible: Tensor | None,
+        chunk_size: int,
+        pruning: str,
+        block_size: int,
+        lazy: bool = False,
     ) -> None:
         if points.ndim != 2:
             raise ValueError(f"points must be (M, D), got shape {tuple(points.shape)}")
@@ -65,6 +193,10 @@ class _State:
             raise ValueError(f"distance must be 'cosine' or 'euclidean', got {distance!r}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if pruning not in ("auto", "bounds", "none"):
+            raise ValueError(f"pruning must be 'auto', 'bounds' or 'none', got {pruning!r}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
         dev = points.device
         dt = torch.float64 if points.dtype == torch.float64 else torch.float32
         x = points.to(dt)
@@ -95,7 +227,46 @@ class _State:
         self.blocked = ~self.pickable[self.groups] if M else torch.zeros(0, dtype=torch.bool, device=dev)
         self.selected = torch.zeros(self.G, dtype=torch.bool, device=dev)
         self.mind = torch.full((M,), math.inf, dtype=dt, device=dev)
+        # worst-case rounding of one dot product over D terms (plus the few additions around it)
+        u = torch.finfo(dt).eps / 2
+        gamma = (x.shape[1] + 4) * u
+        norm_max = 1.0 if distance == "cosine" else (float(self.sq.max().sqrt()) if M else 0.0)
+        # distances this small are rounding noise of the formula (identical points do not come out as 0):
+        # they are set to exactly 0, the same bound for every update path, so duplicates tie exactly
+        self.zero_floor = 4.0 * gamma if distance == "cosine" else math.sqrt(8.0 * gamma) * norm_max
+        self.n_centers = 0
+        self.stats = {"updated": 0, "steps": 0, "pairs_tested": 0, "refreshes": 0}
+        self.lazy = False
+        self._cap = 0
+        use_bounds = pruning == "bounds" or (
+            pruning == "auto" and M >= _AUTO_BOUNDS_MIN_POINTS and dev.type == "cpu"
+        )
+        self.blocks: _Blocks | None = None
+        if use_bounds and M > 0:
+            self.blocks = _Blocks(x, block_size)
+            # block maxima of the distance over points not blocked (−inf: nothing left to pick there)
+            self.block_max = torch.full((self.blocks.n,), math.inf, dtype=torch.float64, device=dev)
+            self.block_max.scatter_reduce_(
+                0,
+                self.blocks.block_of,
+                torch.where(self.blocked, -math.inf, math.inf).to(torch.float64),
+                reduce="amax",
+                include_self=False,
+            )
+            anchor_max = float(self.blocks.anchor_sq.max().sqrt())
+            self.eps_anchor = 4.0 * gamma * (2.0 * max(norm_max, anchor_max)) ** 2
+            self.eps_dist = 4.0 * gamma * (1.0 if distance == "cosine" else 4.0 * norm_max**2)
+            self.rel = 8.0 * u
+            self.lazy = lazy
+            # k-center: centres stored contiguously in pick order; point i has seen the first last_seen[i]
+            self.cmat = torch.empty(0, x.shape[1], dtype=dt, device=dev)
+            self.c_sq = torch.empty(0, dtype=dt, device=dev)
+            self._cbuf, self._csqbuf = self.cmat, self.c_sq
+            self.last_seen = torch.zeros(M, dtype=torch.long, device=dev)  # centres each point has seen
+            # position of each point in the centre list (a large number for points that are not centres)
+            self.center_rank = torch.full((M,), 2**62, dtype=torch.long, device=dev)
 
+    # ------------------------------------------------------------------ groups
     def members(self, g: int) -> Tensor:
         return self.point_order[self.offsets[g] : self.offsets[g + 1]]
 
@@ -110,31 +281,226 @@ class _State:
             return
         self.blocked[idx] = True
         for s in range(0, idx.numel(), _CENTER_BLOCK):
-            self._update(self.x[idx[s : s + _CENTER_BLOCK]], idx[s : s + _CENTER_BLOCK])
+            self.add_centers(idx[s : s + _CENTER_BLOCK])
 
-    def _update(self, centers: Tensor, center_idx: Tensor) -> None:
-        """mind ← min(mind, distance of every point to ``centers`` (C,D)), chunked over the points."""
+    def add_centers(self, center_idx: Tensor) -> None:
+        """mind ← min(mind, distance to the points ``center_idx``) (all of them, or where it can change)."""
+        self.n_centers += int(center_idx.numel())
+        self.stats["steps"] += 1
+        if self.blocks is None:
+            self._full_update(center_idx)
+        elif self.lazy:
+            self._append_centers(center_idx)
+        else:
+            self._bounded_update(center_idx)
+
+    # ------------------------------------------------------------------ lazy (k-center)
+    def _append_centers(self, center_idx: Tensor) -> None:
+        """Record new centres (contiguous, in pick order); distances are brought up to date later, only
+        for the points that could be the farthest (:meth:`_farthest_lazy`)."""
+        blocks = self.blocks
+        assert blocks is not None
+        n = self.cmat.shape[0]
+        add = self.x.index_select(0, center_idx)
+        k = add.shape[0]
+        if n + k > self._cap:
+            self._cap = max(2 * self._cap, n + k, 1024)
+            grown = torch.empty(self._cap, self.x.shape[1], dtype=self.x.dtype, device=self.x.device)
+            grown_sq = torch.empty(self._cap, dtype=self.x.dtype, device=self.x.device)
+            grown[:n] = self.cmat
+            grown_sq[:n] = self.c_sq
+            self._cbuf, self._csqbuf = grown, grown_sq
+        self._cbuf[n : n + k] = add
+        self._csqbuf[n : n + k] = (add * add).sum(1)
+        self.center_rank[center_idx] = torch.arange(n, n + k, device=center_idx.device)
+        self.cmat = self._cbuf[: n + k]
+        self.c_sq = self._csqbuf[: n + k]
+        # buckets that just lost points to the selection: their maximum is over fewer points
+        self._recompute_max(torch.unique(blocks.block_of[center_idx]))
+
+    def _recompute_max(self, blocks_idx: Tensor) -> None:
+        blocks = self.blocks
+        assert blocks is not None
+        pts = blocks.points_of(blocks_idx)
+        vals = torch.where(self.blocked[pts], -math.inf, self.mind[pts].to(torch.float64))
+        self.block_max[blocks_idx] = -math.inf
+        self.block_max.scatter_reduce_(0, blocks.block_of[pts], vals, reduce="amax")
+
+    def _refresh(self, rows: Tensor) -> None:
+        """Bring the points ``rows`` up to date with every centre.
+
+        Few rows (the usual case): only the centres that the triangle inequality cannot rule out are
+        read — ‖x − c‖ ≥ ‖x − anchor(c)‖ − r(c) through the static block of each centre — so a refresh
+        never streams all the centres added since the rows were last seen. Many rows, or bounds that rule
+        out little: one pass over the pending centres, in chunks, each chunk computed only for the rows
+        that have not seen it yet (rows sorted by how long ago they were refreshed).
+        """
+        blocks = self.blocks
+        assert blocks is not None
+        n = self.cmat.shape[0]
+        last = self.last_seen[rows]
+        sort = torch.argsort(last)
+        rows, last = rows[sort], last[sort]
+        lo = int(last[0])
+        if rows.numel() <= _LAZY_BOUND_ROWS and self._refresh_bounded(rows, last, n - lo):
+            self.last_seen[rows] = n
+            return
+        step = max(_LAZY_CENTERS // 8, min(_LAZY_CENTERS, n - lo))
+        for s in range(lo, n, step):
+            e = min(s + step, n)
+            k = int((last < e).sum())  # rows that have not seen all of [s, e) (last is sorted)
+            cm, csq = self.cmat[s:e], self.c_sq[s:e] if self.sq is not None else None
+            for r in range(0, k, self.chunk):
+                sub = rows[r : min(r + self.chunk, k)]
+                d = self._distances(sub, cm, csq)
+                self.mind[sub] = torch.minimum(self.mind[sub], d)
+            self.stats["updated"] += k * (e - s)
+        self.last_seen[rows] = n
+
+    def _refresh_bounded(self, rows: Tensor, last: Tensor, pending: int) -> bool:
+        """The few-rows path of :meth:`_refresh`; False (nothing done) when the bounds rule out too little."""
+        blocks = self.blocks
+        assert blocks is not None
+        xr = self.x.index_select(0, rows)
+        x_sq = self.sq[rows] if self.sq is not None else torch.ones_like(rows, dtype=xr.dtype)
+        a_sq = x_sq[:, None] + blocks.anchor_sq[None, :] - 2.0 * (xr @ blocks.anchors.T)  # (R, nb)
+        a_d = (a_sq.to(torch.float64) - self.eps_anchor).clamp_min_(0.0).sqrt_()
+        thr = self._threshold(self.mind[rows])  # (R,)
+        near = ((a_d - blocks.rho[None, :]) < thr[:, None]).any(0).nonzero().squeeze(1)
+        cand = blocks.points_of(near)
+        rank = self.center_rank[cand]
+        cand = cand[(rank >= int(last[0])) & (rank < self.cmat.shape[0])]  # centres some row has not seen
+        if cand.numel() > pending * _LAZY_BOUND_MAX_FRACTION:
+            return False
+        if cand.numel():
+            lower = a_d.index_select(1, blocks.block_of[cand]) - blocks.r[cand][None, :]  # (R, C)
+            need = (lower < thr[:, None]) & (self.center_rank[cand][None, :] >= last[:, None])
+            cols = cand[need.any(0)]
+            if cols.numel():
+                c_sq = self.sq[cols] if self.sq is not None else None
+                d = self._distances(rows, self.x.index_select(0, cols), c_sq)
+                self.mind[rows] = torch.minimum(self.mind[rows], d)
+                self.stats["updated"] += int(rows.numel()) * int(cols.numel())
+        self.stats["pairs_tested"] += int(rows.numel()) * blocks.n
+        return True
+
+    def _farthest_lazy(self) -> int:
+        """Refresh the stale points with the largest (upper-bound) distances until the largest is exact.
+
+        Every distance only decreases as centres are added, so a stale value bounds the exact one from
+        above: once the largest value is exact (and no stale value ties with it), it is the farthest point.
+        """
+        blocks = self.blocks
+        assert blocks is not None
+        n = self.cmat.shape[0]
+        width = _LAZY_FIRST_BLOCKS
+        while True:
+            best = self.block_max.max()
+            pts = blocks.points_of((self.block_max == best).nonzero().squeeze(1))
+            pts = pts[(self.mind[pts].to(torch.float64) == best) & ~self.blocked[pts]]
+            stale = pts[self.last_seen[pts] < n]
+            if stale.numel() == 0:
+                return int(pts.min())
+            # the stale points among the `width` largest bucket maxima that could exceed the width-th one
+            top = self.block_max.topk(min(width, blocks.n))
+            floor = top.values[-1]
+            cand = blocks.points_of(top.indices)
+            cand = cand[(self.last_seen[cand] < n) & ~self.blocked[cand]]
+            cand = cand[self.mind[cand].to(torch.float64) >= floor]
+            self._refresh(torch.unique(torch.cat([cand, stale])))
+            self._recompute_max(torch.unique(blocks.block_of[torch.cat([cand, stale])]))
+            self.stats["refreshes"] += 1
+            width = min(2 * width, _LAZY_MAX_BLOCKS)
+
+    def _distances(self, pts: Tensor | slice, centers: Tensor, c_sq: Tensor | None) -> Tensor:
+        """Distance of the points ``pts`` to their nearest centre among ``centers`` (C,D): the one formula
+        of every update path (the same numbers whichever path computes them)."""
+        x = self.x[pts] if isinstance(pts, slice) else self.x.index_select(0, pts)
+        dots = x @ centers.T  # (n, C)
+        if self.distance == "cosine":
+            d = (1.0 - dots.amax(dim=1)).clamp_min_(0.0)
+        else:
+            d = (self.sq[pts][:, None] + c_sq[None, :] - 2.0 * dots).amin(dim=1).clamp_min_(0.0).sqrt_()
+        return d.masked_fill_(d <= self.zero_floor, 0.0)
+
+    def _full_update(self, center_idx: Tensor) -> None:
         M = self.x.shape[0]
-        ct = centers.T.contiguous()
+        centers = self.x.index_select(0, center_idx)
         c_sq = self.sq[center_idx] if self.sq is not None else None
         for s in range(0, M, self.chunk):
             e = min(s + self.chunk, M)
-            dots = self.x[s:e] @ ct  # (chunk, C)
-            if self.distance == "cosine":
-                d = (1.0 - dots.amax(dim=1)).clamp_min_(0.0)
-            else:
-                sq = (self.sq[s:e, None] + c_sq[None, :] - 2.0 * dots).amin(dim=1)
-                d = sq.clamp_min_(0.0).sqrt_()
+            d = self._distances(slice(s, e), centers, c_sq)
             torch.minimum(self.mind[s:e], d, out=self.mind[s:e])
+        self.stats["updated"] += M * int(center_idx.numel())
 
+    def _threshold(self, mind: Tensor) -> Tensor:
+        """Smallest true distance ‖x−c‖ (metric space) that can no longer lower ``mind`` in floating point."""
+        m = mind.to(torch.float64)
+        if self.distance == "cosine":  # d = 1 − x·c = ‖x−c‖²/2 on unit vectors
+            return (2.0 * (m * (1.0 + self.rel) + self.eps_dist)).sqrt()
+        return (m.square() * (1.0 + self.rel) + self.eps_dist).sqrt()
+
+    def _bounded_update(self, center_idx: Tensor) -> None:
+        blocks = self.blocks
+        assert blocks is not None
+        centers = self.x.index_select(0, center_idx)
+        c_sq = (centers * centers).sum(1)
+        # lower bound of ‖anchor_b − c‖ over the new centres, rounded down for the dot products' error
+        anchor_sq = (blocks.anchor_sq[:, None] + c_sq[None, :] - 2.0 * (blocks.anchors @ centers.T)).amin(1)
+        anchor_d = (anchor_sq.to(torch.float64) - self.eps_anchor).clamp_min_(0.0).sqrt_()
+        own = torch.unique(blocks.block_of[center_idx])  # blocks whose points just became blocked
+        active = (anchor_d - blocks.rho < self._threshold(self.block_max)) & (self.block_max > -math.inf)
+        active[own] = True
+        act = active.nonzero().squeeze(1)
+        if act.numel() == 0:
+            return
+        if int((blocks.start[act + 1] - blocks.start[act]).sum()) > _EAGER_DENSE_FRACTION * self.x.shape[0]:
+            # the bounds rule out little (early on): a contiguous full scan beats gathering most points
+            self._full_update(center_idx)
+            act = torch.arange(blocks.n, device=act.device)
+            self._recompute_max(act)
+            return
+        pts = blocks.points_of(act)
+        lower = anchor_d[blocks.block_of[pts]] - blocks.r[pts]
+        keep = (lower < self._threshold(self.mind[pts])) & ~self.blocked[pts]
+        upd = pts[keep]
+        if upd.numel():
+            c_sq_ = self.sq[center_idx] if self.sq is not None else None
+            for s in range(0, upd.numel(), self.chunk):
+                sub = upd[s : s + self.chunk]
+                d = self._distances(sub, centers, c_sq_)
+                self.mind[sub] = torch.minimum(self.mind[sub], d)
+            self.stats["updated"] += int(upd.numel()) * int(center_idx.numel())
+        # the maxima of the blocks that were looked at (their points moved or got blocked)
+        vals = torch.where(self.blocked[pts], -math.inf, self.mind[pts].to(torch.float64))
+        self.block_max[act] = -math.inf
+        self.block_max.scatter_reduce_(0, blocks.block_of[pts], vals, reduce="amax")
+
+    # ------------------------------------------------------------------ picks
     def random_group(self, generator: torch.Generator | None) -> int:
         cand = (self.pickable & ~self.selected).nonzero().squeeze(1)
         gdev = generator.device if generator is not None else torch.device("cpu")
         j = int(torch.randint(cand.numel(), (1,), generator=generator, device=gdev))
         return int(cand[j])
 
-    def masked_mind(self) -> Tensor:
-        return self.mind.masked_fill(self.blocked, -math.inf)
+    def farthest(self) -> int:
+        """The unblocked point with the largest distance (lowest index among equals)."""
+        if self.lazy:
+            return self._farthest_lazy()
+        if self.blocks is None:
+            return int(self.mind.masked_fill(self.blocked, -math.inf).argmax())
+        best = self.block_max.max()
+        pts = self.blocks.points_of((self.block_max == best).nonzero().squeeze(1))
+        hit = pts[(self.mind[pts].to(torch.float64) == best) & ~self.blocked[pts]]
+        return int(hit.min())
+
+    def d2_weights(self) -> Tensor:
+        """(M,) draw weights: distance² where unblocked, 0 elsewhere (uniform if all those are 0)."""
+        ok = ~self.blocked
+        w = torch.where(ok, self.mind, torch.zeros_like(self.mind)).square()
+        if not bool(w.sum() > 0):
+            w = ok.to(self.mind.dtype)  # every remaining distance is 0: uniform among them
+        return w
 
 
 def _draw(weights: Tensor, generator: torch.Generator | None) -> int:
@@ -158,8 +524,10 @@ def _run(
     chunk_size: int,
     progress: bool,
     mode: str,
+    pruning: str,
+    block_size: int,
 ) -> GreedyResult:
-    st = _State(points, groups, distance, eligible, chunk_size)
+    st = _State(points, groups, distance, eligible, chunk_size, pruning, block_size, lazy=mode == "kcenter")
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
@@ -175,9 +543,12 @@ def _run(
             f"budget {budget} exceeds the {available} pickable groups (eligible, with at least "
             f"one point, not already in the initial set)"
         )
-    for g in init:
-        st.add_group(g)
-    has_centers = bool(init) and bool(torch.isfinite(st.mind).any()) if st.mind.numel() else False
+    if init:  # all initial centres at once, in blocks of _CENTER_BLOCK points
+        idx = torch.cat([st.members(g) for g in init])
+        st.blocked[idx] = True
+        for s in range(0, idx.numel(), _CENTER_BLOCK):
+            st.add_centers(idx[s : s + _CENTER_BLOCK])
+    has_centers = st.n_centers > 0
     if init and not has_centers:
         log.warning("none of the %d initial groups has points: starting from a random group", len(init))
     res = GreedyResult()
@@ -188,16 +559,11 @@ def _run(
                 g = st.random_group(generator)
                 score = math.nan
             elif mode == "kcenter":
-                md = st.masked_mind()
-                i = int(md.argmax())
-                score = float(md[i])
+                i = st.farthest()
+                score = float(st.mind[i])
                 g = int(st.groups[i])
             else:
-                ok = ~st.blocked
-                w = torch.where(ok, st.mind, torch.zeros_like(st.mind)).square()
-                if not bool(w.sum() > 0):
-                    w = ok.to(st.mind.dtype)  # every remaining distance is 0: uniform among them
-                i = _draw(w, generator)
+                i = _draw(st.d2_weights(), generator)
                 score = float(st.mind[i])
                 g = int(st.groups[i])
             res.order.append(g)
@@ -206,6 +572,14 @@ def _run(
             bar.update(1)
     finally:
         bar.close()
+    if st.blocks is not None and st.stats["steps"]:
+        log.debug(
+            "%s: %d blocks, %.2f%% of a full scan's point-centre distances, %d block refreshes",
+            mode,
+            st.blocks.n,
+            100.0 * st.stats["updated"] / max(st.n_centers * st.x.shape[0], 1),
+            st.stats["refreshes"],
+        )
     return res
 
 
@@ -220,16 +594,30 @@ def kcenter_greedy(
     generator: torch.Generator | None = None,
     chunk_size: int = 65536,
     progress: bool = False,
+    pruning: Pruning = "auto",
+    block_size: int = 64,
 ) -> GreedyResult:
     """Greedy k-center over grouped points: points (M,D), groups (M,) long → ``budget`` group ids in order.
 
     ``initial``: already selected (labeled) groups: centres from the start, never returned. Without them the
     first pick is a random eligible group drawn with ``generator`` (score NaN). ``eligible`` (G,) bool:
     groups that may be picked (G = eligible.numel(), else groups.max() + 1). Raises ValueError when
-    ``budget`` exceeds the number of pickable groups. See the module docstring for the exact semantics.
+    ``budget`` exceeds the number of pickable groups. ``pruning``/``block_size``: how the distances are
+    updated (never what they are). See the module docstring for the exact semantics.
     """
     return _run(
-        points, groups, budget, distance, initial, eligible, generator, chunk_size, progress, "kcenter"
+        points,
+        groups,
+        budget,
+        distance,
+        initial,
+        eligible,
+        generator,
+        chunk_size,
+        progress,
+        "kcenter",
+        pruning,
+        block_size,
     )
 
 
@@ -244,11 +632,27 @@ def d2_sampling(
     generator: torch.Generator | None = None,
     chunk_size: int = 65536,
     progress: bool = False,
+    pruning: Pruning = "auto",
+    block_size: int = 64,
 ) -> GreedyResult:
     """D² sampling over grouped points (same arguments as :func:`kcenter_greedy`).
 
     Each pick draws a point of an unselected eligible group with probability ∝ (distance to the selected
     set)² via ``torch.multinomial`` with ``generator`` (uniformly when all those distances are 0) and adds
-    its whole group; the score is the drawn point's distance.
+    its whole group; the score is the drawn point's distance. The distances are exactly those of the full
+    scan whatever ``pruning``, so the draws are too.
     """
-    return _run(points, groups, budget, distance, initial, eligible, generator, chunk_size, progress, "d2")
+    return _run(
+        points,
+        groups,
+        budget,
+        distance,
+        initial,
+        eligible,
+        generator,
+        chunk_size,
+        progress,
+        "d2",
+        pruning,
+        block_size,
+    )

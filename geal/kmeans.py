@@ -158,13 +158,15 @@ def _init(
         idx = keys.topk(min(k, P), dim=1).indices
         if idx.shape[1] < k:  # fewer than k points in the padded set: repeat the first one
             idx = torch.cat([idx, idx[:, :1].expand(rows.numel(), k - idx.shape[1])], dim=1)
-        return x[rows].gather(1, idx.unsqueeze(-1).expand(rows.numel(), k, D)).clone()
+        return x.index_select(0, rows).gather(1, idx.unsqueeze(-1).expand(rows.numel(), k, D)).clone()
     uniforms = _rand((B, k), generator, dev, torch.float64)[rows]
     out = torch.empty(rows.numel(), k, D, device=dev, dtype=dt)
     step = _chunk_images(x, k)
     for s in range(0, rows.numel(), step):
         r = rows[s : s + step]
-        out[s : s + step] = _kmeanspp(x[r], mask[r], k, metric, uniforms[s : s + step])
+        out[s : s + step] = _kmeanspp(
+            x.index_select(0, r), mask.index_select(0, r), k, metric, uniforms[s : s + step]
+        )
     return out
 
 
@@ -177,13 +179,14 @@ def _kmeanspp(x: Tensor, mask: Tensor, k: int, metric: str, uniforms: Tensor) ->
     out = torch.empty(A, k, x.shape[2], device=x.device, dtype=x.dtype)
     # first centre: uniform among valid points (all points when a row has none)
     weights = torch.where(maskf.sum(1, keepdim=True) > 0, maskf, torch.ones_like(maskf))
-    out[:, 0] = x[rows, _draw_rows(weights, uniforms[:, 0])]
+    flat = x.reshape(-1, x.shape[2])  # row a·P + p is point p of image a (index_select: cheap gathers)
+    out[:, 0] = flat.index_select(0, rows * x.shape[1] + _draw_rows(weights, uniforms[:, 0]))
     mind = _pair_dist(x, out[:, :1], x_sq, metric).squeeze(-1)  # (A,P)
     for j in range(1, k):
         w = mind.square() * maskf
         total = w.sum(1, keepdim=True)
         w = torch.where(total > 0, w, weights)
-        out[:, j] = x[rows, _draw_rows(w, uniforms[:, j])]
+        out[:, j] = flat.index_select(0, rows * x.shape[1] + _draw_rows(w, uniforms[:, j]))
         torch.minimum(mind, _pair_dist(x, out[:, j : j + 1], x_sq, metric).squeeze(-1), out=mind)
     return out
 
@@ -193,7 +196,7 @@ def _draw_rows(weights: Tensor, uniforms: Tensor) -> Tensor:
     by inverse-CDF sampling in float64 with the given uniforms (A,) in [0, 1)."""
     cdf = weights.to(torch.float64).cumsum(1)
     u = uniforms.unsqueeze(1) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    idx = (cdf <= u).sum(1)  # = searchsorted(right=True) on the sorted rows, without its thread wake-ups
     return idx.clamp_(max=weights.shape[1] - 1)
 
 
@@ -308,7 +311,9 @@ def batched_kmeans(
     assign = torch.full(mask.shape, -1, device=x.device, dtype=torch.long)
     small = (~big).nonzero().squeeze(1)
     if small.numel():
-        cents[small], valid[small], assign[small] = _small_images(x[small], mask[small], k)
+        cents[small], valid[small], assign[small] = _small_images(
+            x.index_select(0, small), mask.index_select(0, small), k
+        )
     bidx = big.nonzero().squeeze(1)
     if bidx.numel() == 0:
         return KMeansResult(cents, valid, assign)
@@ -324,7 +329,7 @@ def batched_kmeans(
     n_iter = 0
     for s in range(0, bidx.numel(), step):
         rows = bidx[s : s + step]
-        xb, mb = (x, mask) if rows.numel() == B else (x[rows], mask[rows])
+        xb, mb = (x, mask) if rows.numel() == B else (x.index_select(0, rows), mask.index_select(0, rows))
         c, it = _lloyd(xb, mb, c0[s : s + step], iters, tol, metric)
         n_iter = max(n_iter, it)
         a = _assign(xb, c, metric)

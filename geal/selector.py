@@ -97,7 +97,7 @@ class GEALSelector(Selector):
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
-        store = ctx.features.store(self.feature_layer, self.attention_layer)
+        store = ctx.features.store(self.feature_layer, self.attention_layer, clusters=self.clusters)
         clusters = ctx.features.knowledge_clusters(store, self.clusters)
         points = torch.from_numpy(clusters.features).to(ctx.device)
         groups = torch.from_numpy(clusters.owners).to(ctx.device)

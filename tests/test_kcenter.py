@@ -15,6 +15,17 @@ from scipy.stats import chisquare
 from geal.kcenter import GreedyResult, d2_sampling, kcenter_greedy
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tests run thousands of ops on tiny tensors: on a shared, busy CPU each op that wakes a second
+    OpenMP thread waits milliseconds for it (measured ~12 ms per op at load 8 on 2 cores). One thread
+    keeps the module fast; it changes no result (the tests compare results, not speed)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -297,3 +308,91 @@ def test_d2_deterministic_for_a_seed():
     x, g = random_set(2, 20)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
     assert d2_sampling(pts, grp, 10, generator=gen(4)) == d2_sampling(pts, grp, 10, generator=gen(4))
+
+
+# ---------------------------------------------------------------- pruned updates = the full scan
+
+
+def clustered_set(seed: int, n_groups: int, per_group: int = 5, dim: int = 16, n_modes: int = 12):
+    """Points around a few far-apart modes (the structure the bounds exploit), groups mixing modes."""
+    rng = np.random.default_rng(seed)
+    modes = rng.normal(size=(n_modes, dim)) * 4.0
+    groups = np.repeat(np.arange(n_groups), per_group)
+    which = rng.integers(n_modes, size=groups.size)
+    x = modes[which] + rng.normal(size=(groups.size, dim)) * rng.uniform(0.2, 1.0, size=(groups.size, 1))
+    perm = rng.permutation(groups.size)
+    return x[perm], groups[perm]
+
+
+def both(fn, pts, grp, budget, seed=0, **kw):
+    """The full scan's and the bounded path's result, each with a fresh generator seeded ``seed``."""
+    full = fn(pts, grp, budget, pruning="none", generator=gen(seed), **kw)
+    pruned = fn(pts, grp, budget, pruning="bounds", block_size=8, generator=gen(seed), **kw)
+    return full, pruned
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+@pytest.mark.parametrize("seed", range(3))
+def test_bounds_pick_exactly_what_the_full_scan_picks(distance, kind, seed):
+    x, g = clustered_set(seed, 100) if kind == "clustered" else random_set(seed, 100, dim=8, max_per_group=6)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    n = int(g.max()) + 1
+    # from a random seed group, all the way to the last group
+    full, pruned = both(kcenter_greedy, pts, grp, n, seed, distance=distance)
+    assert pruned.order == full.order and sorted(full.order) == list(range(n))
+    np.testing.assert_allclose(pruned.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
+    # from an initial labeled set, with ineligible groups (never picked, still never centres)
+    eligible = torch.ones(n, dtype=torch.bool)
+    eligible[torch.from_numpy(np.random.default_rng(seed).choice(n, 15, replace=False))] = False
+    initial = [int(i) for i in np.random.default_rng(seed + 1).choice(n, 10, replace=False)]
+    budget = int((eligible & ~torch.isin(torch.arange(n), torch.tensor(initial))).sum()) - 5
+    full, pruned = both(
+        kcenter_greedy, pts, grp, budget, distance=distance, initial=initial, eligible=eligible
+    )
+    assert pruned.order == full.order
+    assert not set(pruned.order) & (set(initial) | set(torch.nonzero(~eligible).squeeze(1).tolist()))
+    np.testing.assert_allclose(pruned.scores, full.scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_bounds_with_duplicate_points_and_float64(distance):
+    x, g = random_set(4, 120, dim=6)
+    x = np.concatenate([x, x[:80], x[:40] * 3.0])  # exact duplicates (and, for cosine, parallel copies)
+    g = np.concatenate([g, g[:80] + 120, np.arange(40) % 25 + 200])
+    for dtype in (torch.float32, torch.float64):
+        pts, grp = torch.from_numpy(x).to(dtype), torch.from_numpy(g)
+        present = sorted(set(g.tolist()))
+        full, pruned = both(kcenter_greedy, pts, grp, len(present), 2, distance=distance)
+        assert pruned.order == full.order and sorted(full.order) == present
+
+
+def test_bounds_do_skip_work_on_clustered_points():
+    # the equivalence above would be vacuous if the bounded path computed everything anyway
+    from geal.kcenter import _State
+
+    x, g = clustered_set(0, 300, dim=16, n_modes=30)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    st = _State(pts, grp, "cosine", None, 65536, "bounds", 8, lazy=True)
+    st.add_group(0)
+    for _ in range(150):
+        st.add_group(int(st.groups[st.farthest()]))
+    assert st.stats["updated"] < 0.5 * st.n_centers * x.shape[0]
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_d2_bounds_draw_exactly_what_the_full_scan_draws(distance):
+    x, g = clustered_set(5, 120)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    for seed in range(3):
+        full, pruned = both(d2_sampling, pts, grp, 80, seed, distance=distance)
+        assert pruned.order == full.order
+        np.testing.assert_allclose(pruned.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_pruning_argument_is_checked():
+    pts, grp = torch.randn(5, 3), torch.arange(5)
+    with pytest.raises(ValueError, match="pruning"):
+        kcenter_greedy(pts, grp, 1, pruning="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="block_size"):
+        kcenter_greedy(pts, grp, 1, pruning="bounds", block_size=0)
