@@ -35,7 +35,15 @@ from geal.backbones.base import Backbone
 from geal.extract import ExtractionReport, ExtractionSettings, extract_to_store
 from geal.knowledge import knowledge_clusters
 from geal.pool import ImagePool
-from geal.store import STORE_VERSION, FeatureStore, ShardData, atomic_write_bytes, file_lock, stable_hash
+from geal.store import (
+    STORE_VERSION,
+    FeatureStore,
+    ShardData,
+    atomic_write_bytes,
+    file_lock,
+    fp16_if_in_range,
+    stable_hash,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +188,7 @@ class FeatureProvider:
         holds the store's lock (or, in a distributed extraction, owns these shards)."""
         transform = None
         if store.mode == "clusters_only":
-            settings = _stored_settings(store)
-            transform = None if settings is None else self._clusters_transform(settings)
+            transform = self._clusters_transform(_stored_settings(store))
         return extract_to_store(
             self.pool,
             self.backbone_factory,
@@ -194,11 +201,16 @@ class FeatureProvider:
             shard_transform=transform,
         )
 
-    def _clusters_transform(self, settings: ClusterSettings):
+    def _clusters_transform(self, settings: ClusterSettings | None):
+        """What a clusters-only store keeps of a dense shard: the clusters of ``settings`` (none if None)."""
+
         def transform(start: int, data: ShardData) -> ShardData:
             assert data.tokens is not None and data.attention is not None
+            if settings is None:
+                return ShardData(None, None, data.global_feature, data.valid, data.skipped)
+            tokens = fp16_if_in_range(data.tokens)  # what a dense store would keep: the same clusters
             cents, ok = shard_knowledge_clusters(
-                data.tokens, data.attention, data.valid, start, settings, self.device
+                tokens, data.attention, data.valid, start, settings, self.device
             )
             return ShardData(None, None, data.global_feature, data.valid, data.skipped, cents, ok)
 

@@ -116,8 +116,9 @@ class ShardData:
     cluster_valid: np.ndarray | None = None
 
 
-def _fp16_if_lossless_range(arr: np.ndarray) -> np.ndarray:
-    """fp16 unless a value is non-finite or beyond fp16's range (then fp32)."""
+def fp16_if_in_range(arr: np.ndarray) -> np.ndarray:
+    """How tokens and clusters are stored: fp16 unless a value is non-finite or beyond fp16's range (then
+    fp32)."""
     arr = arr.astype(np.float32, copy=False)
     fits = bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0.0)) < FP16_MAX
     return arr.astype(np.float16 if fits else np.float32)
@@ -226,7 +227,9 @@ class FeatureStore:
 
     @property
     def array_names(self) -> tuple[str, ...]:
-        return CLUSTER_ARRAYS if self.mode == "clusters_only" else ARRAYS
+        if self.mode == "full":
+            return ARRAYS
+        return CLUSTER_ARRAYS if self.clusters is not None else ("global", "valid")
 
     def write_shard(self, shard: int, data: ShardData) -> None:
         """Write one complete shard atomically (temporary directory renamed into place)."""
@@ -247,11 +250,11 @@ class FeatureStore:
             if arr.shape[0] != n:
                 raise ValueError(f"shard {shard}: {name} has {arr.shape[0]} rows, expected {n}")
         convert = {
-            "tokens": _fp16_if_lossless_range,
+            "tokens": fp16_if_in_range,
             "attention": lambda a: a.astype(np.float32),
             "global": lambda a: a.astype(np.float32),
             "valid": lambda a: a.astype(bool),
-            "clusters": _fp16_if_lossless_range,
+            "clusters": fp16_if_in_range,
             "cluster_valid": lambda a: a.astype(bool),
         }
         arrays = {name: convert[name](given[name]) for name in self.array_names}

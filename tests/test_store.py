@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import geal.features
 from geal.extract import ExtractionSettings
-from geal.features import ClusterSettings, FeatureProvider
+from geal.features import ClusterSettings, ClustersNotStoredError, FeatureProvider
 from geal.store import StoreMismatchError
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
@@ -135,3 +137,81 @@ def test_unreadable_image_skip_is_recorded_and_never_selected(cache_dir: Path) -
     assert [s["image_id"] for s in store.skipped()] == ["sq_0007"]
     clusters = p.knowledge_clusters(store, ClusterSettings(k=2, kmeans_iters=5))
     assert 7 not in set(clusters.owners.tolist()) and set(clusters.owners.tolist()) == set(range(10)) - {7}
+
+
+# ---------------------------------------------------------------- jobs sharing a cache dir
+
+
+def _parallel_job(rank: int, cache_dir: str, out_dir: str) -> None:
+    """One sweep job: features of the squares pool and one cluster setting (counts what it computed)."""
+    torch.set_num_threads(1)
+    computed: list[int] = []
+    original = geal.features.compute_knowledge_clusters
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    geal.features.compute_knowledge_clusters = counting
+    factory = CountingFactory()
+    p = provider(SquaresPool(24), factory, Path(cache_dir))
+    Path(out_dir, f"ready{rank}").touch()  # start together
+    while not all(Path(out_dir, f"ready{r}").exists() for r in range(2)):
+        time.sleep(0.002)
+    store = p.store()
+    clusters = p.knowledge_clusters(store, ClusterSettings(k=3, kmeans_iters=5))
+    Path(out_dir, f"job{rank}.json").write_text(
+        json.dumps(
+            {
+                "builds": factory.builds,
+                "images": factory.images,
+                "kmeans_runs": len(computed),
+                "owners": clusters.owners.tolist(),
+                "features": clusters.features.tolist(),
+            }
+        )
+    )
+
+
+def test_parallel_jobs_extract_and_cluster_once(tmp_path: Path) -> None:
+    # two processes ask for the same store and clusters at the same moment: one computes, one waits
+    mp.spawn(_parallel_job, args=(str(tmp_path / "cache"), str(tmp_path)), nprocs=2, join=True)
+    jobs = [json.loads((tmp_path / f"job{r}.json").read_text()) for r in range(2)]
+    assert sorted(j["builds"] for j in jobs) == [0, 1]  # the network ran in one job only
+    assert sum(j["images"] for j in jobs) == 24
+    assert sorted(j["kmeans_runs"] for j in jobs) == [0, 1]  # and k-means too
+    assert jobs[0]["owners"] == jobs[1]["owners"] and jobs[0]["features"] == jobs[1]["features"]
+
+
+# ---------------------------------------------------------------- clusters-only stores
+
+
+def test_clusters_only_store_keeps_the_same_clusters_without_tokens(squares, tmp_path: Path) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    full = provider(squares, CountingFactory(), tmp_path / "full")
+    want = full.knowledge_clusters(full.store(), settings)
+    slim = provider(squares, CountingFactory(), tmp_path / "slim", cache_mode="clusters_only")
+    store = slim.store(clusters=settings)
+    assert store.mode == "clusters_only"
+    names = {p.name for p in store.shard_dir(0).iterdir()}
+    assert {"clusters.npy", "cluster_valid.npy", "global.npy", "valid.npy"} <= names
+    assert not names & {"tokens.npy", "attention.npy"}
+    got = slim.knowledge_clusters(store, settings)
+    np.testing.assert_array_equal(got.owners, want.owners)  # the same clusters, to fp16 rounding
+    np.testing.assert_allclose(got.features, want.features, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(store.global_features(), full.store().global_features())
+    assert store.disk_bytes() < full.store().disk_bytes()
+    # another setting was not kept: a clear error naming the difference and the fix
+    with pytest.raises(ClustersNotStoredError, match=r"'k': 3.*'k': 5.*cache_mode=full"):
+        slim.knowledge_clusters(store, ClusterSettings(tau=0.6, k=5, kmeans_iters=5))
+    # a clusters-only store filled for a selector that needs no clusters (Core-Set) keeps none
+    bare = provider(squares, CountingFactory(), tmp_path / "bare", cache_mode="clusters_only")
+    with pytest.raises(ClustersNotStoredError, match="holds no knowledge clusters"):
+        bare.knowledge_clusters(bare.store(), settings)
+
+
+def test_extraction_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="cache_mode"):
+        ExtractionSettings(cache_mode="dense")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="shard_size"):
+        ExtractionSettings(shard_size=0)
