@@ -25,6 +25,17 @@ from downstream.tasks.instance_stats import class_count_matrix, instance_statist
 from geal.task import TaskError
 from tests.test_configs import compose_root
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run torch on one thread: these small models gain little from a second one, and on a shared 2-core
+    machine OpenMP threads stall each other (the small SSD fit: 10x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SHAPES4 = [
     "aeroplane",
     "car",

@@ -32,7 +32,8 @@ def geal_run(*overrides: str, tmp: Path, out: Path) -> subprocess.CompletedProce
         f"hydra.run.dir={out}",
         *overrides,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEAL_DATA_DIR": str(tmp / "data")}
+    # one torch thread: the small models gain little from two, and OpenMP threads stall on a shared CPU
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEAL_DATA_DIR": str(tmp / "data"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise AssertionError(f"geal-run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")

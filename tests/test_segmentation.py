@@ -21,6 +21,17 @@ from downstream.tasks.segmentation_transforms import SegmentationTransform
 from geal.task import TaskError
 from tests.test_configs import compose_root
 
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run torch on one thread: these small models gain little from a second one, and on a shared 2-core
+    machine OpenMP threads stall each other (the small SSD fit: 10x slower with 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 #: official label id → train id of the classes the generator draws (cityscapesScripts' labels.py)
 OFFICIAL = {0: 255, 1: 255, 7: 0, 8: 1, 11: 2, 17: 5, 20: 7, 21: 8, 23: 10, 24: 11, 26: 13}
 
