@@ -45,9 +45,10 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -67,12 +68,27 @@ _CENTER_BLOCK = 256  # centres per update when seeding from a large initial set
 _AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is cheaper than the blocks
 _PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
 _EAGER_DENSE_FRACTION = 0.3  # D²: a full scan when the bounds keep more than this fraction of the points
+_PARALLEL_PAIRS = 2**21  # lazy path: matrix products this large use every torch thread, the rest one
 _LAZY_CENTERS = 8192  # centres per matrix product when a block is brought up to date
 _LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the centres the bounds keep
 _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
 _LAZY_MAX_BLOCKS = 512
 _LLOYD_STEPS = 2  # refinements of the block anchors (tighter blocks prune more; more costs time up front)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (restored afterwards)."""
+    before = torch.get_num_threads()
+    if n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -234,6 +250,7 @@ class _State:
         # distances this small are rounding noise of the formula (identical points do not come out as 0):
         # they are set to exactly 0, the same bound for every update path, so duplicates tie exactly
         self.zero_floor = 4.0 * gamma if distance == "cosine" else math.sqrt(8.0 * gamma) * norm_max
+        self.threads = torch.get_num_threads()  # the caller's setting (the lazy loop runs on one)
         self.n_centers = 0
         self.stats = {"updated": 0, "steps": 0, "pairs_tested": 0, "refreshes": 0}
         self.lazy = False
@@ -350,10 +367,11 @@ class _State:
             e = min(s + step, n)
             k = int((last < e).sum())  # rows that have not seen all of [s, e) (last is sorted)
             cm, csq = self.cmat[s:e], self.c_sq[s:e] if self.sq is not None else None
-            for r in range(0, k, self.chunk):
-                sub = rows[r : min(r + self.chunk, k)]
-                d = self._distances(sub, cm, csq)
-                self.mind[sub] = torch.minimum(self.mind[sub], d)
+            with _threads(self.threads if k * (e - s) >= _PARALLEL_PAIRS else 1):
+                for r in range(0, k, self.chunk):
+                    sub = rows[r : min(r + self.chunk, k)]
+                    d = self._distances(sub, cm, csq)
+                    self.mind[sub] = torch.minimum(self.mind[sub], d)
             self.stats["updated"] += k * (e - s)
         self.last_seen[rows] = n
 
@@ -553,23 +571,27 @@ def _run(
         log.warning("none of the %d initial groups has points: starting from a random group", len(init))
     res = GreedyResult()
     bar = tqdm(total=budget, desc=f"{mode} selection", disable=not progress, leave=False)
+    # the lazy path is thousands of ops on small tensors: a second OpenMP thread only adds wake-ups (ms
+    # each on a busy CPU); its few large matrix products switch back to every thread (_refresh)
+    threads = _threads(1) if st.lazy and st.x.device.type == "cpu" else contextlib.nullcontext()
     try:
-        for step in range(budget):
-            if step == 0 and not has_centers:
-                g = st.random_group(generator)
-                score = math.nan
-            elif mode == "kcenter":
-                i = st.farthest()
-                score = float(st.mind[i])
-                g = int(st.groups[i])
-            else:
-                i = _draw(st.d2_weights(), generator)
-                score = float(st.mind[i])
-                g = int(st.groups[i])
-            res.order.append(g)
-            res.scores.append(score)
-            st.add_group(g)
-            bar.update(1)
+        with threads:
+            for step in range(budget):
+                if step == 0 and not has_centers:
+                    g = st.random_group(generator)
+                    score = math.nan
+                elif mode == "kcenter":
+                    i = st.farthest()
+                    score = float(st.mind[i])
+                    g = int(st.groups[i])
+                else:
+                    i = _draw(st.d2_weights(), generator)
+                    score = float(st.mind[i])
+                    g = int(st.groups[i])
+                res.order.append(g)
+                res.scores.append(score)
+                st.add_group(g)
+                bar.update(1)
     finally:
         bar.close()
     if st.blocks is not None and st.stats["steps"]:

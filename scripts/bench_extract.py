@@ -1,0 +1,214 @@
+"""Benchmark the extraction pipeline against the bare model forward, its memory, and its disk per image.
+
+* ``throughput``: ``geal.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode, resize,
+  normalise in DataLoader workers, forward + attention probe, copy out, fp16 shard writes) vs the bare
+  ``backbone.extract`` forward on an already prepared batch of the same size, same device, same autocast;
+  the ratio is pipeline images/s ÷ bare images/s (the target is ≥ 0.85). Default model: ViT-S/16 at 224
+  (DINO ViT-S/16's architecture, random weights: the same compute, no download).
+* ``memory``: peak resident memory (this process + its loader workers) while extracting a pool of
+  ``--memory-images`` small generated images with the tiny test ViT into a fresh store — what the
+  pipeline itself holds, whatever the pool size (the model's own activations are a constant on top).
+* ``disk``: bytes per image of a full store and of a clusters-only store (τ=0.5, K=25) for the same
+  images and model, extrapolated to 1,000,000 images.
+
+Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers 2]
+       [--memory-images 100000] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from geal.backbones.vit import TimmViT
+from geal.extract import ExtractionSettings, autocast_context, extract_to_store
+from geal.features import ClusterSettings, FeatureProvider
+from geal.pool import ImagePool
+from geal.store import FeatureStore
+
+VOC_SIZES = [(500, 375), (375, 500), (500, 333), (500, 334), (333, 500), (480, 360)]
+
+
+class GeneratedPool(ImagePool):
+    """``n`` deterministic RGB images of ``size`` made on the fly (no disk): noise + a few rectangles."""
+
+    def __init__(self, n: int, size: int = 48) -> None:
+        self.n, self.size, self.name = n, size, f"generated{n}"
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return [f"img_{i:07d}" for i in range(self.n)]
+
+    def load(self, index: int) -> Image.Image:
+        rng = np.random.default_rng(index)
+        img = rng.integers(0, 255, (self.size, self.size, 3), dtype=np.uint8)
+        y, x = rng.integers(0, self.size // 2, 2)
+        img[y : y + self.size // 3, x : x + self.size // 3] = rng.integers(0, 255, 3, dtype=np.uint8)
+        return Image.fromarray(img)
+
+    def source(self, index: int) -> str:
+        return f"/generated/{self.ids[index]}.png"
+
+
+class JpegFolderPool(ImagePool):
+    """JPEG files written once to ``root`` (VOC's image sizes), decoded from disk like a real pool."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        self.name = f"jpegs{n}"
+        root.mkdir(parents=True, exist_ok=True)
+        self.paths = [root / f"{i:06d}.jpg" for i in range(n)]
+        for i, path in enumerate(self.paths):
+            if not path.exists():
+                w, h = VOC_SIZES[i % len(VOC_SIZES)]
+                rng = np.random.default_rng(i)
+                small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth, photo-like
+                Image.fromarray(small).resize((w, h), Image.BICUBIC).save(path, quality=90)
+
+    @property
+    def ids(self) -> Sequence[str]:
+        return [p.stem for p in self.paths]
+
+    def load(self, index: int) -> Image.Image:
+        with Image.open(self.paths[index]) as im:
+            return im.convert("RGB")
+
+    def source(self, index: int) -> str:
+        return str(self.paths[index])
+
+
+def vit_s16() -> TimmViT:
+    return TimmViT(name="vits16_random", model_name="vit_small_patch16_224", resolution=224, init_seed=0)
+
+
+def tiny_vit() -> TimmViT:
+    kwargs = {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
+    return TimmViT(name="tiny_vit", model_name="vit_tiny_patch16_224", resolution=32, model_kwargs=kwargs)
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak resident set size (MB) of this process and of its largest finished child (loader workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+    model = vit_s16().to(device).eval()
+    pool = JpegFolderPool(work / "jpegs", args.images)
+    res = model.preprocessing.resolution
+    batch = torch.randn(args.batch_size, 3, res, res, device=device)
+    with torch.inference_mode(), autocast_context(device, args.amp):
+        model.extract(batch)  # warm-up
+        t0 = time.perf_counter()
+        n_bare = 0
+        while n_bare < args.images:
+            model.extract(batch)
+            n_bare += args.batch_size
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        bare = n_bare / (time.perf_counter() - t0)
+    settings = ExtractionSettings(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        amp=args.amp,
+        shard_size=args.images,
+        progress=False,
+    )
+    store = FeatureStore.open(work / "cache", {"bench": "throughput"}, len(pool), args.images, "bench")
+    t0 = time.perf_counter()
+    extract_to_store(pool, lambda: model, store, settings=settings, device=device, feature_layer=-2,
+                     attention_layer=-1)
+    pipeline = len(pool) / (time.perf_counter() - t0)
+    print(
+        f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, {args.workers} loader workers, "
+        f"{args.images} JPEGs of VOC sizes: pipeline {pipeline:.1f} img/s, bare forward {bare:.1f} img/s, "
+        f"ratio {pipeline / bare:.2f}",
+        flush=True,
+    )
+
+
+def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+    pool = JpegFolderPool(work / "jpegs", args.images)
+    clusters = ClusterSettings(tau=0.5, k=25)
+    sizes = {}
+    for mode in ("full", "clusters_only"):
+        settings = ExtractionSettings(
+            batch_size=args.batch_size, num_workers=args.workers, amp=args.amp, shard_size=64,
+            progress=False, cache_mode=mode,  # type: ignore[arg-type]
+        )
+        cache = work / f"disk_{mode}"
+        provider = FeatureProvider(pool, vit_s16, {"bench": "vits16"}, cache, settings, device)
+        sizes[mode] = provider.store(clusters=clusters).disk_bytes() / len(pool)
+    print(
+        f"extract disk ViT-S/16@224 (196 tokens x 384): full store {sizes['full'] / 1e3:.1f} kB/img "
+        f"(1,000,000 images ≈ {sizes['full'] * 1e6 / 1e9:.0f} GB), clusters-only (K=25) "
+        f"{sizes['clusters_only'] / 1e3:.1f} kB/img (≈ {sizes['clusters_only'] * 1e6 / 1e9:.0f} GB), "
+        f"ratio {sizes['full'] / sizes['clusters_only']:.1f}x",
+        flush=True,
+    )
+
+
+def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+    pool = GeneratedPool(args.memory_images)
+    settings = ExtractionSettings(batch_size=256, num_workers=args.workers, amp="none", shard_size=512,
+                                  progress=False)
+    before, _ = peak_rss_mb()
+    store = FeatureStore.open(work / "mem", {"bench": "memory"}, len(pool), 512, "bench")
+    t0 = time.perf_counter()
+    extract_to_store(pool, tiny_vit, store, settings=settings, device=device, feature_layer=-2,
+                     attention_layer=-1)
+    seconds = time.perf_counter() - t0
+    own, children = peak_rss_mb()
+    print(
+        f"extract memory tiny ViT, {len(pool)} generated 48 px images, shards of 512, batch 256, "
+        f"{args.workers} workers: {seconds:.0f} s ({len(pool) / seconds:.0f} img/s), store "
+        f"{store.disk_bytes() / 1e6:.0f} MB, peak RSS main process {own:.0f} MB (before extraction "
+        f"{before:.0f} MB), largest loader worker {children:.0f} MB",
+        flush=True,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=192, help="JPEGs for the throughput and disk lines")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    ap.add_argument("--memory-images", type=int, default=100_000, help="pool of the memory line (0: skip)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "disk", "memory"])
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(
+        f"# bench_extract: torch {torch.__version__}, device {device}, torch threads "
+        f"{torch.get_num_threads()}, cpu cores {os.cpu_count()}, load average "
+        f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="geal-bench-extract-"))
+    try:
+        if "memory" not in args.skip and args.memory_images:  # first: peak RSS is a high-water mark
+            bench_memory(args, device, work)
+        if "throughput" not in args.skip:
+            bench_throughput(args, device, work)
+        if "disk" not in args.skip:
+            bench_disk(args, device, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
