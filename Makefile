@@ -38,6 +38,8 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.base
 	$(BIN)/python scripts/bench_selection.py
+	$(BIN)/python scripts/bench_kmeans.py
+	$(BIN)/python scripts/bench_extract.py
 
 clean-venv:
 	rm -rf $(VENV)
