@@ -259,9 +259,12 @@ def test_real_ssd300_config_builds_and_trains_one_step(
         SSD300VGG16(backbone_weights=str(tmp_path / "missing.pth"))(21)
 
 
-def test_warmup_is_counted_in_iterations_whatever_the_budget(voc: synthetic.GeneratedDataset) -> None:
+def test_warmup_is_counted_in_iterations_whatever_the_budget(
+    voc: synthetic.GeneratedDataset, tmp_path: Path
+) -> None:
     """warmup_iters=4 with 3 updates per epoch: the lr ramps linearly per iteration, then the multistep
-    milestone (epoch 2 = update 6) divides it by 10."""
+    milestone (epoch 2 = update 6) divides it by 10. Items load in a DataLoader worker; a second fit of the
+    same ids finds the finished checkpoint and trains nothing."""
     pool = VOCPool(voc.root)
     train = {
         "epochs": 3,
@@ -273,7 +276,8 @@ def test_warmup_is_counted_in_iterations_whatever_the_budget(voc: synthetic.Gene
         "decay_milestones": [2],
         "decay_rate": 0.1,
         "amp": "none",
-        "checkpoint_every": 0,
+        "checkpoint_every": 1,
+        "num_workers": 1,
     }
     task = VOCDetectionTask(
         pool,
@@ -283,8 +287,13 @@ def test_warmup_is_counted_in_iterations_whatever_the_budget(voc: synthetic.Gene
         train=train,
         warmup_iters=4,
         instance_stats=False,
+        work_dir=tmp_path,
     )
     task.fit(list(range(6)))
     lrs = [h["lr"] for h in task.history]
     assert lrs == pytest.approx([1e-6 + 3 * (1e-3 - 1e-6) / 4, 1e-4, 1e-4])
     assert task.settings.warmup_epochs == pytest.approx(4 / 3) and not task.settings.step_on_epochs
+    weights = {k: v.clone() for k, v in task.fitted_model().state_dict().items()}
+    again = task.fit(list(range(6)))
+    assert again["resumed_from_epoch"] == 3
+    assert all(torch.equal(v, task.fitted_model().state_dict()[k]) for k, v in weights.items())
