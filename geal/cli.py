@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 from geal.cycles import CycleSchedule, run_cycles
 from geal.device_lease import DeviceSlot, cuda_slots, current_lease, lease_device, set_current_lease
+from geal.distributed import init_from_env as init_distributed_from_env
 from geal.extract import ExtractionSettings
 from geal.features import FeatureProvider
 from geal.loggers.base import RunLogger
@@ -209,9 +210,11 @@ def summarize(result: Any, pool: ImagePool, stage_times: dict[str, float]) -> st
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
 def select_main(cfg: DictConfig) -> None:
-    """``geal-select``: one selection run (see conf/select.yaml)."""
+    """``geal-select``: one selection run (see conf/select.yaml); under ``torchrun`` every rank extracts
+    its share of the features and the k-center runs sharded (geal.distributed)."""
     t_start = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    init_distributed_from_env()
     device = resolve_device(cfg.device)
     check_target_kwargs(cfg.selector, "selector")
     selector: Selector = instantiate(cfg.selector, _convert_="all")

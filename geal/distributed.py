@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -31,7 +32,13 @@ from geal.features import ClusterSettings, FeatureProvider
 from geal.kcenter import Distance, GreedyResult, _State
 from geal.store import FeatureStore
 
-__all__ = ["extract_distributed", "is_distributed", "kcenter_greedy_sharded", "rank_and_world"]
+__all__ = [
+    "extract_distributed",
+    "init_from_env",
+    "is_distributed",
+    "kcenter_greedy_sharded",
+    "rank_and_world",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,21 @@ log = logging.getLogger(__name__)
 def is_distributed() -> bool:
     """True inside an initialised process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def init_from_env() -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1): NCCL with
+    ``cuda:LOCAL_RANK`` made current where CUDA is available, gloo otherwise. True when distributed."""
+    if is_distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return is_distributed()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend)
+    log.info("rank %d of %d joined the %s process group", dist.get_rank(), dist.get_world_size(), backend)
+    return True
 
 
 def rank_and_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:

@@ -159,8 +159,15 @@ class FeatureProvider:
         self, feature_layer: int = -2, attention_layer: int = -1, clusters: ClusterSettings | None = None
     ) -> FeatureStore:
         """The complete store for these layers (extracting the missing shards first, under the store's
-        lock). ``clusters``: the knowledge-cluster settings the caller will ask for; a clusters-only store
-        is filled with them (full stores ignore it)."""
+        lock; inside a torch.distributed job every rank extracts its share, see
+        :func:`geal.distributed.extract_distributed`). ``clusters``: the knowledge-cluster settings the
+        caller will ask for; a clusters-only store is filled with them (full stores ignore it)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            from geal.distributed import extract_distributed  # (it imports this module)
+
+            return extract_distributed(self, feature_layer, attention_layer, clusters)
         store = self.open_store(feature_layer, attention_layer, clusters)
         self.timings.store_dir = str(store.directory)
         hit = store.complete

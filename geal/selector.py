@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
+from geal.distributed import is_distributed, kcenter_greedy_sharded, rank_and_world
 from geal.features import ClusterSettings
 from geal.kcenter import d2_sampling, kcenter_greedy
 from geal.pool import ImagePool
@@ -101,18 +102,34 @@ class GEALSelector(Selector):
         clusters = ctx.features.knowledge_clusters(store, self.clusters)
         points = torch.from_numpy(clusters.features).to(ctx.device)
         groups = torch.from_numpy(clusters.owners).to(ctx.device)
-        sample = kcenter_greedy if self.sampler == "kcenter" else d2_sampling
-        result = sample(
-            points,
-            groups,
-            budget,
-            distance=self.distance,
-            initial=list(ctx.labeled),
-            eligible=eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget),
-            generator=ctx.generator(ctx.device),
-            chunk_size=self.chunk_size,
-            progress=True,
-        )
+        eligible = eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget)
+        if self.sampler == "kcenter" and is_distributed():
+            # under torchrun: each rank keeps a slice of the clusters; every rank gets the same picks
+            rank, world = rank_and_world()
+            part = slice(points.shape[0] * rank // world, points.shape[0] * (rank + 1) // world)
+            result = kcenter_greedy_sharded(
+                points[part],
+                groups[part],
+                budget,
+                distance=self.distance,
+                initial=list(ctx.labeled),
+                eligible=eligible,
+                generator=ctx.generator(ctx.device),
+                chunk_size=self.chunk_size,
+            )
+        else:
+            sample = kcenter_greedy if self.sampler == "kcenter" else d2_sampling
+            result = sample(
+                points,
+                groups,
+                budget,
+                distance=self.distance,
+                initial=list(ctx.labeled),
+                eligible=eligible,
+                generator=ctx.generator(ctx.device),
+                chunk_size=self.chunk_size,
+                progress=True,
+            )
         counts = clusters.counts(len(pool))
         return Selection(
             [int(i) for i in result.order],
