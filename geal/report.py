@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geal.results import SELECTION, Collected, RunRecord, collect, varying_settings
+from geal.results import DONE, SELECTION, Collected, RunRecord, collect, varying_settings
 from geal.store import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -421,10 +421,10 @@ def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> Effi
     cycle runs, ``seconds.acquisition``: every selection plus the trainings whose models made them; for
     one-pass methods, the selection), the other wall times in ``metrics.json`` ``seconds`` (fit, eval,
     total, whatever a runner adds), and the acquisition's device-hours (``world_size`` devices when a run
-    records it, else one). Runs without a selection time are left out of the means (and listed among the
-    problems by the report)."""
+    records it, else one). Only finished runs (and geal-select runs) count: the report lists the others."""
     keys = list(row_keys)
     groups: dict[tuple[str, ...], list[RunRecord]] = {}
+    runs = [r for r in runs if r.status in (DONE, SELECTION)]  # an unfinished run's times are partial
     for r in runs:
         if _selection_seconds(r) is not None:
             groups.setdefault(tuple(format_value(r.setting(k)) for k in keys), []).append(r)

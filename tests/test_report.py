@@ -359,3 +359,10 @@ def test_bad_inputs(tmp_path: Path) -> None:
     (tmp_path / "x" / "metrics.json").write_text("{broken")
     with pytest.raises(ValueError, match="not readable JSON"):
         collect(tmp_path)
+
+
+def test_unfinished_runs_stay_out_of_the_efficiency_table(sweep: Path) -> None:
+    eff = efficiency_table(collect(sweep).runs, ["method"])
+    rand = next(r for r in eff.rows if r.row == ("random",))
+    assert rand.runs == 1  # seed 1 is incomplete: its times are partial
+    assert [r.row for r in eff.rows] == [("geal",), ("random",)]  # the failed coreset_cos run has no times
