@@ -30,7 +30,9 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     value bounds the exact one from above. Each argmax refreshes only the stale points with the largest
     stored values (found through per-block maxima) until the largest value is exact; a refresh of a few
     points reads only the centres that the triangle inequality ‖x−c‖ ≥ ‖x−anchor(c)‖ − ‖c−anchor(c)‖ cannot
-    rule out, otherwise all centres it has not seen yet, in chunks.
+    rule out, otherwise all centres it has not seen yet, in chunks. While an argmax costs more than half
+    a full scan (early on, when every distance moves a little at every pick) the next picks use full
+    scans instead, for a doubling number of picks (a rule on work counts: runs stay reproducible).
   - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
     centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
     the bounds rule out little, a contiguous full scan is cheaper and is used instead.
@@ -69,6 +71,8 @@ _AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is ch
 _PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
 _EAGER_DENSE_FRACTION = 0.3  # D²: a full scan when the bounds keep more than this fraction of the points
 _PARALLEL_PAIRS = 2**21  # lazy path: matrix products this large use every torch thread, the rest one
+_EAGER_WHEN = 0.5  # k-center: full scans for a while when an argmax costs this fraction of one
+_EAGER_FIRST_BACKOFF = 4  # ... for this many picks first, doubling while it keeps happening
 _LAZY_CENTERS = 8192  # centres per matrix product when a block is brought up to date
 _LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the centres the bounds keep
 _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
@@ -252,6 +256,7 @@ class _State:
         self.zero_floor = 4.0 * gamma if distance == "cosine" else math.sqrt(8.0 * gamma) * norm_max
         self.threads = torch.get_num_threads()  # the caller's setting (the lazy loop runs on one)
         self.n_centers = 0
+        self.last_added = 0
         self.stats = {"updated": 0, "steps": 0, "pairs_tested": 0, "refreshes": 0}
         self.lazy = False
         self._cap = 0
@@ -275,6 +280,8 @@ class _State:
             self.eps_dist = 4.0 * gamma * (1.0 if distance == "cosine" else 4.0 * norm_max**2)
             self.rel = 8.0 * u
             self.lazy = lazy
+            # eager steps still to run (full scans: every point stays up to date) and the next back-off
+            self.eager_left, self.eager_backoff = 0, _EAGER_FIRST_BACKOFF
             # k-center: centres stored contiguously in pick order; point i has seen the first last_seen[i]
             self.cmat = torch.empty(0, x.shape[1], dtype=dt, device=dev)
             self.c_sq = torch.empty(0, dtype=dt, device=dev)
@@ -303,11 +310,25 @@ class _State:
     def add_centers(self, center_idx: Tensor) -> None:
         """mind ← min(mind, distance to the points ``center_idx``) (all of them, or where it can change)."""
         self.n_centers += int(center_idx.numel())
+        self.last_added = int(center_idx.numel())
         self.stats["steps"] += 1
         if self.blocks is None:
             self._full_update(center_idx)
         elif self.lazy:
+            n_before = self.cmat.shape[0]
             self._append_centers(center_idx)
+            if self.eager_left > 0:  # bring every point up to date now (no lazy work at the next argmax)
+                self.eager_left -= 1
+                open_ = ~self.blocked
+                if bool((self.last_seen[open_] == n_before).all()):  # all current: one contiguous scan
+                    with _threads(self.threads):
+                        self._full_update(center_idx)
+                else:  # the first eager pick after lazy ones: catch every stale point up
+                    stale = ((self.last_seen < self.cmat.shape[0]) & open_).nonzero().squeeze(1)
+                    if stale.numel():
+                        self._refresh(stale)
+                self.last_seen.fill_(self.cmat.shape[0])
+                self._recompute_max(torch.arange(self.blocks.n, device=center_idx.device))
         else:
             self._bounded_update(center_idx)
 
@@ -412,12 +433,14 @@ class _State:
         assert blocks is not None
         n = self.cmat.shape[0]
         width = _LAZY_FIRST_BLOCKS
+        work = self.stats["updated"]
         while True:
             best = self.block_max.max()
             pts = blocks.points_of((self.block_max == best).nonzero().squeeze(1))
             pts = pts[(self.mind[pts].to(torch.float64) == best) & ~self.blocked[pts]]
             stale = pts[self.last_seen[pts] < n]
             if stale.numel() == 0:
+                self._choose_next_update(self.stats["updated"] - work)
                 return int(pts.min())
             # the stale points among the `width` largest bucket maxima that could exceed the width-th one
             top = self.block_max.topk(min(width, blocks.n))
@@ -429,6 +452,17 @@ class _State:
             self._recompute_max(torch.unique(blocks.block_of[torch.cat([cand, stale])]))
             self.stats["refreshes"] += 1
             width = min(2 * width, _LAZY_MAX_BLOCKS)
+
+    def _choose_next_update(self, pairs: int) -> None:
+        """Early on (distances all alike, most of them moving a little at every pick) laziness computes
+        nearly as much as a full scan, through gathers: when one argmax cost more than half of a full
+        scan's point-centre pairs, the next picks use full scans, for a doubling number of picks each
+        time; a cheap argmax resets the back-off. Depends only on the data, so runs are reproducible."""
+        full = self.x.shape[0] * max(self.last_added, 1)
+        if pairs > _EAGER_WHEN * full:
+            self.eager_left, self.eager_backoff = self.eager_backoff, 2 * self.eager_backoff
+        elif pairs < _EAGER_WHEN * full / 4:
+            self.eager_backoff = _EAGER_FIRST_BACKOFF
 
     def _distances(self, pts: Tensor | slice, centers: Tensor, c_sq: Tensor | None) -> Tensor:
         """Distance of the points ``pts`` to their nearest centre among ``centers`` (C,D): the one formula
