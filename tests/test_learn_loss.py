@@ -193,3 +193,24 @@ def test_learn_loss_reads_the_source_layers_of_an_ssd_detector(tmp_path) -> None
     predicted = task.predict_loss(list(range(10, len(pool))))
     expected = (torch.arange(10, len(pool))[predicted.argsort(descending=True, stable=True)[:4]]).tolist()
     assert picks.global_ids == expected
+
+
+def test_with_the_gradient_stopped_from_the_start_the_task_model_trains_exactly_as_without(tmp_path) -> None:
+    """The plugin changes the task model only through its gradient: stopped at epoch 0, the weights after a
+    fit equal those of a fit without Learn-Loss (same seed), bit for bit."""
+    base = Mnist5kPool(split="all")
+    pool, test = Rows(base, range(0, 5000, 50), "train"), Rows(base, range(1, 5000, 100), "test")
+    settings = {"epochs": 2, "batch_size": 16, "lr": 0.05, "amp": "none", "checkpoint_every": 0}
+
+    def trained(selector: LearnLossSelector | None) -> dict[str, torch.Tensor]:
+        task = SmallCNNTask(pool, test, width=4, embed_dim=8, progress=False, train=settings)
+        if selector is not None:
+            selector.bind_task(task)
+        task.fit(list(range(64)))
+        return task.fitted_model().state_dict()
+
+    plain = trained(None)
+    stopped = trained(LearnLossSelector(hidden=8, stop_grad_epoch=0))
+    joint = trained(LearnLossSelector(hidden=8, stop_grad_epoch=2))
+    assert all(torch.equal(plain[k], stopped[k]) for k in plain)
+    assert not all(torch.equal(plain[k], joint[k]) for k in plain)
