@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from geal.backbones.base import Backbone
@@ -162,8 +163,6 @@ class FeatureProvider:
         lock; inside a torch.distributed job every rank extracts its share, see
         :func:`geal.distributed.extract_distributed`). ``clusters``: the knowledge-cluster settings the
         caller will ask for; a clusters-only store is filled with them (full stores ignore it)."""
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             from geal.distributed import extract_distributed  # (it imports this module)
 
@@ -177,7 +176,6 @@ class FeatureProvider:
                     log.info("features: extracted meanwhile by another job (%s)", store.directory)
                 else:
                     self.timings.extraction = self.extract(store, feature_layer, attention_layer)
-                    hit = False
         if self.timings.extraction_cache_hit is None:
             self.timings.extraction_cache_hit = self.timings.extraction is None
         if hit:
