@@ -158,3 +158,70 @@ def test_linear_probe_probabilities_cover_every_class_and_svm_scores() -> None:
     assert torch.allclose(ps.sum(1), torch.ones(6)) and ps.argmax(1).tolist() == y.tolist()
     with pytest.raises(Exception, match="no dropout"):
         probe.predict_proba([0], mc_samples=5)
+
+
+class SeededModel(Task):
+    """Probabilities, MC samples and predicted losses that are fixed functions of the global id."""
+
+    provides: ClassVar[frozenset[str]] = frozenset({"predict_proba", "predict_loss"})
+
+    def __init__(self, n: int) -> None:
+        gen = torch.Generator().manual_seed(123)
+        self.samples = torch.rand(4, n, 3, generator=gen).softmax(-1)
+        self.loss = torch.rand(n, generator=gen)
+
+    def fit(self, train_ids):
+        return {}
+
+    def evaluate(self):
+        return {}
+
+    def predict_proba(self, ids: Sequence[int], mc_samples: int = 0) -> torch.Tensor:
+        return self.samples[:, list(ids)] if mc_samples else self.samples[0, list(ids)]
+
+    def predict_loss(self, ids: Sequence[int]) -> torch.Tensor:
+        return self.loss[list(ids)]
+
+
+def traditional_selectors():
+    from baselines.learn_loss import LearnLossSelector, LossPredictionModule
+    from baselines.vaal import VAALSelector
+
+    learn_loss = LearnLossSelector(candidates=30)
+    learn_loss.module = LossPredictionModule(["x"], [1])  # as if bound to a task
+    vaal = VAALSelector(
+        image_size=8, in_chans=1, channels=(4,), disc_hidden=8, iterations=3, batch_size=4, progress=False
+    )
+    return [
+        EntropySelector(),
+        MarginSelector(candidates=30),
+        LeastConfidenceSelector(),
+        BALDSelector(mc_samples=4),
+        learn_loss,
+        vaal,
+    ]
+
+
+class TinyImages(IdsPool):
+    def load(self, index: int):
+        from PIL import Image
+
+        rng = np.random.default_rng(index)
+        return Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("selector", traditional_selectors(), ids=lambda s: s.name)
+def test_traditional_selectors_honour_the_selector_contract(selector) -> None:
+    pool = TinyImages(50)
+    task = SeededModel(50)
+    labeled = list(range(0, 50, 5))
+    ctx = SelectionContext(labeled=labeled, seed=3, task=task)
+    picks = selector.select(pool, 12, ctx)
+    assert len(picks.global_ids) == len(set(picks.global_ids)) == 12
+    assert all(0 <= i < 50 and i not in labeled for i in picks.global_ids)
+    assert all(isinstance(s, float) for s in picks.scores)
+    again = selector.select(pool, 12, SelectionContext(labeled=labeled, seed=3, task=task))
+    assert again.global_ids == picks.global_ids  # deterministic for a seed
+    assert not selector.cold_start  # cycles draw their initial set at random
+    with pytest.raises(SelectionError):
+        selector.select(pool, 41, ctx)  # more than the 40 unlabeled images
