@@ -150,11 +150,11 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
     kind, overrides = DEMOS[name]
     data = tmp_path / "data"
     if kind == "voc":
-        synthetic.make_voc(data / "demo", n07=24, n12=16, n07_test=12, classes=["car", "cat", "dog"])
+        synthetic.make_voc(data / "demo", n07=40, n12=30, n07_test=12, classes=["car", "cat", "dog"])
     elif kind == "cityscapes":
         synthetic.make_cityscapes(data / "demo" / "cityscapes", n_train=30, n_val=6)
     elif kind == "pets":
-        synthetic.make_pets(data / "demo", n_per_class=20, n_classes=4)
+        synthetic.make_pets(data / "demo", n_per_class=40, n_classes=4)  # 80 trainval ≥ 12 + 3 × 12
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
