@@ -422,22 +422,24 @@ def histogram_figure(hist: Histograms, path: Path, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = [k for k, c in enumerate(hist.counts["pool"]) if c > 0]  # classes the pool has
+    categories = [hist.categories[k] for k in shown]
     panels = 2 if hist.per_image is not None else 1
-    width = max(6.0, 0.32 * len(hist.categories) * max(len(hist.counts), 2) / 2)
+    width = max(6.0, 0.32 * len(categories) * max(len(hist.counts), 2) / 2)
     fig, axes = plt.subplots(panels, 1, figsize=(width, 3.6 * panels), dpi=120, squeeze=False)
     ax = axes[0][0]
     names = list(hist.counts)
     bar_w = 0.8 / len(names)
-    x = np.arange(len(hist.categories))
+    x = np.arange(len(categories))
     unit = "instances" if hist.kind == "instances" else "images"
     for i, name in enumerate(names):
-        covered = f"{int(np.count_nonzero(hist.counts[name]))}/{len(hist.categories)} classes"
+        covered = f"{int(np.count_nonzero(hist.counts[name]))}/{len(categories)} classes"
         if hist.kind == "instances":
             label = f"{name}: {sum(hist.counts[name])} instances in {hist.sizes[name]} images, {covered}"
         else:
             label = f"{name}: {hist.sizes[name]} images, {covered}"
-        ax.bar(x + (i - (len(names) - 1) / 2) * bar_w, hist.fractions(name), bar_w, label=label)
-    ax.set_xticks(x, hist.categories, rotation=60 if len(hist.categories) > 8 else 0, ha="right", fontsize=8)
+        ax.bar(x + (i - (len(names) - 1) / 2) * bar_w, hist.fractions(name)[shown], bar_w, label=label)
+    ax.set_xticks(x, categories, rotation=60 if len(categories) > 8 else 0, ha="right", fontsize=8)
     ax.set_ylabel(f"share of {unit}")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
