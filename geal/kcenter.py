@@ -50,13 +50,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from geal.threads import intra_op_threads
 
 __all__ = ["GreedyResult", "d2_sampling", "kcenter_greedy"]
 
@@ -79,20 +81,6 @@ _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this frac
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
 _LAZY_MAX_BLOCKS = 512
 _LLOYD_STEPS = 2  # refinements of the block anchors (tighter blocks prune more; more costs time up front)
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (restored afterwards)."""
-    before = torch.get_num_threads()
-    if n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass
@@ -321,7 +309,7 @@ class _State:
                 self.eager_left -= 1
                 open_ = ~self.blocked
                 if bool((self.last_seen[open_] == n_before).all()):  # all current: one contiguous scan
-                    with _threads(self.threads):
+                    with intra_op_threads(self.threads):
                         self._full_update(center_idx)
                 else:  # the first eager pick after lazy ones: catch every stale point up
                     stale = ((self.last_seen < self.cmat.shape[0]) & open_).nonzero().squeeze(1)
@@ -388,7 +376,7 @@ class _State:
             e = min(s + step, n)
             k = int((last < e).sum())  # rows that have not seen all of [s, e) (last is sorted)
             cm, csq = self.cmat[s:e], self.c_sq[s:e] if self.sq is not None else None
-            with _threads(self.threads if k * (e - s) >= _PARALLEL_PAIRS else 1):
+            with intra_op_threads(self.threads if k * (e - s) >= _PARALLEL_PAIRS else 1):
                 for r in range(0, k, self.chunk):
                     sub = rows[r : min(r + self.chunk, k)]
                     d = self._distances(sub, cm, csq)
@@ -607,7 +595,7 @@ def _run(
     bar = tqdm(total=budget, desc=f"{mode} selection", disable=not progress, leave=False)
     # the lazy path is thousands of ops on small tensors: a second OpenMP thread only adds wake-ups (ms
     # each on a busy CPU); its few large matrix products switch back to every thread (_refresh)
-    threads = _threads(1) if st.lazy and st.x.device.type == "cpu" else contextlib.nullcontext()
+    threads = intra_op_threads(1) if st.lazy and st.x.device.type == "cpu" else contextlib.nullcontext()
     try:
         with threads:
             for step in range(budget):

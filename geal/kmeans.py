@@ -26,11 +26,14 @@ the generator's device and moved to the points' device), so results are determin
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
+
+from geal.threads import intra_op_threads
 
 __all__ = ["KMeansResult", "batched_kmeans", "init_centroids", "per_image_kmeans"]
 
@@ -162,11 +165,12 @@ def _init(
     uniforms = _rand((B, k), generator, dev, torch.float64)[rows]
     out = torch.empty(rows.numel(), k, D, device=dev, dtype=dt)
     step = _chunk_images(x, k)
-    for s in range(0, rows.numel(), step):
-        r = rows[s : s + step]
-        out[s : s + step] = _kmeanspp(
-            x.index_select(0, r), mask.index_select(0, r), k, metric, uniforms[s : s + step]
-        )
+    with intra_op_threads(1) if dev.type == "cpu" else contextlib.nullcontext():
+        for s in range(0, rows.numel(), step):
+            r = rows[s : s + step]
+            out[s : s + step] = _kmeanspp(
+                x.index_select(0, r), mask.index_select(0, r), k, metric, uniforms[s : s + step]
+            )
     return out
 
 
@@ -327,6 +331,30 @@ def batched_kmeans(
             c0 = torch.nn.functional.normalize(c0, dim=-1)
     step = _chunk_images(x, k)
     n_iter = 0
+    # small per-chunk tensors: one thread on a CPU (see geal.threads)
+    with intra_op_threads(1) if x.device.type == "cpu" else contextlib.nullcontext():
+        n_iter = _lloyd_chunks(x, mask, c0, bidx, step, iters, tol, metric, cents, valid, assign)
+    log.debug("batched k-means: %d images clustered, up to %d iterations", bidx.numel(), n_iter)
+    return KMeansResult(cents, valid, assign)
+
+
+def _lloyd_chunks(
+    x: Tensor,
+    mask: Tensor,
+    c0: Tensor,
+    bidx: Tensor,
+    step: int,
+    iters: int,
+    tol: float,
+    metric: str,
+    cents: Tensor,
+    valid: Tensor,
+    assign: Tensor,
+) -> int:
+    """Lloyd + final assignment of the images ``bidx`` (initial centroids c0), ``step`` images at a time,
+    written into cents/valid/assign; returns the largest number of iterations."""
+    B, k = x.shape[0], c0.shape[1]
+    n_iter = 0
     for s in range(0, bidx.numel(), step):
         rows = bidx[s : s + step]
         xb, mb = (x, mask) if rows.numel() == B else (x.index_select(0, rows), mask.index_select(0, rows))
@@ -336,8 +364,7 @@ def batched_kmeans(
         cents[rows] = c
         valid[rows] = _counts(a, mb, k) > 0
         assign[rows] = torch.where(mb, a, torch.full_like(a, -1))
-    log.debug("batched k-means: %d images clustered, up to %d iterations", bidx.numel(), n_iter)
-    return KMeansResult(cents, valid, assign)
+    return n_iter
 
 
 def per_image_kmeans(
@@ -369,7 +396,25 @@ def per_image_kmeans(
     cents = torch.zeros(B, k, D, device=x.device, dtype=x.dtype)
     valid = torch.zeros(B, k, device=x.device, dtype=torch.bool)
     assign = torch.full((B, P), -1, device=x.device, dtype=torch.long)
-    for b in range(B):
+    with intra_op_threads(1) if x.device.type == "cpu" else contextlib.nullcontext():  # as batched
+        _per_image_loop(x, mask, c0, k, iters, tol, metric, cents, valid, assign)
+    return KMeansResult(cents, valid, assign)
+
+
+def _per_image_loop(
+    x: Tensor,
+    mask: Tensor,
+    c0: Tensor,
+    k: int,
+    iters: int,
+    tol: float,
+    metric: str,
+    cents: Tensor,
+    valid: Tensor,
+    assign: Tensor,
+) -> None:
+    """The reference's loop: each image's k-means on its own, written into cents/valid/assign."""
+    for b in range(x.shape[0]):
         pos = mask[b].nonzero().squeeze(1)
         pts = x[b, pos]  # (n,D)
         n = pts.shape[0]
@@ -390,4 +435,3 @@ def per_image_kmeans(
         cents[b] = c[0]
         valid[b] = _counts(lab, one, k)[0] > 0
         assign[b, pos] = lab[0]
-    return KMeansResult(cents, valid, assign)
