@@ -201,7 +201,6 @@ def test_geal_as_a_single_cycle(tmp: Path) -> None:
         (["selector=learn_loss", *SHORT_CYCLES], "not a torch-engine task"),
         (["selector=entropy", "cycles=demo", "cycles.initial=selector"], "cannot pick from nothing"),
         (["selector=entropy", "cycles=demo", "cycles.n_cycles=100"], "the pool has 80"),
-        (["selector=entropy", *SHORT_CYCLES, "cycles.reinit=false", *TINY_CNN[1:]], "cannot warm-start"),
     ],
 )
 def test_bad_cycle_settings_fail_at_start_up(tmp: Path, overrides: list[str], message: str) -> None:

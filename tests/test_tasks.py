@@ -174,6 +174,29 @@ def test_finished_checkpoint_is_reused_and_other_fits_ignore_it(
     assert squares_task(tmp_path).fit(list(range(8)))["resumed_from_epoch"] == 0
 
 
+def test_warm_start_continues_from_the_previous_fit(tmp_path: Path) -> None:
+    frozen = squares_task(tmp_path / "a", train={"lr": 0.0, "weight_decay": 0.0, "epochs": 1})
+    with pytest.raises(TaskError, match="earlier fit"):
+        frozen.fit(list(range(8)), warm_start=True)
+    assert "warm_start" in frozen.provides
+    cold = squares_task(tmp_path / "b")
+    cold.fit(list(range(16)))
+
+    def params(task: SmallCNNTask) -> dict[str, torch.Tensor]:  # weights only: BatchNorm stats still move
+        return {k: v.detach().clone() for k, v in task.fitted_model().named_parameters()}
+
+    first = params(cold)
+    # with a zero learning rate, a warm start keeps the previous fit's weights, a cold fit its fresh init
+    cold.settings = frozen.settings
+    cold.fit(list(range(24)), warm_start=True)
+    assert same_weights(params(cold), first)
+    fresh = squares_task(tmp_path / "c", train={"lr": 0.0, "weight_decay": 0.0, "epochs": 1})
+    fresh.fit(list(range(24)))
+    assert not same_weights(params(fresh), first)
+    # a warm-started fit has its own checkpoint key: the cold fit of the same ids is not reused for it
+    assert cold.fingerprint(list(range(24)), warm_from="x") != cold.fingerprint(list(range(24)))
+
+
 class RecordingLogger:
     def __init__(self) -> None:
         self.rows: list[tuple[int | None, str, dict[str, float]]] = []

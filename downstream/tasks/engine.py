@@ -343,6 +343,9 @@ class TorchTask(Task):
         self.history: list[dict[str, float]] = []
         #: metric prefix of per-epoch logs; None → ``budget_<n>/train``
         self.log_prefix: str | None = None
+        #: fingerprint of the last fit (a warm-started fit is keyed by the fit it starts from)
+        self._last_fit: str | None = None
+        self.provides = frozenset(self.provides | {"warm_start"})
         if test_pool is not None and len(test_pool) == 0:
             raise TaskError(f"{name}: the test split '{test_pool.name}' is empty: check task.test_data")
 
@@ -428,10 +431,12 @@ class TorchTask(Task):
 
     # ---- training
 
-    def fingerprint(self, ids: Sequence[int]) -> str:
-        """The key of a fit: train ids, settings, task identity, seed, plugins, train pool."""
+    def fingerprint(self, ids: Sequence[int], warm_from: str | None = None) -> str:
+        """The key of a fit: train ids, settings, task identity, seed, plugins, train pool, and for a
+        warm-started fit the key of the fit whose weights it starts from."""
         return stable_hash(
             {
+                **({"warm_from": warm_from} if warm_from is not None else {}),
                 "ids": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
                 "pool": self.pool.identity()["ids_sha256"],
                 "settings": dataclasses.asdict(self.settings),
@@ -446,18 +451,29 @@ class TorchTask(Task):
     def checkpoint_path(self) -> Path | None:
         return None if self.work_dir is None else self.work_dir / CHECKPOINT_NAME
 
-    def fit(self, train_ids: Sequence[int]) -> dict[str, float]:
-        """Train a fresh model on these global ids (resuming a matching checkpoint); final epoch stats."""
+    def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
+        """Train on these global ids (resuming a matching checkpoint); final epoch stats.
+
+        A fresh model (and plugins reset to their initial weights) by default; ``warm_start=True`` starts
+        from the previous fit's model and plugin weights instead (the active-learning cycles'
+        ``reinit=false``), with a new optimizer and schedule.
+        """
         ids = self.check_ids(train_ids)
         s = self.settings
-        key = self.fingerprint(ids)
+        if warm_start and (self.model is None or self._last_fit is None):
+            raise TaskError(f"{self.name}: warm_start=True needs an earlier fit to start from")
+        previous = copy.deepcopy(self.model.state_dict()) if warm_start and self.model is not None else None
+        key = self.fingerprint(ids, warm_from=self._last_fit if warm_start else None)
         seed_everything(self.seed)
         if self.device.type == "cuda":
             torch.backends.cudnn.deterministic = s.deterministic
             torch.backends.cudnn.benchmark = not s.deterministic
         model = self.build_model().to(self.device)
-        for plugin, init in zip(self.plugins, self._plugin_init, strict=True):
-            plugin.load_state_dict(init)
+        if previous is not None:
+            model.load_state_dict(previous)
+        else:
+            for plugin, init in zip(self.plugins, self._plugin_init, strict=True):
+                plugin.load_state_dict(init)
         self.plugins.to(self.device)
         trained = nn.ModuleDict({"model": model, "plugins": self.plugins})
         optimizer, scheduler = build_optimizer(
@@ -519,6 +535,7 @@ class TorchTask(Task):
             bar.close()
         model.eval()
         self.model = model
+        self._last_fit = key
         final = dict(self.history[-1]) if self.history else {}
         final.pop("epoch_s", None)
         return {
