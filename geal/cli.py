@@ -412,15 +412,7 @@ def run_cycle_schedule(
         assert isinstance(config, dict)
         logger.log_config(config)
         task = build_task(cfg, pool, device, out_dir / "task", logger=logger)
-        header = {
-            "method": str(cfg.selector.name),
-            "selector": str(cfg.selector.name),
-            "seed": int(cfg.seed),
-            "task": str(cfg.task.get("name", type(task).__name__)),
-            "pool": pool.name,
-            "pool_identity": pool.identity(),
-            "config": config,
-        }
+        header = run_header(cfg, pool, task, config)
         done = run_cycles(
             task,
             selector,
@@ -452,6 +444,19 @@ def run_cycle_schedule(
         print("\n".join(lines), file=sys.stdout)  # the CLI's own output, not logging
 
 
+def run_header(cfg: DictConfig, pool: ImagePool, task: Task, config: dict[str, Any]) -> dict[str, Any]:
+    """The fields that say which run produced a ``metrics.json`` (method, seed, task, pool, config)."""
+    return {
+        "method": str(cfg.selector.name),
+        "selector": str(cfg.selector.name),
+        "seed": int(cfg.seed),
+        "task": str(cfg.task.get("name", type(task).__name__)),
+        "pool": pool.name,
+        "pool_identity": pool.identity(),
+        "config": config,
+    }
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
 def run_main(cfg: DictConfig) -> None:
     """``geal-run``: select → train the task on each budget → evaluate → metrics (see conf/run.yaml)."""
@@ -476,13 +481,7 @@ def run_main(cfg: DictConfig) -> None:
         selections, selection_info = selections_for_budgets(cfg, pool, selector, device, out_dir)
         selection_s = time.perf_counter() - t0
         header = {
-            "method": str(cfg.selector.name),
-            "selector": str(cfg.selector.name),
-            "seed": int(cfg.seed),
-            "task": str(cfg.task.get("name", type(task).__name__)),
-            "pool": pool.name,
-            "pool_identity": pool.identity(),
-            "config": config,
+            **run_header(cfg, pool, task, config),
             "selection_sha256": selection_hash(selections),
             **selection_info,
         }
