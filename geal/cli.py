@@ -244,24 +244,26 @@ def select_main(cfg: DictConfig) -> None:
         print(summarize(result, pool, stage_times), file=sys.stdout)  # the CLI's own output, not logging
 
 
-def _target_params(node: DictConfig) -> dict[str, inspect.Parameter]:
+def _target_object(node: DictConfig) -> Any:
     module_name, _, attr = str(node._target_).rpartition(".")
-    return dict(inspect.signature(getattr(importlib.import_module(module_name), attr)).parameters)
+    return getattr(importlib.import_module(module_name), attr)
 
 
-def build_task(
-    cfg: DictConfig, pool: ImagePool, device: torch.device, work_dir: Path, logger: RunLogger | None = None
-) -> Task:
-    """Instantiate ``cfg.task`` with the runtime objects its constructor asks for (by parameter name):
-    ``pool``, ``test_pool`` (from ``task.test_data``), ``device``, ``work_dir``, ``seed``, ``progress``,
-    ``logger`` (the run logger, for per-epoch metrics), and for feature-based tasks ``train_features`` /
-    ``test_features`` (the backbone's global features from the feature store) and ``train_labels`` /
-    ``test_labels``."""
+def _target_params(node: DictConfig) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(_target_object(node)).parameters)
+
+
+def check_task_inputs(cfg: DictConfig, pool: ImagePool) -> ImagePool | None:
+    """The task's cheap pre-flight checks (config keys, labels, a non-empty test split), run before any
+    selection work so a bad task fails in seconds; returns the test pool when the task asks for one."""
     node = cfg.task
     check_target_kwargs(node, "task", ignore=TASK_RUN_KEYS)
-    params = _target_params(node)
-    wants = set(params)
-    runtime: dict[str, Any] = {}
+    task_class = _target_object(node)
+    if isinstance(task_class, type) and issubclass(task_class, Task):
+        settings = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(settings, dict)
+        task_class.check_settings(settings)
+    wants = set(_target_params(node))
     test_pool: ImagePool | None = None
     if wants & {"test_pool", "test_features", "test_labels"}:
         if node.get("test_data") is None:
@@ -272,15 +274,38 @@ def build_task(
         if len(test_pool) == 0:
             raise ValueError(f"the test split of task {node.get('name')} ({test_pool.name}) is empty")
     for name, pool_ in (("train", pool), ("test", test_pool)):
+        if f"{name}_labels" in wants and (pool_ is None or pool_.labels is None):
+            raise ValueError(
+                f"task {node.get('name')} needs labels, but pool '{getattr(pool_, 'name', None)}' "
+                f"has none: use a labeled dataset (class folders, MNIST, Pets) or another task"
+            )
+    return test_pool
+
+
+def build_task(
+    cfg: DictConfig,
+    pool: ImagePool,
+    device: torch.device,
+    work_dir: Path,
+    logger: RunLogger | None = None,
+    test_pool: ImagePool | None = None,
+) -> Task:
+    """Instantiate ``cfg.task`` with the runtime objects its constructor asks for (by parameter name):
+    ``pool``, ``test_pool`` (from ``task.test_data``), ``device``, ``work_dir``, ``seed``, ``progress``,
+    ``logger`` (the run logger, for per-epoch metrics), and for feature-based tasks ``train_features`` /
+    ``test_features`` (the backbone's global features from the feature store) and ``train_labels`` /
+    ``test_labels``. ``test_pool``: the one :func:`check_task_inputs` returned (checked again when None)."""
+    node = cfg.task
+    if test_pool is None:
+        test_pool = check_task_inputs(cfg, pool)
+    wants = set(_target_params(node))
+    runtime: dict[str, Any] = {}
+    for name, pool_ in (("train", pool), ("test", test_pool)):
+        if pool_ is None:
+            continue
         if f"{name}_labels" in wants:
-            if pool_ is None or pool_.labels is None:
-                raise ValueError(
-                    f"task {node.get('name')} needs labels, but pool '{getattr(pool_, 'name', None)}' "
-                    f"has none: use a labeled dataset (class folders, MNIST, Pets) or another task"
-                )
             runtime[f"{name}_labels"] = np.asarray(pool_.labels)
         if f"{name}_features" in wants:
-            assert pool_ is not None
             runtime[f"{name}_features"] = feature_provider(cfg, pool_, device).store().global_features()
     available = {
         "pool": pool,
@@ -475,11 +500,13 @@ def run_main(cfg: DictConfig) -> None:
         config = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(config, dict)
         logger.log_config(config)
-        # the task first: a missing label or test split fails before any selection work
-        task = build_task(cfg, pool, device, out_dir / "task", logger=logger)
+        # a missing label or test split fails before any selection work; the task itself is built after
+        # the selection so that feature extraction it shares with the selector counts as selection time
+        test_pool = check_task_inputs(cfg, pool)
         t0 = time.perf_counter()
         selections, selection_info = selections_for_budgets(cfg, pool, selector, device, out_dir)
         selection_s = time.perf_counter() - t0
+        task = build_task(cfg, pool, device, out_dir / "task", logger=logger, test_pool=test_pool)
         header = {
             **run_header(cfg, pool, task, config),
             "selection_sha256": selection_hash(selections),

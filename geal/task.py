@@ -7,8 +7,8 @@ A task is built once per run with everything it needs (pools, features, device, 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 
@@ -21,6 +21,12 @@ class Task(ABC):
     """
 
     provides: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Validate the task's config (its constructor keywords) before any work: raise on a bad nested
+        setting the constructor would only reject later. Default: nothing beyond the keyword names."""
+        return None
 
     @abstractmethod
     def fit(self, train_ids: Sequence[int]) -> dict[str, float]:

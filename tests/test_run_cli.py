@@ -186,6 +186,8 @@ BAD_INPUT = {
     ),
     "task setting typo": (["data=pets", *TINY_PETS, "+task.train.epohcs=3"], "epohcs"),
 }
+# bad task input fails in its pre-flight check, before the selection is made or written
+FAILS_BEFORE_SELECTION = {"task without labels", "empty test split", "task setting typo"}
 
 
 def run_in_process(tmp: Path, out: Path, *overrides: str) -> None:
@@ -230,3 +232,5 @@ def test_bad_input_gives_clear_errors(
         run_in_process(tmp, out, *[a.format(**values) for a in overrides], "budgets=[4]")
     text = f"{caught.value} {caught.value.__cause__ or ''}"
     assert message in text, text
+    if case in FAILS_BEFORE_SELECTION:
+        assert not (out / "selection.json").exists()

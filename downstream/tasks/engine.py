@@ -349,6 +349,12 @@ class TorchTask(Task):
         if test_pool is not None and len(test_pool) == 0:
             raise TaskError(f"{name}: the test split '{test_pool.name}' is empty: check task.test_data")
 
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """``train``: unknown keys and bad values fail before selection (see :class:`TrainSettings`)."""
+        name = settings.get("name", cls.__name__)
+        TrainSettings.from_mapping(settings.get("train"), where=f"task ({name}).train")
+
     # ---- what subclasses supply
 
     @abstractmethod
