@@ -53,6 +53,6 @@ class CoreSetSelector(Selector):
             eligible=eligible,
             generator=ctx.generator(ctx.device),
             chunk_size=self.chunk_size,
-            progress=True,
+            progress=ctx.progress,
         )
         return Selection([int(i) for i in result.order], [float(s) for s in result.scores])

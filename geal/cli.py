@@ -180,7 +180,9 @@ def build_context(
             f"selector {cfg.selector.get('name')} needs {unsupported}, which a one-pass selection does not "
             "provide: run it in active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
         )
-    return SelectionContext(labeled=labeled, seed=cfg.seed, device=device, features=features)
+    return SelectionContext(
+        labeled=labeled, seed=cfg.seed, device=device, features=features, progress=cfg.extraction.progress
+    )
 
 
 def summarize(result: Any, pool: ImagePool, stage_times: dict[str, float]) -> str:
@@ -430,7 +432,10 @@ def run_cycle_schedule(
         initial_draw = instantiate(node.initial_draw, _convert_="all")
     needs_features = any("features" in s.requires for s in (selector, initial_draw) if s is not None)
     context = SelectionContext(
-        seed=cfg.seed, device=device, features=feature_provider(cfg, pool, device) if needs_features else None
+        seed=cfg.seed,
+        device=device,
+        features=feature_provider(cfg, pool, device) if needs_features else None,
+        progress=cfg.extraction.progress,
     )
     with build_logger(cfg, out_dir) as logger:
         config = OmegaConf.to_container(cfg, resolve=True)

@@ -476,6 +476,7 @@ class CycleRunner:
                 features=self.context.features,
                 excluded=list(self.context.excluded),
                 task=self.task,
+                progress=self.context.progress,
             )
             log.info(
                 "cycle %d: %s selects %d of %d unlabeled images",

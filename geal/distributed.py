@@ -210,8 +210,9 @@ def kcenter_greedy_sharded(
     per_call = max(1, 4096 // max(int(width), 1))  # initial groups per all-gather
     for s in range(0, len(init), per_call):
         local = [st.members(g) for g in init[s : s + per_call]]
-        add_centers(torch.cat(local) if local else torch.zeros(0, dtype=torch.long, device=dev),
-                    per_call * int(width))
+        add_centers(
+            torch.cat(local) if local else torch.zeros(0, dtype=torch.long, device=dev), per_call * int(width)
+        )
     has_centers = st.n_centers > 0
     res = GreedyResult()
     for step in range(budget):

@@ -54,7 +54,8 @@ class SelectionContext:
     device:   where tensor work runs.
     features: the pool's feature store handle (present when the selector requires "features").
     excluded: global ids that must never be picked (e.g. images skipped as unreadable).
-    task:     the task model handle, for traditional methods (later issues).
+    task:     the task model handle, for traditional methods.
+    progress: show progress bars for long selection work (``extraction.progress`` in the config).
     """
 
     labeled: Sequence[int] = ()
@@ -63,6 +64,7 @@ class SelectionContext:
     features: FeatureProvider | None = None
     excluded: Sequence[int] = ()
     task: Any = None
+    progress: bool = True
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator seeded from ``seed`` (same seed → same draws, whatever ran before)."""

@@ -128,7 +128,7 @@ class GEALSelector(Selector):
                 eligible=eligible,
                 generator=ctx.generator(ctx.device),
                 chunk_size=self.chunk_size,
-                progress=True,
+                progress=ctx.progress,
             )
         counts = clusters.counts(len(pool))
         return Selection(

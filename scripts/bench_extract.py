@@ -131,8 +131,9 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
     )
     store = FeatureStore.open(work / "cache", {"bench": "throughput"}, len(pool), args.images, "bench")
     t0 = time.perf_counter()
-    extract_to_store(pool, lambda: model, store, settings=settings, device=device, feature_layer=-2,
-                     attention_layer=-1)
+    extract_to_store(
+        pool, lambda: model, store, settings=settings, device=device, feature_layer=-2, attention_layer=-1
+    )
     pipeline = len(pool) / (time.perf_counter() - t0)
     bare = max(bare_before, bare_rate())  # measured before and after: the faster one (a busy machine)
     print(
@@ -149,8 +150,12 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
     sizes = {}
     for mode in ("full", "clusters_only"):
         settings = ExtractionSettings(
-            batch_size=args.batch_size, num_workers=args.workers, amp=args.amp, shard_size=64,
-            progress=False, cache_mode=mode,  # type: ignore[arg-type]
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            amp=args.amp,
+            shard_size=64,
+            progress=False,
+            cache_mode=mode,  # type: ignore[arg-type]
         )
         cache = work / f"disk_{mode}"
         provider = FeatureProvider(pool, vit_s16, {"bench": "vits16"}, cache, settings, device)
@@ -166,13 +171,15 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
 
 def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = GeneratedPool(args.memory_images)
-    settings = ExtractionSettings(batch_size=256, num_workers=args.workers, amp="none", shard_size=512,
-                                  progress=False)
+    settings = ExtractionSettings(
+        batch_size=256, num_workers=args.workers, amp="none", shard_size=512, progress=False
+    )
     before, _ = peak_rss_mb()
     store = FeatureStore.open(work / "mem", {"bench": "memory"}, len(pool), 512, "bench")
     t0 = time.perf_counter()
-    extract_to_store(pool, tiny_vit, store, settings=settings, device=device, feature_layer=-2,
-                     attention_layer=-1)
+    extract_to_store(
+        pool, tiny_vit, store, settings=settings, device=device, feature_layer=-2, attention_layer=-1
+    )
     seconds = time.perf_counter() - t0
     own, children = peak_rss_mb()
     print(

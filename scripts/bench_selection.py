@@ -117,16 +117,18 @@ def run(fn, points, groups, budget, distance, seed, pruning):
     )
 
 
-def bench_kcenter(kind: str, n: int, distance: str, ref_steps: int, budget_frac: float, seed: int,
-                  device: torch.device) -> None:
+def bench_kcenter(
+    kind: str, n: int, distance: str, ref_steps: int, budget_frac: float, seed: int, device: torch.device
+) -> None:
     clusters = make_clusters(kind, n, 25, 384, seed).to(device)
     points = clusters.reshape(-1, clusters.shape[-1])
     groups = torch.arange(n, device=device).repeat_interleave(clusters.shape[1])
     budget = max(ref_steps, int(budget_frac * n))
     run(kcenter_greedy, points[:2000], groups[:2000], 5, distance, seed, "auto")  # warm-up
     ours, t_ours = timed(lambda: run(kcenter_greedy, points, groups, budget, distance, seed, "auto"), device)
-    prefix, t_prefix = timed(lambda: run(kcenter_greedy, points, groups, ref_steps, distance, seed, "auto"),
-                             device)
+    prefix, t_prefix = timed(
+        lambda: run(kcenter_greedy, points, groups, ref_steps, distance, seed, "auto"), device
+    )
     ref, t_ref = timed(lambda: broadcast_reference(clusters, ref_steps, distance, seed), device)
     full, t_full = timed(lambda: run(kcenter_greedy, points, groups, budget, distance, seed, "none"), device)
     same_ref = prefix.order == ref and ours.order[:ref_steps] == ref
@@ -146,8 +148,9 @@ def bench_voc(kind: str, budget: int, ref_steps: int, seed: int, device: torch.d
     points = clusters.reshape(-1, 384)
     groups = torch.arange(n, device=device).repeat_interleave(25)
     ours, t_ours = timed(lambda: run(kcenter_greedy, points, groups, budget, "cosine", seed, "auto"), device)
-    full, t_full = timed(lambda: run(kcenter_greedy, points, groups, ref_steps, "cosine", seed, "none"),
-                         device)
+    full, t_full = timed(
+        lambda: run(kcenter_greedy, points, groups, ref_steps, "cosine", seed, "none"), device
+    )
     per_full, per_ours = t_full / ref_steps, t_ours / budget
     print(
         f"VOC     {kind:9s} cosine    {n} img x 25 x 384, budget {budget}: ours {t_ours:.1f} s "
@@ -181,10 +184,12 @@ def bench_real(store_dir: Path, budgets: list[int], seed: int, device: torch.dev
     points = torch.from_numpy(clusters.features).to(device)
     groups = torch.from_numpy(clusters.owners).to(device)
     for budget in budgets:
-        ours, t_ours = timed(lambda b=budget: run(kcenter_greedy, points, groups, b, "cosine", seed, "auto"),
-                             device)
-        full, t_full = timed(lambda b=budget: run(kcenter_greedy, points, groups, b, "cosine", seed, "none"),
-                             device)
+        ours, t_ours = timed(
+            lambda b=budget: run(kcenter_greedy, points, groups, b, "cosine", seed, "auto"), device
+        )
+        full, t_full = timed(
+            lambda b=budget: run(kcenter_greedy, points, groups, b, "cosine", seed, "none"), device
+        )
         print(
             f"real    {manifest.get('label', store_dir.name)}: {store.n_images} img, {points.shape[0]} "
             f"clusters x {points.shape[1]} (τ=0.5, K=25, computed in {t_cl:.1f} s), budget {budget}: ours "

@@ -61,8 +61,14 @@ def selection_cases() -> list[dict]:
     eligible[[3, 17, 41]] = False
     return [
         {"x": x, "groups": groups, "budget": 40, "distance": "cosine", "initial": [], "eligible": None},
-        {"x": x, "groups": groups, "budget": 30, "distance": "euclidean", "initial": [5, 9, 50],
-         "eligible": eligible},
+        {
+            "x": x,
+            "groups": groups,
+            "budget": 30,
+            "distance": "euclidean",
+            "initial": [5, 9, 50],
+            "eligible": eligible,
+        },
     ]
 
 

@@ -91,6 +91,20 @@ def test_contract(which: str, pool: SquaresPool, shared_cache: Path) -> None:
         assert smaller.global_ids == ids[:5]
 
 
+@pytest.mark.parametrize("which", ["geal_kcenter", "coreset_cos"])
+def test_progress_bar_follows_the_context(
+    which: str, pool: SquaresPool, shared_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name, overrides = SELECTORS[which]
+    shown = []
+    for progress in (True, False):
+        ctx = ctx_for(pool, shared_cache)
+        ctx.progress = progress
+        make_selector(name, **overrides).select(pool, 6, ctx)
+        shown.append("kcenter selection" in capsys.readouterr().err)
+    assert shown == [True, False]
+
+
 @pytest.mark.parametrize("which", ["geal_kcenter", "random", "coreset_cos"])
 def test_budget_errors(which: str, pool: SquaresPool, shared_cache: Path) -> None:
     name, overrides = SELECTORS[which]
