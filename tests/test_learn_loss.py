@@ -195,6 +195,41 @@ def test_learn_loss_reads_the_source_layers_of_an_ssd_detector(tmp_path) -> None
     assert picks.global_ids == expected
 
 
+def test_learn_loss_reads_the_resnet_stages_of_a_deeplab_segmenter(tmp_path) -> None:
+    """The same plugin on the Cityscapes task (small DeepLabV3, conf/selector/learn_loss_deeplab.yaml's
+    hooks): per-image pixel losses train the predictor; the picks are the highest predicted losses."""
+    from omegaconf import OmegaConf
+
+    from downstream.datasets import synthetic
+    from downstream.datasets.cityscapes import CityscapesPool
+    from downstream.tasks.segmentation import CityscapesSegmentationTask
+    from downstream.tasks.segmentation_models import SmallDeepLabV3
+    from geal.cli import CONFIG_DIR
+
+    city = synthetic.make_cityscapes(tmp_path / "city", n_train=12, n_val=2, seed=0)
+    pool = CityscapesPool(city.root)
+    task = CityscapesSegmentationTask(
+        pool,
+        CityscapesPool(city.root, "val"),
+        SmallDeepLabV3(widths=(8, 8, 16, 16), aspp_channels=16, atrous_rates=(2, 4, 6)),
+        progress=False,
+        train={"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "amp": "none"},
+        base_size=64,
+        crop_size=(64, 96),
+    )
+    hooks = list(OmegaConf.load(CONFIG_DIR / "selector" / "learn_loss_deeplab.yaml").hooks)
+    selector = LearnLossSelector(hooks=hooks, hidden=8, candidates=None)
+    selector.bind_task(task)
+    assert selector.module is not None
+    assert [lv[0].in_features for lv in selector.module.levels] == [8, 8, 16, 16]
+    stats = task.fit(list(range(8)))
+    assert stats["plugin0/loss_prediction"] > 0.0
+    picks = selector.select(pool, 2, SelectionContext(labeled=list(range(8)), seed=0, task=task))
+    predicted = task.predict_loss(list(range(8, len(pool))))
+    expected = (torch.arange(8, len(pool))[predicted.argsort(descending=True, stable=True)[:2]]).tolist()
+    assert picks.global_ids == expected
+
+
 def test_with_the_gradient_stopped_from_the_start_the_task_model_trains_exactly_as_without(tmp_path) -> None:
     """The plugin changes the task model only through its gradient: stopped at epoch 0, the weights after a
     fit equal those of a fit without Learn-Loss (same seed), bit for bit."""

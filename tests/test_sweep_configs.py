@@ -99,6 +99,18 @@ def test_the_paper_grids() -> None:
     budgets = [voc.cycles.initial_size + k * voc.cycles.step for k in range(voc.cycles.n_cycles + 1)]
     assert budgets == [1000 * k for k in range(1, 11)]  # ⊇ the paper's 1k, 2k, 3k, 5k, 7k, 10k
     assert compose_experiment("paper_voc", "selector=learn_loss_ssd").selector.name == "learn_loss"
+    city = compose_experiment("paper_cityscapes")
+    assert sweep_params(city)["selector"] == [
+        "geal",
+        "random",
+        "coreset_cos",
+        "coreset_euc",
+        "learn_loss_deeplab",
+        "vaal_128",
+    ]
+    assert compose_experiment("paper_cityscapes", "selector=learn_loss_deeplab").selector.hooks[0] == (
+        "backbone.layer1"
+    )
     for name, key, values in (
         ("ablation_tau", "selector.tau", ["0.4", "0.5", "0.6"]),
         ("ablation_k", "selector.k", ["5", "15", "25"]),
@@ -128,7 +140,7 @@ DEMOS = {
     "paper_voc_demo": ("voc", ["seed=0", "selector=geal,learn_loss_small_ssd", "task.train.epochs=1"]),
     "paper_cityscapes_demo": (
         "cityscapes",
-        ["seed=0", "selector=geal,random", "task.train.epochs=1"],
+        ["seed=0", "selector=geal,learn_loss_deeplab", "task.train.epochs=1"],
     ),
     "paper_pets_demo": ("pets", ["seed=0", "selector=geal,coreset_euc"]),
     "offshelf_coreset_demo": ("mnist", ["seed=0", "selector=coreset_euc,random"]),
