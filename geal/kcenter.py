@@ -30,9 +30,11 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     value bounds the exact one from above. Each argmax refreshes only the stale points with the largest
     stored values (found through per-block maxima) until the largest value is exact; a refresh of a few
     points reads only the centres that the triangle inequality ‖x−c‖ ≥ ‖x−anchor(c)‖ − ‖c−anchor(c)‖ cannot
-    rule out, otherwise all centres it has not seen yet, in chunks. While an argmax costs more than half
-    a full scan (early on, when every distance moves a little at every pick) the next picks use full
-    scans instead, for a doubling number of picks (a rule on work counts: runs stay reproducible).
+    rule out, otherwise all centres it has not seen yet, in chunks (also for the next 1, 2, 4, … few-point
+    refreshes after the bounds ruled out too little: early on they rule out nothing and trying costs more
+    than the plain pass). While an argmax costs more than half a full scan (early on, when every distance
+    moves a little at every pick) the next picks use full scans instead, for a doubling number of picks
+    (a rule on work counts: runs stay reproducible).
   - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
     centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
     the bounds rule out little, a contiguous full scan is cheaper and is used instead.
@@ -78,6 +80,7 @@ _EAGER_FIRST_BACKOFF = 4  # ... for this many picks first, doubling while it kee
 _LAZY_CENTERS = 8192  # centres per matrix product when a block is brought up to date
 _LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the centres the bounds keep
 _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
+_LAZY_BOUND_MAX_SKIP = 64  # ... after such a refresh the next 1, 2, 4, ... (at most this) skip the bounds
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
 _LAZY_MAX_BLOCKS = 512
 _LLOYD_STEPS = 2  # refinements of the block anchors (tighter blocks prune more; more costs time up front)
@@ -275,6 +278,8 @@ class _State:
             self.c_sq = torch.empty(0, dtype=dt, device=dev)
             self._cbuf, self._csqbuf = self.cmat, self.c_sq
             self.last_seen = torch.zeros(M, dtype=torch.long, device=dev)  # centres each point has seen
+            # few-row refreshes that skip the bounds (they ruled out too little lately) and the next back-off
+            self.bound_skip, self.bound_backoff = 0, 1
             # position of each point in the centre list (a large number for points that are not centres)
             self.center_rank = torch.full((M,), 2**62, dtype=torch.long, device=dev)
 
@@ -358,8 +363,10 @@ class _State:
         Few rows (the usual case): only the centres that the triangle inequality cannot rule out are
         read — ‖x − c‖ ≥ ‖x − anchor(c)‖ − r(c) through the static block of each centre — so a refresh
         never streams all the centres added since the rows were last seen. Many rows, or bounds that rule
-        out little: one pass over the pending centres, in chunks, each chunk computed only for the rows
-        that have not seen it yet (rows sorted by how long ago they were refreshed).
+        out little (then the next 1, 2, 4, … up to ``_LAZY_BOUND_MAX_SKIP`` few-row refreshes do not try
+        them; a refresh they do prune resets that): one pass over the pending centres, in chunks, each
+        chunk computed only for the rows that have not seen it yet (rows sorted by how long ago they were
+        refreshed).
         """
         blocks = self.blocks
         assert blocks is not None
@@ -368,9 +375,16 @@ class _State:
         sort = torch.argsort(last)
         rows, last = rows[sort], last[sort]
         lo = int(last[0])
-        if rows.numel() <= _LAZY_BOUND_ROWS and self._refresh_bounded(rows, last, n - lo):
-            self.last_seen[rows] = n
-            return
+        if rows.numel() <= _LAZY_BOUND_ROWS:
+            if self.bound_skip > 0:  # the last tries ruled out too little: the plain pass, for a while
+                self.bound_skip -= 1
+            elif self._refresh_bounded(rows, last, n - lo):
+                self.bound_backoff = 1
+                self.last_seen[rows] = n
+                return
+            else:
+                self.bound_skip = self.bound_backoff
+                self.bound_backoff = min(2 * self.bound_backoff, _LAZY_BOUND_MAX_SKIP)
         step = max(_LAZY_CENTERS // 8, min(_LAZY_CENTERS, n - lo))
         for s in range(lo, n, step):
             e = min(s + step, n)
