@@ -163,6 +163,7 @@ def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> 
             on_error=cfg.data.get("on_error", "raise"),
             progress=cfg.extraction.progress,
             cache_mode=cfg.extraction.cache_mode,
+            decode=cfg.extraction.decode,
         ),
         device=device,
         label=str(cfg.backbone.get("name", "backbone")),

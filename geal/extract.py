@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -24,6 +25,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from geal.backbones.base import Backbone, Preprocessing
+from geal.device_decode import DECODES, Decode, EncodedImage, decode_batch, read_encoded, resolve_decode
 from geal.pool import ImagePool
 from geal.store import FeatureStore, ShardData
 
@@ -38,6 +40,11 @@ CacheMode = Literal["full", "clusters_only"]
 class ExtractionSettings:
     """How the pass runs (none of these change the stored values beyond autocast precision).
 
+    ``decode``: where JPEGs are decoded — ``"workers"`` (PIL in the DataLoader workers), ``"device"``
+    (workers read bytes, the batch is decoded on the extraction device: nvJPEG on a GPU, see
+    :mod:`geal.device_decode`), ``"auto"`` (device on CUDA, workers elsewhere). The decoders may differ
+    by a grey level here and there, like autocast precision.
+
     ``cache_mode``: ``"full"`` keeps the dense tokens and attention maps (any τ/K later without the
     network); ``"clusters_only"`` keeps only the knowledge clusters of the selector that triggers the
     extraction (plus global features): ~13× less disk for ViT-S at K = 25, but another τ/K needs a new pass.
@@ -50,8 +57,11 @@ class ExtractionSettings:
     on_error: OnError = "raise"
     progress: bool = True
     cache_mode: CacheMode = "full"
+    decode: Decode = "auto"
 
     def __post_init__(self) -> None:
+        if self.decode not in DECODES:
+            raise ValueError(f"extraction.decode must be one of {DECODES}, got {self.decode!r}")
         if self.cache_mode not in ("full", "clusters_only"):
             raise ValueError(
                 f"extraction.cache_mode must be 'full' or 'clusters_only', got {self.cache_mode!r}"
@@ -72,7 +82,13 @@ class ExtractionReport:
 
 
 def build_transform(pre: Preprocessing) -> v2.Compose:
-    """Resize the whole image to ``resolution``² (no crop: selection must see all of it) and normalise."""
+    """PIL image → (3, R, R) float: :func:`tensor_transform` after ``PILToTensor``."""
+    return v2.Compose([v2.PILToTensor(), tensor_transform(pre)])
+
+
+def tensor_transform(pre: Preprocessing) -> v2.Compose:
+    """(3, H, W) uint8 on any device → (3, R, R) float: resize the whole image to ``resolution``² (no crop:
+    selection must see all of it) and normalise."""
     interpolation = {
         "bicubic": v2.InterpolationMode.BICUBIC,
         "bilinear": v2.InterpolationMode.BILINEAR,
@@ -80,7 +96,6 @@ def build_transform(pre: Preprocessing) -> v2.Compose:
     }[pre.interpolation]
     return v2.Compose(
         [
-            v2.PILToTensor(),
             v2.Resize((pre.resolution, pre.resolution), interpolation=interpolation, antialias=True),
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(pre.mean), list(pre.std)),
@@ -101,17 +116,42 @@ class _PreprocessedPool(Dataset):
         return len(self.pool)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, str]:
+        image, error = self.preprocessed(index)
+        return image, index, error
+
+    def preprocessed(self, index: int) -> tuple[torch.Tensor, str]:
+        """Image ``index`` decoded by the pool and preprocessed, and "" — or zeros and the error with
+        ``on_error="skip"``."""
         try:
-            return self.transform(self.pool.load(index)), index, ""
+            return self.transform(self.pool.load(index)), ""
         except (OSError, ValueError) as err:
             if self.on_error == "raise":
                 raise
-            return torch.zeros(3, self.pre.resolution, self.pre.resolution), index, f"{err}"
+            return torch.zeros(3, self.pre.resolution, self.pre.resolution), f"{err}"
+
+
+class _EncodedPool(_PreprocessedPool):
+    """For ``decode="device"``: a JPEG file's bytes (decoded later, batched, on the device); any other
+    image preprocessed here as usual."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | EncodedImage, int, str]:  # type: ignore[override]
+        path = self.pool.file_path(index)
+        encoded = read_encoded(path) if path is not None else None
+        if encoded is not None:
+            return encoded, index, ""
+        return super().__getitem__(index)
 
 
 def _collate(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
     images, indices, errors = zip(*items, strict=True)
     return torch.stack(images), list(indices), list(errors)
+
+
+def _collate_encoded(
+    items: list[tuple[torch.Tensor | EncodedImage, int, str]],
+) -> tuple[list[torch.Tensor | EncodedImage], list[int], list[str]]:
+    images, indices, errors = zip(*items, strict=True)
+    return list(images), list(indices), list(errors)
 
 
 def autocast_context(device: torch.device, amp: Amp) -> contextlib.AbstractContextManager:
@@ -178,14 +218,19 @@ def extract_to_store(
         log.info(
             "resuming extraction: %d of %d shards already done", store.n_shards - len(missing), store.n_shards
         )
-    dataset = _PreprocessedPool(pool, backbone.preprocessing, settings.on_error)
+    decode = resolve_decode(settings.decode, device)
+    if decode == "device":
+        dataset: _PreprocessedPool = _EncodedPool(pool, backbone.preprocessing, settings.on_error)
+        on_device = tensor_transform(backbone.preprocessing)
+    else:
+        dataset = _PreprocessedPool(pool, backbone.preprocessing, settings.on_error)
     batches = _shard_batches(store, missing, settings.batch_size)
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=settings.num_workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        collate_fn=_collate_encoded if decode == "device" else _collate,
+        pin_memory=device.type == "cuda" and decode == "workers",
         persistent_workers=False,
     )
     n_todo = sum(len(b) for b in batches)
@@ -195,39 +240,58 @@ def extract_to_store(
     start, stop = store.shard_range(shard)
     buffer = _ShardBuffer(stop - start)
     skipped: list[dict[str, str]] = []
-    for images, indices, errors in loader:
-        with torch.inference_mode(), autocast_context(device, settings.amp):
-            out = backbone.extract(images.to(device, non_blocking=True), feature_layer, attention_layer)
-        rows = slice(indices[0] - start, indices[-1] - start + 1)
-        buffer.add("tokens", rows, out.tokens)
-        buffer.add("attention", rows, out.attention)
-        buffer.add("global", rows, out.global_feature)
-        buffer.valid[rows] = [not e for e in errors]
-        for i, e in zip(indices, errors, strict=True):
-            if e:
-                log.warning("skipping unreadable image %s: %s", pool.source(i), e)
-                skipped.append(
-                    {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": e}
+
+    def finish_shard(shard: int, start: int, data: ShardData) -> None:
+        if shard_transform is not None:
+            data = shard_transform(start, data)
+        store.write_shard(shard, data)
+
+    # One writer thread: shard i is transformed and written (np.save releases the GIL) while shard i+1 is
+    # extracted; waiting for it before handing over the next keeps at most two shards in memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
+        writing: Future[None] | None = None
+        for images, indices, errors in loader:
+            if decode == "device":
+
+                def fallback(p: int, ids: list[int] = indices, errors: list[str] = errors) -> torch.Tensor:
+                    image, errors[p] = dataset.preprocessed(ids[p])
+                    return image
+
+                images = decode_batch(images, device, on_device, fallback)
+            with torch.inference_mode(), autocast_context(device, settings.amp):
+                out = backbone.extract(images.to(device, non_blocking=True), feature_layer, attention_layer)
+            rows = slice(indices[0] - start, indices[-1] - start + 1)
+            buffer.add("tokens", rows, out.tokens)
+            buffer.add("attention", rows, out.attention)
+            buffer.add("global", rows, out.global_feature)
+            buffer.valid[rows] = [not e for e in errors]
+            for i, e in zip(indices, errors, strict=True):
+                if e:
+                    log.warning("skipping unreadable image %s: %s", pool.source(i), e)
+                    skipped.append(
+                        {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": e}
+                    )
+            bar.update(len(indices))
+            if indices[-1] == stop - 1:
+                data = ShardData(
+                    buffer.arrays["tokens"],
+                    buffer.arrays["attention"],
+                    buffer.arrays["global"],
+                    buffer.valid,
+                    skipped,
                 )
-        bar.update(len(indices))
-        if indices[-1] == stop - 1:
-            data = ShardData(
-                buffer.arrays["tokens"],
-                buffer.arrays["attention"],
-                buffer.arrays["global"],
-                buffer.valid,
-                skipped,
-            )
-            if shard_transform is not None:
-                data = shard_transform(start, data)
-            store.write_shard(shard, data)
-            report.shards_written.append(shard)
-            report.skipped.extend(skipped)
-            skipped = []
-            shard = next(pending, -1)
-            if shard >= 0:
-                start, stop = store.shard_range(shard)
-                buffer = _ShardBuffer(stop - start)
+                if writing is not None:
+                    writing.result()  # re-raises a failed write here
+                writing = writer.submit(finish_shard, shard, start, data)
+                report.shards_written.append(shard)
+                report.skipped.extend(skipped)
+                skipped = []
+                shard = next(pending, -1)
+                if shard >= 0:
+                    start, stop = store.shard_range(shard)
+                    buffer = _ShardBuffer(stop - start)
+        if writing is not None:
+            writing.result()
     bar.close()
     report.images = n_todo
     report.seconds = time.perf_counter() - t0

@@ -139,6 +139,7 @@ class FeatureProvider:
             "backbone": self.backbone_key,
             "layers": {"feature": feature_layer, "attention": attention_layer},
             "amp": self.settings.amp,
+            "decode": self.settings.decode,
             "pool": self.pool.identity(),
         }
         mode = self.settings.cache_mode

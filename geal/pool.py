@@ -39,6 +39,11 @@ class ImagePool(ABC):
         """Human-readable location of image ``index`` (file path, or archive + row) for messages."""
         return f"{self.name}[{index}] ({self.ids[index]})"
 
+    def file_path(self, index: int) -> Path | None:
+        """The file that ``load(index)`` decodes with :func:`geal.imageio.load_rgb`, when there is one
+        (lets the extractor decode JPEGs on the GPU, :mod:`geal.device_decode`); None otherwise."""
+        return None
+
     @property
     def labels(self) -> Sequence[int] | None:
         """Per-image class label in global-id order when the pool has one (used for summaries), else None."""

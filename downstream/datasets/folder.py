@@ -71,6 +71,9 @@ class FilePool(ImagePool):
     def source(self, index: int) -> str:
         return str(self._paths[index])
 
+    def file_path(self, index: int) -> Path:
+        return self._paths[index]
+
     def checked_ids(self, global_ids: Sequence[int]) -> list[int]:
         """``global_ids`` as ints after checking they are in range and unique (ValueError otherwise)."""
         out = [int(g) for g in global_ids]

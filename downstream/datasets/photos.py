@@ -85,3 +85,6 @@ class PackagedPhotosPool(ImagePool):
 
     def source(self, index: int) -> str:
         return str(self._paths[index])
+
+    def file_path(self, index: int) -> Path:
+        return self._paths[index]

@@ -1,0 +1,186 @@
+"""geal.device_decode: batched JPEG decoding on the extraction device gives what load_rgb gives (orientation,
+grey, fallbacks that name the file), and an extraction with decode="device" stores what decode="workers"
+stores. On CPU the same code runs with torchvision's CPU decoder; the ``gpu`` test runs nvJPEG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from downstream.datasets.folder import ImageFolderPool
+from geal.backbones.base import Preprocessing
+from geal.device_decode import EncodedImage, apply_orientation, decode_batch, read_encoded, resolve_decode
+from geal.extract import ExtractionSettings, build_transform, tensor_transform
+from geal.features import FeatureProvider
+from geal.imageio import ImageLoadError, load_rgb
+from tests.conftest import TINY_VIT, CountingFactory
+
+CPU = torch.device("cpu")
+PRE = Preprocessing(resolution=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic")
+
+
+def photo(seed: int, size: tuple[int, int] = (60, 40)) -> np.ndarray:
+    """A smooth (JPEG-friendly) asymmetric RGB image, (H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize(size, Image.BICUBIC))
+
+
+def write_jpeg(path: Path, pixels: np.ndarray, orientation: int = 1, mode: str = "RGB") -> Path:
+    img = Image.fromarray(pixels).convert(mode)
+    exif = Image.Exif()
+    if orientation != 1:
+        exif[0x0112] = orientation
+    img.save(path, quality=95, exif=exif)
+    return path
+
+
+def device_decoded(paths: list[Path], device: torch.device = CPU) -> torch.Tensor:
+    items = [read_encoded(p) for p in paths]
+    assert all(isinstance(i, EncodedImage) for i in items)
+    return decode_batch(items, device, lambda img: img, lambda p: pytest.fail(f"fallback for {p}"))  # type: ignore[arg-type]
+
+
+def garbled_scan(data: bytes) -> bytes:
+    """The JPEG with its entropy-coded data cut short after the start-of-scan header: the header (size,
+    mode, EXIF) still reads, the decode fails."""
+    sos = data.index(b"\xff\xda")
+    return data[: sos + 20]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_matches_pil_exif_transpose(orientation: int) -> None:
+    pixels = photo(orientation, (7, 5))
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = orientation
+    img.info["exif"] = exif.tobytes()
+    expected = np.asarray(ImageOps.exif_transpose(img))
+    chw = torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+    got = apply_orientation(chw, orientation).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_decoded_jpeg_equals_load_rgb(tmp_path: Path, orientation: int) -> None:
+    path = write_jpeg(tmp_path / "a.jpg", photo(0), orientation)
+    expected = np.asarray(load_rgb(path)).astype(int)
+    item = read_encoded(path)
+    assert item is not None and item.orientation == orientation
+    got = decode_batch([item], torch.device("cpu"), lambda x: x, lambda p: None)[0]  # type: ignore[arg-type,return-value]
+    got = got.permute(1, 2, 0).numpy().astype(int)
+    assert got.shape == expected.shape  # (60, 40) portrait after orientations 6 and 8
+    assert np.abs(got - expected).max() <= 2
+
+
+def test_grey_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "g.jpg", photo(1), mode="L")
+    got = device_decoded([path])[0]
+    assert got.shape == (3, 40, 60)
+    expected = np.asarray(load_rgb(path)).astype(int).transpose(2, 0, 1)
+    assert np.abs(got.numpy().astype(int) - expected).max() <= 2
+
+
+def test_what_the_batched_decoder_does_not_take_is_left_to_the_pool(tmp_path: Path) -> None:
+    Image.fromarray(photo(2)).save(tmp_path / "p.png")
+    Image.fromarray(photo(3)).convert("CMYK").save(tmp_path / "c.jpg")
+    (tmp_path / "n.jpg").write_bytes(b"not a jpeg at all")
+    for name in ("p.png", "c.jpg", "n.jpg"):
+        assert read_encoded(tmp_path / name) is None, name
+
+
+def test_failed_decode_falls_back_per_image(tmp_path: Path) -> None:
+    good = write_jpeg(tmp_path / "good.jpg", photo(4))
+    bad = write_jpeg(tmp_path / "bad.jpg", photo(5))
+    bad.write_bytes(garbled_scan(bad.read_bytes()))
+    items = [read_encoded(good), read_encoded(bad), torch.full((3, 40, 60), 7, dtype=torch.uint8)]
+    assert isinstance(items[1], EncodedImage)
+    called = []
+
+    def fallback(p: int) -> torch.Tensor:
+        called.append(p)
+        return torch.zeros(3, 40, 60, dtype=torch.uint8)
+
+    out = decode_batch(items, torch.device("cpu"), lambda x: x, fallback)  # type: ignore[arg-type]
+    assert called == [1]
+    assert out.shape == (3, 3, 40, 60)
+    assert (out[1] == 0).all() and (out[2] == 7).all()
+    expected = np.asarray(load_rgb(good)).astype(int).transpose(2, 0, 1)
+    assert np.abs(out[0].numpy().astype(int) - expected).max() <= 2
+
+
+def test_resolve_decode() -> None:
+    assert resolve_decode("auto", torch.device("cpu")) == "workers"
+    assert resolve_decode("auto", torch.device("cuda", 0)) == "device"
+    assert resolve_decode("device", torch.device("cpu")) == "device"
+    with pytest.raises(ValueError, match=r"extraction\.decode"):
+        resolve_decode("nvjpeg", torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"extraction\.decode"):
+        ExtractionSettings(decode="gpu")  # type: ignore[arg-type]
+
+
+def test_tensor_transform_is_the_workers_transform_after_pil_to_tensor(tmp_path: Path) -> None:
+    img = Image.fromarray(photo(6))
+    a = build_transform(PRE)(img)
+    b = tensor_transform(PRE)(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def jpeg_pool(root: Path) -> ImageFolderPool:
+    root.mkdir()
+    for i in range(9):
+        write_jpeg(root / f"{i}.jpg", photo(10 + i, (48 + 8 * (i % 3), 40)), orientation=(1, 6, 3)[i % 3])
+    write_jpeg(root / "grey.jpg", photo(30), mode="L")
+    Image.fromarray(photo(31)).save(root / "png.png")
+    return ImageFolderPool(root=str(root))
+
+
+def store_arrays(pool: ImageFolderPool, cache: Path, device: torch.device = CPU, **kw):
+    settings = ExtractionSettings(
+        **{"batch_size": 4, "num_workers": 0, "amp": "none", "shard_size": 8, "progress": False, **kw}
+    )
+    store = FeatureProvider(pool, CountingFactory(), {"tiny": TINY_VIT}, cache, settings, device, "t").store()
+    shards = list(store.iter_shards())
+    return {k: np.concatenate([np.asarray(s[k], np.float32) for _, _, s in shards]) for k in shards[0][2]}
+
+
+def test_extraction_with_device_decode_stores_what_workers_store(tmp_path: Path) -> None:
+    pool = jpeg_pool(tmp_path / "jpegs")
+    workers = store_arrays(pool, tmp_path / "c1", decode="workers", num_workers=1)
+    device = store_arrays(pool, tmp_path / "c2", decode="device", num_workers=1)
+    assert device["valid"].all() and len(device["valid"]) == 11
+    np.testing.assert_allclose(device["global"], workers["global"], atol=0.05)
+    np.testing.assert_allclose(device["tokens"], workers["tokens"], atol=0.1)
+    assert np.abs(device["tokens"] - workers["tokens"]).mean() < 5e-3
+
+
+def test_device_decode_corrupt_jpeg_names_the_file_or_is_skipped(tmp_path: Path) -> None:
+    pool_root = tmp_path / "jpegs"
+    pool = jpeg_pool(pool_root)
+    bad = pool_root / "3.jpg"
+    bad.write_bytes(garbled_scan(bad.read_bytes()))
+    assert read_encoded(bad) is not None
+    with pytest.raises(ImageLoadError) as info:
+        store_arrays(pool, tmp_path / "c1", decode="device")
+    assert str(bad) in str(info.value)
+    arrays = store_arrays(pool, tmp_path / "c2", decode="device", on_error="skip")
+    assert [pool.ids[i] for i in np.flatnonzero(~arrays["valid"].astype(bool))] == ["3.jpg"]
+
+
+@pytest.mark.gpu
+def test_nvjpeg_extraction_matches_cpu_extraction(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pool = jpeg_pool(tmp_path / "jpegs")
+    paths = [pool.file_path(i) for i in range(len(pool)) if pool.file_path(i).suffix == ".jpg"]
+    on_gpu = device_decoded(paths[:3], torch.device("cuda")).cpu()
+    on_cpu = device_decoded(paths[:3])
+    assert (on_gpu.int() - on_cpu.int()).abs().float().mean() < 1.0
+    cuda = store_arrays(pool, tmp_path / "c1", torch.device("cuda"), decode="auto")
+    cpu = store_arrays(pool, tmp_path / "c2", decode="workers")
+    np.testing.assert_allclose(cuda["global"], cpu["global"], atol=0.05)
+    assert np.abs(cuda["tokens"] - cpu["tokens"]).mean() < 1e-2
