@@ -12,12 +12,13 @@
   images and model, extrapolated to 1,000,000 images.
 
 Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers 2]
-       [--memory-images 100000] [--threads N]
+       [--decodes auto workers device] [--memory-images 100000] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import shutil
@@ -31,6 +32,7 @@ import torch
 from PIL import Image
 
 from geal.backbones.vit import TimmViT
+from geal.device_decode import DECODES, resolve_decode
 from geal.extract import ExtractionSettings, autocast_context, extract_to_store
 from geal.features import ClusterSettings, FeatureProvider
 from geal.pool import ImagePool
@@ -60,19 +62,26 @@ class GeneratedPool(ImagePool):
         return f"/generated/{self.ids[index]}.png"
 
 
+def write_voc_sized_jpeg(i: int, path: Path) -> None:
+    """Image ``i``: VOC's ``i``-th size (cycling), smooth photo-like content, JPEG quality 90."""
+    w, h = VOC_SIZES[i % len(VOC_SIZES)]
+    rng = np.random.default_rng(i)
+    small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((w, h), Image.BICUBIC).save(path, quality=90)
+
+
 class JpegFolderPool(ImagePool):
-    """JPEG files written once to ``root`` (VOC's image sizes), decoded from disk like a real pool."""
+    """JPEG files written once to ``root`` (VOC's image sizes, in parallel), decoded from disk like a real
+    pool (``file_path``: the extractor may decode them on the device)."""
 
     def __init__(self, root: Path, n: int) -> None:
         self.name = f"jpegs{n}"
         root.mkdir(parents=True, exist_ok=True)
         self.paths = [root / f"{i:06d}.jpg" for i in range(n)]
-        for i, path in enumerate(self.paths):
-            if not path.exists():
-                w, h = VOC_SIZES[i % len(VOC_SIZES)]
-                rng = np.random.default_rng(i)
-                small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)  # smooth, photo-like
-                Image.fromarray(small).resize((w, h), Image.BICUBIC).save(path, quality=90)
+        todo = [(i, p) for i, p in enumerate(self.paths) if not p.exists()]
+        if todo:
+            with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as workers:
+                workers.starmap(write_voc_sized_jpeg, todo, chunksize=64)
 
     @property
     def ids(self) -> Sequence[str]:
@@ -85,6 +94,9 @@ class JpegFolderPool(ImagePool):
     def source(self, index: int) -> str:
         return str(self.paths[index])
 
+    def file_path(self, index: int) -> Path:
+        return self.paths[index]
+
 
 def vit_s16() -> TimmViT:
     return TimmViT(name="vits16_random", model_name="vit_small_patch16_224", resolution=224, init_seed=0)
@@ -93,6 +105,12 @@ def vit_s16() -> TimmViT:
 def tiny_vit() -> TimmViT:
     kwargs = {"patch_size": 8, "embed_dim": 32, "depth": 3, "num_heads": 2}
     return TimmViT(name="tiny_vit", model_name="vit_tiny_patch16_224", resolution=32, model_kwargs=kwargs)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({os.cpu_count()} cores)"
 
 
 def peak_rss_mb() -> tuple[float, float]:
@@ -122,26 +140,32 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
             return n / (time.perf_counter() - t0)
 
     bare_before = bare_rate()
-    settings = ExtractionSettings(
-        batch_size=args.batch_size,
-        num_workers=args.workers,
-        amp=args.amp,
-        shard_size=args.images,
-        progress=False,
-    )
-    store = FeatureStore.open(work / "cache", {"bench": "throughput"}, len(pool), args.images, "bench")
-    t0 = time.perf_counter()
-    extract_to_store(
-        pool, lambda: model, store, settings=settings, device=device, feature_layer=-2, attention_layer=-1
-    )
-    pipeline = len(pool) / (time.perf_counter() - t0)
+    shard_size = min(512, args.images)  # the configs' default shard size: writes overlap the next shard
+    pipelines = {}
+    for decode in args.decodes:
+        settings = ExtractionSettings(
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            amp=args.amp,
+            shard_size=shard_size,
+            progress=False,
+            decode=decode,
+        )
+        store = FeatureStore.open(work / f"cache_{decode}", {"bench": decode}, len(pool), shard_size, "bench")
+        t0 = time.perf_counter()
+        extract_to_store(
+            pool, lambda: model, store, settings=settings, device=device, feature_layer=-2, attention_layer=-1
+        )
+        pipelines[decode] = len(pool) / (time.perf_counter() - t0)
     bare = max(bare_before, bare_rate())  # measured before and after: the faster one (a busy machine)
-    print(
-        f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, {args.workers} loader workers, "
-        f"{args.images} JPEGs of VOC sizes: pipeline {pipeline:.1f} img/s, bare forward {bare:.1f} img/s "
-        f"(best of before/after), ratio {pipeline / bare:.2f}",
-        flush=True,
-    )
+    for decode, pipeline in pipelines.items():
+        print(
+            f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, {args.workers} loader "
+            f"workers, decode={decode} ({resolve_decode(decode, device)}), {args.images} JPEGs of VOC sizes "
+            f"on {device_name(device)}: pipeline {pipeline:.1f} img/s, bare forward {bare:.1f} img/s "
+            f"(best of before/after), ratio {pipeline / bare:.2f}",
+            flush=True,
+        )
 
 
 def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> None:
@@ -198,6 +222,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
+    ap.add_argument(
+        "--decodes", nargs="+", default=["auto"], choices=list(DECODES), help="one throughput line each"
+    )
     ap.add_argument("--memory-images", type=int, default=100_000, help="pool of the memory line (0: skip)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "disk", "memory"])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
