@@ -396,3 +396,18 @@ def test_pruning_argument_is_checked():
         kcenter_greedy(pts, grp, 1, pruning="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="block_size"):
         kcenter_greedy(pts, grp, 1, pruning="bounds", block_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("fn", [kcenter_greedy, d2_sampling])
+def test_cuda_picks_what_the_cpu_picks(fn, distance):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x, g = clustered_set(0, 300)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    cpu = fn(pts, grp, 150, distance=distance, generator=gen(1), initial=[3, 7])
+    # the generator stays on the CPU (D² draws): same draws whatever device holds the points
+    cuda = fn(pts.cuda(), grp.cuda(), 150, distance=distance, generator=gen(1), initial=[3, 7])
+    assert cuda.order == cpu.order
+    np.testing.assert_allclose(cuda.scores, cpu.scores, rtol=1e-4, atol=1e-5)

@@ -162,3 +162,16 @@ def test_input_dtypes_and_validation():
         batched_kmeans(pts, mask.float(), 3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="metric"):
         batched_kmeans(pts, mask, 3, metric="manhattan")  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_cuda_equals_cpu(metric):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pts, mask = random_batch(0, B=64, P=40, D=16, p_valid=0.8)
+    c0 = init_centroids(pts, mask, 5, metric=metric, init="kmeans++", generator=gen(3))
+    cpu = batched_kmeans(pts, mask, 5, metric=metric, initial_centroids=c0)
+    cuda = batched_kmeans(pts.cuda(), mask.cuda(), 5, metric=metric, initial_centroids=c0.cuda())
+    torch.testing.assert_close(cuda.centroids.cpu(), cpu.centroids, atol=1e-4, rtol=1e-4)
+    assert (cuda.assignments.cpu() == cpu.assignments).float().mean() > 0.99

