@@ -32,7 +32,7 @@ step env 30 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.sp
 step pytest_gpu 80 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
     tests/test_kcenter.py tests/test_kmeans.py
 step selection 130 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
-e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers")
+e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
 step end_to_end 170 "$py" scripts/bench_end_to_end.py "${e2e[@]}"
 step extract 70 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
