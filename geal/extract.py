@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from geal.backbones.base import Backbone, Preprocessing
 from geal.device_decode import DECODES, Decode, EncodedImage, decode_batch, read_encoded, resolve_decode
 from geal.pool import ImagePool
-from geal.store import FeatureStore, ShardData
+from geal.store import FP16_MAX, FeatureStore, ShardData
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,23 @@ class _ShardBuffer:
         self.valid = np.zeros(n, dtype=bool)
         self.filled = 0
 
-    def add(self, name: str, rows: slice, values: torch.Tensor) -> None:
+    def add(self, name: str, rows: slice, values: torch.Tensor, fp16: bool = False) -> None:
+        """Copy a batch (B, ...) into rows ``rows``. ``fp16``: converted to float16 on its device when every
+        value is finite and in fp16's range (what the store keeps, :func:`geal.store.fp16_if_in_range`:
+        the same rounding, half the copy); otherwise the shard's array becomes float32."""
+        dtype = np.float32
+        if fp16:
+            v = values.float()
+            fits = bool((torch.isfinite(v).all() & (v.abs().amax() < FP16_MAX)).item()) if v.numel() else True
+            dtype = np.float16 if fits else np.float32
+            values = v.half() if fits else v
+        else:
+            values = values.float()
         if name not in self.arrays:
-            self.arrays[name] = np.empty((self.n, *values.shape[1:]), dtype=np.float32)
-        self.arrays[name][rows] = values.float().cpu().numpy()
+            self.arrays[name] = np.empty((self.n, *values.shape[1:]), dtype=dtype)
+        elif self.arrays[name].dtype != dtype and dtype == np.float32:
+            self.arrays[name] = self.arrays[name].astype(np.float32)  # exact: fp16 values are fp32 values
+        self.arrays[name][rows] = values.cpu().numpy()
 
 
 def extract_to_store(
@@ -261,7 +274,7 @@ def extract_to_store(
             with torch.inference_mode(), autocast_context(device, settings.amp):
                 out = backbone.extract(images.to(device, non_blocking=True), feature_layer, attention_layer)
             rows = slice(indices[0] - start, indices[-1] - start + 1)
-            buffer.add("tokens", rows, out.tokens)
+            buffer.add("tokens", rows, out.tokens, fp16=True)
             buffer.add("attention", rows, out.attention)
             buffer.add("global", rows, out.global_feature)
             buffer.valid[rows] = [not e for e in errors]

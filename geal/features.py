@@ -331,8 +331,9 @@ def shard_knowledge_clusters(
         rows = np.flatnonzero(np.asarray(valid[lo:hi]))
         if rows.size == 0:
             continue
-        tok = torch.from_numpy(np.asarray(tokens[lo:hi][rows], dtype=np.float32)).to(device)
-        att = torch.from_numpy(np.asarray(attention[lo:hi][rows], dtype=np.float32)).to(device)
+        # moved as stored (fp16 tokens: half the bytes) and widened on the device: the same float32 values
+        tok = torch.from_numpy(np.ascontiguousarray(tokens[lo:hi][rows])).to(device).float()
+        att = torch.from_numpy(np.ascontiguousarray(attention[lo:hi][rows])).to(device).float()
         c, v = knowledge_clusters(
             tok,
             att,

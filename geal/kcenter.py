@@ -20,7 +20,8 @@ For ``kcenter_greedy`` with a fixed seed a smaller budget is a prefix of a large
 How the distances are kept (``pruning``; never what they are — picks, scores and draws are the same):
 
 * ``"none"`` — the plain full scan: after each pick, one matrix product of all points against the new
-  centres updates the running min-distance vector, chunked over the points by ``chunk_size``.
+  centres updates the running min-distance vector, chunked over the points by ``chunk_size`` (on a GPU
+  at least 2^20 points a chunk: there a chunk only bounds memory, and each one costs kernel launches).
 * ``"bounds"`` — only the distances that matter are computed, with the full scan's formula (so the same
   numbers). The points are partitioned once into blocks of about ``block_size`` points around anchors
   (two-level k-means in the metric space of the points; for cosine that is the euclidean space of the unit
@@ -70,6 +71,7 @@ Distance = Literal["cosine", "euclidean"]
 Pruning = Literal["auto", "bounds", "none"]
 
 _MULTINOMIAL_MAX = 2**24  # torch.multinomial's category limit
+_GPU_MIN_CHUNK = 1 << 20  # points per full-scan chunk at least, off the CPU
 _CENTER_BLOCK = 256  # centres per update when seeding from a large initial set
 _AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is cheaper than the blocks
 _PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
@@ -216,8 +218,10 @@ class _State:
         self.x = x
         self.sq = (x * x).sum(1) if distance == "euclidean" else None
         self.distance = distance
-        self.chunk = int(chunk_size)
+        # on a GPU the chunk only bounds memory (2^20 points x C centres x 4 B); small chunks cost launches
+        self.chunk = int(chunk_size) if dev.type == "cpu" else max(int(chunk_size), _GPU_MIN_CHUNK)
         self.groups = groups.to(device=dev, dtype=torch.long)
+        self.groups_host = self.groups.cpu()  # group of a picked point without a device sync
         M = x.shape[0]
         if M and int(self.groups.min()) < 0:
             raise ValueError("group ids must be >= 0")
@@ -619,11 +623,11 @@ def _run(
                 elif mode == "kcenter":
                     i = st.farthest()
                     score = float(st.mind[i])
-                    g = int(st.groups[i])
+                    g = int(st.groups_host[i])
                 else:
                     i = _draw(st.d2_weights(), generator)
                     score = float(st.mind[i])
-                    g = int(st.groups[i])
+                    g = int(st.groups_host[i])
                 res.order.append(g)
                 res.scores.append(score)
                 st.add_group(g)

@@ -119,6 +119,9 @@ class ShardData:
 def fp16_if_in_range(arr: np.ndarray) -> np.ndarray:
     """How tokens and clusters are stored: fp16 unless a value is non-finite or beyond fp16's range (then
     fp32)."""
+    if arr.dtype == np.float16:  # already fp16 (the extractor converts on the device): finite is enough
+        exponent = arr.view(np.uint16) & 0x7C00  # integer test: numpy's fp16 ufuncs are slow
+        return arr if not bool((exponent == 0x7C00).any()) else arr.astype(np.float32)
     arr = arr.astype(np.float32, copy=False)
     fits = bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0.0)) < FP16_MAX
     return arr.astype(np.float16 if fits else np.float32)

@@ -177,9 +177,10 @@ def test_nvjpeg_extraction_matches_cpu_extraction(tmp_path: Path) -> None:
         pytest.skip("needs a CUDA device")
     pool = jpeg_pool(tmp_path / "jpegs")
     paths = [pool.file_path(i) for i in range(len(pool)) if pool.file_path(i).suffix == ".jpg"]
-    on_gpu = device_decoded(paths[:3], torch.device("cuda")).cpu()
-    on_cpu = device_decoded(paths[:3])
-    assert (on_gpu.int() - on_cpu.int()).abs().float().mean() < 1.0
+    for path in paths[:3]:  # nvJPEG vs libjpeg-turbo: a grey level here and there
+        on_gpu = device_decoded([path], torch.device("cuda")).cpu()
+        on_cpu = device_decoded([path])
+        assert (on_gpu.int() - on_cpu.int()).abs().float().mean() < 1.0
     cuda = store_arrays(pool, tmp_path / "c1", torch.device("cuda"), decode="auto")
     cpu = store_arrays(pool, tmp_path / "c2", decode="workers")
     np.testing.assert_allclose(cuda["global"], cpu["global"], atol=0.05)

@@ -215,3 +215,30 @@ def test_extraction_settings_are_checked() -> None:
         ExtractionSettings(cache_mode="dense")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="shard_size"):
         ExtractionSettings(shard_size=0)
+
+
+def test_fp16_tokens_are_kept_as_they_are_unless_not_finite() -> None:
+    from geal.store import fp16_if_in_range
+
+    a = np.array([[1.5, -2.0], [65504.0, 0.0]], dtype=np.float16)
+    assert fp16_if_in_range(a) is a
+    b = a.copy()
+    b[1, 1] = np.inf
+    out = fp16_if_in_range(b)
+    assert out.dtype == np.float32 and np.isinf(out[1, 1]) and out[0, 0] == 1.5
+    c = np.array([1.0, 70000.0], dtype=np.float32)
+    assert fp16_if_in_range(c).dtype == np.float32
+    assert fp16_if_in_range(np.array([1.0, -3.25], dtype=np.float32)).dtype == np.float16
+
+
+def test_shard_buffer_widens_when_a_batch_leaves_fp16_range() -> None:
+    from geal.extract import _ShardBuffer
+
+    buf = _ShardBuffer(4)
+    buf.add("tokens", slice(0, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), fp16=True)
+    assert buf.arrays["tokens"].dtype == np.float16
+    buf.add("tokens", slice(2, 4), torch.tensor([[1e6, 0.5], [1.0 / 3.0, 0.0]]), fp16=True)
+    arr = buf.arrays["tokens"]
+    assert arr.dtype == np.float32
+    np.testing.assert_array_equal(arr[:2], [[1.0, 2.0], [3.0, 4.0]])
+    assert arr[2, 0] == 1e6 and arr[3, 0] == np.float32(1.0 / 3.0)  # the wide batch is not rounded
