@@ -79,6 +79,9 @@ class ExtractionReport:
     seconds: float = 0.0
     shards_written: list[int] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    #: where the main loop's time went: waiting for the loader, decoding on the device (launch time on a
+    #: GPU), forward + copy out (synchronised by the copy), waiting for the shard writer
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build_transform(pre: Preprocessing) -> v2.Compose:
@@ -263,7 +266,17 @@ def extract_to_store(
     # extracted; waiting for it before handing over the next keeps at most two shards in memory.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
         writing: Future[None] | None = None
+        stage = dict.fromkeys(("loader_wait", "device_decode", "forward_copy", "writer_wait"), 0.0)
+        tick = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            stage[name] += now - tick
+            tick = now
+
         for images, indices, errors in loader:
+            lap("loader_wait")
             if decode == "device":
 
                 def fallback(p: int, ids: list[int] = indices, errors: list[str] = errors) -> torch.Tensor:
@@ -271,6 +284,7 @@ def extract_to_store(
                     return image
 
                 images = decode_batch(images, device, on_device, fallback)
+                lap("device_decode")
             with torch.inference_mode(), autocast_context(device, settings.amp):
                 out = backbone.extract(images.to(device, non_blocking=True), feature_layer, attention_layer)
             rows = slice(indices[0] - start, indices[-1] - start + 1)
@@ -278,6 +292,7 @@ def extract_to_store(
             buffer.add("attention", rows, out.attention)
             buffer.add("global", rows, out.global_feature)
             buffer.valid[rows] = [not e for e in errors]
+            lap("forward_copy")
             for i, e in zip(indices, errors, strict=True):
                 if e:
                     log.warning("skipping unreadable image %s: %s", pool.source(i), e)
@@ -295,6 +310,7 @@ def extract_to_store(
                 )
                 if writing is not None:
                     writing.result()  # re-raises a failed write here
+                lap("writer_wait")
                 writing = writer.submit(finish_shard, shard, start, data)
                 report.shards_written.append(shard)
                 report.skipped.extend(skipped)
@@ -305,13 +321,16 @@ def extract_to_store(
                     buffer = _ShardBuffer(stop - start)
         if writing is not None:
             writing.result()
+        lap("writer_wait")
+        report.stage_seconds = stage
     bar.close()
     report.images = n_todo
     report.seconds = time.perf_counter() - t0
     log.info(
-        "extracted %d images in %.1f s (%.1f img/s)",
+        "extracted %d images in %.1f s (%.1f img/s; %s)",
         n_todo,
         report.seconds,
         n_todo / max(report.seconds, 1e-9),
+        ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items()),
     )
     return report

@@ -153,10 +153,12 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
         )
         store = FeatureStore.open(work / f"cache_{decode}", {"bench": decode}, len(pool), shard_size, "bench")
         t0 = time.perf_counter()
-        extract_to_store(
+        report = extract_to_store(
             pool, lambda: model, store, settings=settings, device=device, feature_layer=-2, attention_layer=-1
         )
         pipelines[decode] = len(pool) / (time.perf_counter() - t0)
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
+        print(f"  decode={decode}: main loop {report.seconds:.2f} s: {stages}", flush=True)
     bare = max(bare_before, bare_rate())  # measured before and after: the faster one (a busy machine)
     for decode, pipeline in pipelines.items():
         print(
