@@ -36,7 +36,7 @@ class ExtractionConfig:
     shard_size: int = 512
     progress: bool = True
     cache_mode: str = "full"  # full | clusters_only (keep only the selector's knowledge clusters)
-    decode: str = "auto"  # auto | workers | device (JPEGs decoded batched on the GPU: geal.device_decode)
+    decode: str = "workers"  # workers | device (JPEGs decoded batched on the GPU: geal.device_decode) | auto
 
 
 @dataclass

@@ -225,7 +225,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
     ap.add_argument(
-        "--decodes", nargs="+", default=["auto"], choices=list(DECODES), help="one throughput line each"
+        "--decodes", nargs="+", default=["workers"], choices=list(DECODES), help="one throughput line each"
     )
     ap.add_argument("--memory-images", type=int, default=100_000, help="pool of the memory line (0: skip)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "disk", "memory"])

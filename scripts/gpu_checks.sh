@@ -38,5 +38,5 @@ step end_to_end 170 "$py" scripts/bench_end_to_end.py "${e2e[@]}"
 step extract 70 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
     --workers "$workers" --decodes workers device --skip memory disk
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
-step end_to_end_workers 60 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
-    --override extraction.decode=workers
+step end_to_end_device_decode 60 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
+    --override extraction.decode=device
