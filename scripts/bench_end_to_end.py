@@ -220,12 +220,13 @@ def main() -> None:
                 wall, stages = float(r["wall"]), r["stages"]
                 assert isinstance(stages, dict)
                 verdict = "met" if wall < TARGET_S else "not met"
+                extra = "".join(f", {o}" for o in args.override)  # which config produced the line
                 if args.images != VOC_POOL:
                     verdict += f", but the target is for {VOC_POOL} images"
                 print(
                     f"end-to-end voc_sized {args.images} img, K=25, budget {args.budget}, {args.device} "
                     f"({r['device']}; {os.cpu_count()} cpus, batch {args.batch_size}, "
-                    f"{args.workers} workers), cache_mode={mode}: {wall:.1f} s files->selection.json "
+                    f"{args.workers} workers{extra}), cache_mode={mode}: {wall:.1f} s files->selection.json "
                     f"(paper {PAPER_S:.0f} s: {PAPER_S / wall:.1f}x, later {PAPER_LATER_S:.0f} s: "
                     f"{PAPER_LATER_S / wall:.1f}x; target < {TARGET_S:.0f} s: {verdict}) | stages: "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()),
