@@ -82,7 +82,8 @@ class ExtractionReport:
     shards_written: list[int] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     #: where the main loop's time went: waiting for the loader, decoding on the device (launch time on a
-    #: GPU), forward + copy out (synchronised by the copy), waiting for the shard writer
+    #: GPU), forward + copy out (synchronised by the copy), the shard transform (on a CPU; in the writer
+    #: on a GPU), waiting for the shard writer
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -207,6 +208,12 @@ class _ShardBuffer:
         self.arrays[name][rows] = values.cpu().numpy()
 
 
+def _transform_in_writer(device: torch.device) -> bool:
+    """Whether the shard transform runs in the writer thread: on a GPU yes; on a CPU no, as its k-means sets
+    the process's torch thread count for its small ops, which would throttle the forward beside it."""
+    return device.type != "cpu"
+
+
 def extract_to_store(
     pool: ImagePool,
     backbone_factory: Callable[[], Backbone],
@@ -259,16 +266,20 @@ def extract_to_store(
     buffer = _ShardBuffer(stop - start)
     skipped: list[dict[str, str]] = []
 
+    transform_in_writer = _transform_in_writer(device)
+
     def finish_shard(shard: int, start: int, data: ShardData) -> None:
-        if shard_transform is not None:
+        if shard_transform is not None and transform_in_writer:
             data = shard_transform(start, data)
         store.write_shard(shard, data)
 
-    # One writer thread: shard i is transformed and written (np.save releases the GIL) while shard i+1 is
+    # One writer thread: shard i is (transformed and) written (np.save releases the GIL) while shard i+1 is
     # extracted; waiting for it before handing over the next keeps at most two shards in memory.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
         writing: Future[None] | None = None
-        stage = dict.fromkeys(("loader_wait", "device_decode", "forward_copy", "writer_wait"), 0.0)
+        stage = dict.fromkeys(
+            ("loader_wait", "device_decode", "forward_copy", "shard_transform", "writer_wait"), 0.0
+        )
         tick = time.perf_counter()
 
         def lap(name: str) -> None:
@@ -310,6 +321,9 @@ def extract_to_store(
                     buffer.valid,
                     skipped,
                 )
+                if shard_transform is not None and not transform_in_writer:
+                    data = shard_transform(start, data)
+                    lap("shard_transform")
                 if writing is not None:
                     writing.result()  # re-raises a failed write here
                 lap("writer_wait")

@@ -242,3 +242,19 @@ def test_shard_buffer_widens_when_a_batch_leaves_fp16_range() -> None:
     assert arr.dtype == np.float32
     np.testing.assert_array_equal(arr[:2], [[1.0, 2.0], [3.0, 4.0]])
     assert arr[2, 0] == 1e6 and arr[3, 0] == np.float32(1.0 / 3.0)  # the wide batch is not rounded
+
+
+@pytest.mark.parametrize("in_writer", [False, True])
+def test_clusters_only_transform_in_either_thread_stores_the_same(squares, tmp_path, monkeypatch, in_writer):
+    """On a GPU the k-means of a clusters-only shard runs in the writer thread, on a CPU in the main loop:
+    the stored clusters are the same either way."""
+    import geal.extract
+
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    here = provider(squares, CountingFactory(), tmp_path / "main", cache_mode="clusters_only")
+    want = here.knowledge_clusters(here.store(clusters=settings), settings)
+    monkeypatch.setattr(geal.extract, "_transform_in_writer", lambda device: in_writer)
+    other = provider(squares, CountingFactory(), tmp_path / "other", cache_mode="clusters_only")
+    got = other.knowledge_clusters(other.store(clusters=settings), settings)
+    np.testing.assert_array_equal(got.owners, want.owners)
+    np.testing.assert_array_equal(got.features, want.features)
