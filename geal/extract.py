@@ -38,7 +38,7 @@ CacheMode = Literal["full", "clusters_only"]
 
 @dataclass(frozen=True)
 class ExtractionSettings:
-    """How the pass runs (none of these change the stored values beyond autocast precision).
+    """How the pass runs (none of these change the stored values beyond autocast precision and decoder).
 
     ``decode``: where JPEGs are decoded — ``"workers"`` (PIL in the DataLoader workers), ``"device"``
     (workers read bytes, the batch is decoded on the extraction device: nvJPEG on a GPU, see
