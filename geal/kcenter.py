@@ -35,7 +35,9 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     refreshes after the bounds ruled out too little: early on they rule out nothing and trying costs more
     than the plain pass). While an argmax costs more than half a full scan (early on, when every distance
     moves a little at every pick) the next picks use full scans instead, for a doubling number of picks
-    (a rule on work counts: runs stay reproducible).
+    (a rule on work counts: runs stay reproducible). On a CPU its bookkeeping (block maxima, candidate
+    centres, bounds) runs in numpy on views of the tensors: the same operations on the same values, so
+    the same matrix products and picks, without torch's per-call overhead on thousands of small arrays.
   - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
     centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
     the bounds rule out little, a contiguous full scan is cheaper and is used instead.
@@ -57,6 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
@@ -167,6 +170,9 @@ class _Blocks:
         self.rho = torch.full((nb,), -math.inf, dtype=torch.float64, device=dev).scatter_reduce_(
             0, block_of, self.r, reduce="amax"
         )
+        if dev.type == "cpu":  # numpy views (shared memory) for the lazy path's many small index ops
+            self.start_np, self.order_np = self.start.numpy(), self.order.numpy()
+            self.block_of_np, self.r_np, self.rho_np = block_of.numpy(), self.r.numpy(), self.rho.numpy()
 
     def points_of(self, blocks: Tensor) -> Tensor:
         """Point indices of ``blocks`` (long), concatenated block by block."""
@@ -180,6 +186,16 @@ class _Blocks:
         j = torch.cumsum(marks[:total], 0)  # output position → its block
         pos = torch.arange(total, device=blocks.device)
         return self.order.index_select(0, pos + (starts - ends + lens).index_select(0, j))
+
+    def points_of_np(self, blocks: np.ndarray) -> np.ndarray:
+        """:meth:`points_of` on the host (CPU only): the same points in the same order, as numpy int64."""
+        starts = self.start_np[blocks]
+        lens = self.start_np[blocks + 1] - starts
+        if lens.size == 1:
+            return self.order_np[starts[0] : starts[0] + lens[0]]
+        ends = np.cumsum(lens)
+        total = int(ends[-1]) if ends.size else 0
+        return self.order_np[np.arange(total) + np.repeat(starts - ends + lens, lens)]
 
 
 class _State:
@@ -286,6 +302,15 @@ class _State:
             self.bound_skip, self.bound_backoff = 0, 1
             # position of each point in the centre list (a large number for points that are not centres)
             self.center_rank = torch.full((M,), 2**62, dtype=torch.long, device=dev)
+            # on a CPU the lazy path's bookkeeping (thousands of index ops on small arrays per pick) runs in
+            # numpy, on views sharing the tensors' memory; every value it computes is the same
+            self.host = lazy and dev.type == "cpu"
+            if self.host:
+                self.mind_np, self.blocked_np = self.mind.numpy(), self.blocked.numpy()
+                self.last_seen_np, self.center_rank_np = self.last_seen.numpy(), self.center_rank.numpy()
+                self.block_max_np = self.block_max.numpy()
+                # the latest centre rank in each block (-1: none): blocks without pending centres are skipped
+                self.block_newest = np.full(self.blocks.n, -1, dtype=np.int64)
 
     # ------------------------------------------------------------------ groups
     def members(self, g: int) -> Tensor:
@@ -351,15 +376,36 @@ class _State:
         self.cmat = self._cbuf[: n + k]
         self.c_sq = self._csqbuf[: n + k]
         # buckets that just lost points to the selection: their maximum is over fewer points
-        self._recompute_max(torch.unique(blocks.block_of[center_idx]))
+        if self.host:
+            cb = blocks.block_of_np[center_idx.numpy()]
+            np.maximum.at(self.block_newest, cb, np.arange(n, n + k))
+            self._recompute_max_np(np.unique(cb))
+        else:
+            self._recompute_max(torch.unique(blocks.block_of[center_idx]))
 
     def _recompute_max(self, blocks_idx: Tensor) -> None:
         blocks = self.blocks
         assert blocks is not None
+        if self.host:
+            self._recompute_max_np(blocks_idx.numpy())
+            return
         pts = blocks.points_of(blocks_idx)
         vals = torch.where(self.blocked[pts], -math.inf, self.mind[pts].to(torch.float64))
         self.block_max[blocks_idx] = -math.inf
         self.block_max.scatter_reduce_(0, blocks.block_of[pts], vals, reduce="amax")
+
+    def _recompute_max_np(self, blocks_idx: np.ndarray) -> None:
+        """:meth:`_recompute_max` on the host: ``blocks_idx`` distinct (blocks are never empty)."""
+        blocks = self.blocks
+        assert blocks is not None
+        if blocks_idx.size == 0:
+            return
+        pts = blocks.points_of_np(blocks_idx)
+        vals = self.mind_np[pts].astype(np.float64)
+        vals[self.blocked_np[pts]] = -math.inf
+        lens = blocks.start_np[blocks_idx + 1] - blocks.start_np[blocks_idx]
+        offsets = np.cumsum(lens) - lens
+        self.block_max_np[blocks_idx] = np.maximum.reduceat(vals, offsets)
 
     def _refresh(self, rows: Tensor) -> None:
         """Bring the points ``rows`` up to date with every centre.
@@ -406,6 +452,8 @@ class _State:
         """The few-rows path of :meth:`_refresh`; False (nothing done) when the bounds rule out too little."""
         blocks = self.blocks
         assert blocks is not None
+        if self.host:
+            return self._refresh_bounded_np(rows, last, pending)
         xr = self.x.index_select(0, rows)
         x_sq = self.sq[rows] if self.sq is not None else torch.ones_like(rows, dtype=xr.dtype)
         a_sq = x_sq[:, None] + blocks.anchor_sq[None, :] - 2.0 * (xr @ blocks.anchors.T)  # (R, nb)
@@ -429,6 +477,54 @@ class _State:
         self.stats["pairs_tested"] += int(rows.numel()) * blocks.n
         return True
 
+    def _refresh_bounded_np(self, rows: Tensor, last: Tensor, pending: int) -> bool:
+        """:meth:`_refresh_bounded` with its bookkeeping in numpy (CPU): the same matrix products, the same
+        decisions (every float64 step is the same IEEE operation on the same operands)."""
+        blocks = self.blocks
+        assert blocks is not None
+        rows_np, last_np = rows.numpy(), last.numpy()
+        n = self.cmat.shape[0]
+        xr = self.x.index_select(0, rows)
+        x_sq = self.sq[rows] if self.sq is not None else torch.ones_like(rows, dtype=xr.dtype)
+        a_sq = x_sq[:, None] + blocks.anchor_sq[None, :] - 2.0 * (xr @ blocks.anchors.T)  # (R, nb)
+        a_d = a_sq.numpy().astype(np.float64)
+        a_d -= self.eps_anchor
+        np.sqrt(np.maximum(a_d, 0.0, out=a_d), out=a_d)
+        m = self.mind_np[rows_np].astype(np.float64)
+        if self.distance == "cosine":  # :meth:`_threshold`, op for op
+            thr = np.sqrt(2.0 * (m * (1.0 + self.rel) + self.eps_dist))
+        else:
+            thr = np.sqrt(m * m * (1.0 + self.rel) + self.eps_dist)
+        near = np.flatnonzero(((a_d - blocks.rho_np) < thr[:, None]).any(0))
+        near = near[self.block_newest[near] >= last_np[0]]  # only blocks with centres some row has not seen
+        starts = blocks.start_np[near]
+        lens = blocks.start_np[near + 1] - starts
+        ends = np.cumsum(lens)
+        total = int(ends[-1]) if ends.size else 0
+        pos = np.arange(total) + np.repeat(starts - ends + lens, lens)  # blocks.points_of_np(near), in order
+        cand = blocks.order_np[pos]
+        rank = self.center_rank_np[cand]
+        keep = (rank >= last_np[0]) & (rank < n)  # centres some row has not seen
+        cand, rank = cand[keep], rank[keep]
+        if cand.size > pending * _LAZY_BOUND_MAX_FRACTION:
+            return False
+        if cand.size:
+            which = np.repeat(np.arange(near.size), lens)[keep]  # each candidate's block, within near
+            need = (a_d[:, near][:, which] - blocks.r_np[cand]) < thr[:, None]  # (R, C)
+            if last_np[-1] > rank.min():  # rows sorted by last: some row has seen some of them
+                need &= rank[None, :] >= last_np[:, None]
+            cols = cand[need.any(0)]
+            if cols.size:
+                cols_t = torch.from_numpy(cols)
+                c_sq = self.sq[cols_t] if self.sq is not None else None
+                with intra_op_threads(self.threads):  # a plain copy (the same values on any thread count)
+                    cx = self.x.index_select(0, cols_t)
+                d = self._distances(rows, cx, c_sq)
+                self.mind[rows] = torch.minimum(self.mind[rows], d)
+                self.stats["updated"] += int(rows.numel()) * int(cols.size)
+        self.stats["pairs_tested"] += int(rows.numel()) * blocks.n
+        return True
+
     def _farthest_lazy(self) -> int:
         """Refresh the stale points with the largest (upper-bound) distances until the largest is exact.
 
@@ -440,6 +536,8 @@ class _State:
         n = self.cmat.shape[0]
         width = _LAZY_FIRST_BLOCKS
         work = self.stats["updated"]
+        if self.host:
+            return self._farthest_lazy_np(n, width, work)
         while True:
             best = self.block_max.max()
             pts = blocks.points_of((self.block_max == best).nonzero().squeeze(1))
@@ -456,6 +554,31 @@ class _State:
             cand = cand[self.mind[cand].to(torch.float64) >= floor]
             self._refresh(torch.unique(torch.cat([cand, stale])))
             self._recompute_max(torch.unique(blocks.block_of[torch.cat([cand, stale])]))
+            self.stats["refreshes"] += 1
+            width = min(2 * width, _LAZY_MAX_BLOCKS)
+
+    def _farthest_lazy_np(self, n: int, width: int, work: int) -> int:
+        """:meth:`_farthest_lazy`, bookkeeping in numpy (CPU): the same refreshes in the same order."""
+        blocks = self.blocks
+        assert blocks is not None
+        bm, mind, blocked, last_seen = self.block_max_np, self.mind_np, self.blocked_np, self.last_seen_np
+        while True:
+            best = bm.max()
+            pts = blocks.points_of_np(np.flatnonzero(bm == best))
+            pts = pts[(mind[pts].astype(np.float64) == best) & ~blocked[pts]]
+            stale = pts[last_seen[pts] < n]
+            if stale.size == 0:
+                self._choose_next_update(self.stats["updated"] - work)
+                return int(pts.min())
+            # the stale points among the `width` largest bucket maxima that could exceed the width-th one
+            top = self.block_max.topk(min(width, blocks.n))  # torch's choice among tied maxima
+            floor = top.values.numpy()[-1]
+            cand = blocks.points_of_np(top.indices.numpy())
+            cand = cand[(last_seen[cand] < n) & ~blocked[cand]]
+            cand = cand[mind[cand].astype(np.float64) >= floor]
+            both = np.concatenate([cand, stale])
+            self._refresh(torch.from_numpy(np.unique(both)))
+            self._recompute_max_np(np.unique(blocks.block_of_np[both]))
             self.stats["refreshes"] += 1
             width = min(2 * width, _LAZY_MAX_BLOCKS)
 
