@@ -75,6 +75,7 @@ Pruning = Literal["auto", "bounds", "none"]
 
 _MULTINOMIAL_MAX = 2**24  # torch.multinomial's category limit
 _GPU_MIN_CHUNK = 1 << 20  # points per full-scan chunk at least, off the CPU
+_HOST_BOOKKEEPING = True  # CPU lazy path: bookkeeping in numpy (False: the torch path a GPU would run)
 _CENTER_BLOCK = 256  # centres per update when seeding from a large initial set
 _AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is cheaper than the blocks
 _PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
@@ -304,7 +305,7 @@ class _State:
             self.center_rank = torch.full((M,), 2**62, dtype=torch.long, device=dev)
             # on a CPU the lazy path's bookkeeping (thousands of index ops on small arrays per pick) runs in
             # numpy, on views sharing the tensors' memory; every value it computes is the same
-            self.host = lazy and dev.type == "cpu"
+            self.host = lazy and dev.type == "cpu" and _HOST_BOOKKEEPING
             if self.host:
                 self.mind_np, self.blocked_np = self.mind.numpy(), self.blocked.numpy()
                 self.last_seen_np, self.center_rank_np = self.last_seen.numpy(), self.center_rank.numpy()

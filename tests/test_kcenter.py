@@ -411,3 +411,26 @@ def test_cuda_picks_what_the_cpu_picks(fn, distance):
     cuda = fn(pts.cuda(), grp.cuda(), 150, distance=distance, generator=gen(1), initial=[3, 7])
     assert cuda.order == cpu.order
     np.testing.assert_allclose(cuda.scores, cpu.scores, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("kind", ["random", "clustered"])
+def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, monkeypatch):
+    """The CPU lazy path keeps its bookkeeping in numpy; the torch version (what runs off the CPU) must take
+    exactly the same decisions: same picks and scores, and both those of the full scan."""
+    import geal.kcenter
+
+    x, g = clustered_set(5, 150) if kind == "clustered" else random_set(5, 150, dim=8, max_per_group=6)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    budget = int(g.max()) - 2
+
+    def run(pruning):
+        kw = {"distance": distance, "pruning": pruning, "block_size": 8, "generator": gen(2)}
+        return kcenter_greedy(pts, grp, budget, **kw)
+
+    host = run("bounds")
+    monkeypatch.setattr(geal.kcenter, "_HOST_BOOKKEEPING", False)
+    torch_path = run("bounds")
+    full = run("none")
+    assert host.order == torch_path.order == full.order
+    assert host.scores[1:] == torch_path.scores[1:]
