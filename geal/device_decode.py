@@ -99,12 +99,13 @@ def decode_batch(
     transform: Callable[[torch.Tensor], torch.Tensor],
     fallback: Callable[[int], torch.Tensor],
 ) -> torch.Tensor:
-    """Decode a batch on ``device``: (B, 3, R, R) float.
+    """Decode a batch on ``device``: (B, 3, R, R) uint8, resized, not yet normalised.
 
-    ``items[p]``: an already preprocessed (3, R, R) tensor, or an :class:`EncodedImage` decoded here (all
-    of the batch's JPEGs in one ``decode_jpeg`` call), oriented and passed through ``transform`` (uint8
-    (3, H, W) → (3, R, R) float, the same transform the workers use). If the batched call fails, each
-    JPEG is retried alone, and one that still fails becomes ``fallback(p)`` (the pool's own decoder).
+    ``items[p]``: an image the worker already decoded and resized, (3, R, R) uint8, or an
+    :class:`EncodedImage` decoded here (all of the batch's JPEGs in one ``decode_jpeg`` call), oriented and
+    passed through ``transform`` (uint8 (3, H, W) → (3, R, R) uint8, the resize the workers use). If the
+    batched call fails, each JPEG is retried alone, and one that still fails becomes ``fallback(p)`` (the
+    pool's own decoder, resized).
     """
     out: list[torch.Tensor | None] = [None] * len(items)
     positions = [p for p, item in enumerate(items) if isinstance(item, EncodedImage)]

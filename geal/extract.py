@@ -93,30 +93,41 @@ def build_transform(pre: Preprocessing) -> v2.Compose:
 
 
 def tensor_transform(pre: Preprocessing) -> v2.Compose:
-    """(3, H, W) uint8 on any device → (3, R, R) float: resize the whole image to ``resolution``² (no crop:
-    selection must see all of it) and normalise."""
+    """(3, H, W) uint8 on any device → (3, R, R) float: :func:`resize_transform`, then
+    :func:`normalize_transform`."""
+    return v2.Compose([resize_transform(pre), normalize_transform(pre)])
+
+
+def resize_transform(pre: Preprocessing) -> v2.Resize:
+    """(3, H, W) uint8 → (3, R, R) uint8: the whole image resized to ``resolution``² (no crop: selection
+    must see all of it), antialiased, rounded back to 8 bits."""
     interpolation = {
         "bicubic": v2.InterpolationMode.BICUBIC,
         "bilinear": v2.InterpolationMode.BILINEAR,
         "nearest": v2.InterpolationMode.NEAREST,
     }[pre.interpolation]
-    return v2.Compose(
-        [
-            v2.Resize((pre.resolution, pre.resolution), interpolation=interpolation, antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(pre.mean), list(pre.std)),
-        ]
-    )
+    return v2.Resize((pre.resolution, pre.resolution), interpolation=interpolation, antialias=True)
 
 
-class _PreprocessedPool(Dataset):
-    """Pool images as normalised tensors; with on_error="skip" an unreadable image becomes (zeros, error)."""
+def normalize_transform(pre: Preprocessing) -> v2.Compose:
+    """(..., 3, R, R) uint8 → float32 scaled to [0, 1] and normalised with the backbone's mean and std
+    (element-wise: the same values for one image or a batch, on any device)."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))])
+
+
+class PreprocessedPool(Dataset):
+    """Pool images decoded and resized: (3, R, R) uint8; with on_error="skip" an unreadable image becomes
+    (zeros, error).
+
+    The workers stop before normalising: a uint8 image is a quarter of the float32 bytes to pass between
+    processes, pin and copy to the device, and the extraction loop normalises whole batches on the device
+    (:func:`normalize_transform`, the same values)."""
 
     def __init__(self, pool: ImagePool, pre: Preprocessing, on_error: OnError) -> None:
         self.pool = pool
         self.pre = pre
         self.on_error = on_error
-        self.transform = build_transform(pre)
+        self.transform = v2.Compose([v2.PILToTensor(), resize_transform(pre)])
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -126,19 +137,19 @@ class _PreprocessedPool(Dataset):
         return image, index, error
 
     def preprocessed(self, index: int) -> tuple[torch.Tensor, str]:
-        """Image ``index`` decoded by the pool and preprocessed, and "" — or zeros and the error with
-        ``on_error="skip"``."""
+        """Image ``index`` decoded by the pool and resized, (3, R, R) uint8, and "" — or zeros and the
+        error with ``on_error="skip"``."""
         try:
             return self.transform(self.pool.load(index)), ""
         except (OSError, ValueError) as err:
             if self.on_error == "raise":
                 raise
-            return torch.zeros(3, self.pre.resolution, self.pre.resolution), f"{err}"
+            return torch.zeros(3, self.pre.resolution, self.pre.resolution, dtype=torch.uint8), f"{err}"
 
 
-class _EncodedPool(_PreprocessedPool):
+class _EncodedPool(PreprocessedPool):
     """For ``decode="device"``: a JPEG file's bytes (decoded later, batched, on the device); any other
-    image preprocessed here as usual."""
+    image decoded and resized here as usual."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | EncodedImage, int, str]:  # type: ignore[override]
         path = self.pool.file_path(index)
@@ -148,7 +159,7 @@ class _EncodedPool(_PreprocessedPool):
         return super().__getitem__(index)
 
 
-def _collate(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
+def collate_images(items: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, list[int], list[str]]:
     images, indices, errors = zip(*items, strict=True)
     return torch.stack(images), list(indices), list(errors)
 
@@ -238,26 +249,32 @@ def extract_to_store(
     if not missing:
         return report
     t0 = time.perf_counter()
-    backbone = backbone_factory().to(device).eval()
+    backbone = backbone_factory().eval()
     if store.n_shards > len(missing) and shards is None:
         log.info(
             "resuming extraction: %d of %d shards already done", store.n_shards - len(missing), store.n_shards
         )
     decode = resolve_decode(settings.decode, device)
+    pre = backbone.preprocessing
     if decode == "device":
-        dataset: _PreprocessedPool = _EncodedPool(pool, backbone.preprocessing, settings.on_error)
-        on_device = tensor_transform(backbone.preprocessing)
+        dataset: PreprocessedPool = _EncodedPool(pool, pre, settings.on_error)
+        on_device = resize_transform(pre)
     else:
-        dataset = _PreprocessedPool(pool, backbone.preprocessing, settings.on_error)
+        dataset = PreprocessedPool(pool, pre, settings.on_error)
+    normalize = normalize_transform(pre)
     batches = _shard_batches(store, missing, settings.batch_size)
     loader = DataLoader(
         dataset,
         batch_sampler=batches,
         num_workers=settings.num_workers,
-        collate_fn=_collate_encoded if decode == "device" else _collate,
+        collate_fn=_collate_encoded if decode == "device" else collate_images,
         pin_memory=device.type == "cuda" and decode == "workers",
         persistent_workers=False,
     )
+    # The workers start (and decode their first batches) while the weights move to the device and its
+    # runtime starts up; forking them before that also keeps the device's context out of the children.
+    batches_in = iter(loader)
+    backbone = backbone.to(device)
     n_todo = sum(len(b) for b in batches)
     bar = tqdm(total=n_todo, desc=f"extract {backbone.name}", unit="img", disable=not settings.progress)
     pending = iter(missing)
@@ -288,7 +305,7 @@ def extract_to_store(
             stage[name] += now - tick
             tick = now
 
-        for images, indices, errors in loader:
+        for images, indices, errors in batches_in:
             lap("loader_wait")
             if decode == "device":
 
@@ -299,7 +316,8 @@ def extract_to_store(
                 images = decode_batch(images, device, on_device, fallback)
                 lap("device_decode")
             with torch.inference_mode(), autocast_context(device, settings.amp):
-                out = backbone.extract(images.to(device, non_blocking=True), feature_layer, attention_layer)
+                pixels = normalize(images.to(device, non_blocking=True))
+                out = backbone.extract(pixels, feature_layer, attention_layer)
             rows = slice(indices[0] - start, indices[-1] - start + 1)
             buffer.add("tokens", rows, out.tokens, fp16=True)
             buffer.add("attention", rows, out.attention)

@@ -8,11 +8,17 @@
 * ``memory``: peak resident memory (this process + its loader workers) while extracting a pool of
   ``--memory-images`` small generated images with the tiny test ViT into a fresh store — what the
   pipeline itself holds, whatever the pool size (the model's own activations are a constant on top).
+* ``loader``: the DataLoader alone (no model): images/s delivered to the device as normalised float
+  batches when the workers hand over resized uint8 images and the batch is normalised on the device (what
+  extraction does) vs workers that normalise and hand over float32 (what it did before), same images,
+  workers and batch, alternated, best of ``--loader-rounds`` each. On a GPU host the workers are the limit
+  (``throughput`` line), so their cost per image is what this line measures.
 * ``disk``: bytes per image of a full store and of a clusters-only store (τ=0.5, K=25) for the same
   images and model, extrapolated to 1,000,000 images.
 
 Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers 2]
-       [--decodes auto workers device] [--memory-images 100000] [--threads N]
+       [--decodes auto workers device] [--memory-images 100000] [--threads N] [--loader-rounds 3]
+       [--skip throughput loader disk memory]
 """
 
 from __future__ import annotations
@@ -33,7 +39,15 @@ from PIL import Image
 
 from geal.backbones.vit import TimmViT
 from geal.device_decode import DECODES, resolve_decode
-from geal.extract import ExtractionSettings, autocast_context, extract_to_store
+from geal.extract import (
+    ExtractionSettings,
+    PreprocessedPool,
+    autocast_context,
+    build_transform,
+    collate_images,
+    extract_to_store,
+    normalize_transform,
+)
 from geal.features import ClusterSettings, FeatureProvider
 from geal.pool import ImagePool
 from geal.store import FeatureStore
@@ -170,6 +184,50 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
         )
 
 
+class _FloatHandover(PreprocessedPool):
+    """The reference: workers decode, resize *and normalise*, and hand over (3, R, R) float32."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.transform = build_transform(self.pre)
+
+
+def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+    pool = JpegFolderPool(work / "jpegs", args.images)
+    pre = vit_s16().preprocessing
+    normalize = normalize_transform(pre)
+
+    def rate(dataset: PreprocessedPool, on_device: bool) -> float:
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            collate_fn=collate_images,
+            pin_memory=device.type == "cuda",
+        )
+        t0 = time.perf_counter()
+        for images, _, _ in loader:
+            batch = images.to(device, non_blocking=True)
+            batch = normalize(batch) if on_device else batch
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return len(pool) / (time.perf_counter() - t0)
+
+    uint8 = PreprocessedPool(pool, pre, "raise")
+    float32 = _FloatHandover(pool, pre, "raise")
+    ours, ref = [], []
+    for _ in range(args.loader_rounds):
+        ref.append(rate(float32, on_device=False))
+        ours.append(rate(uint8, on_device=True))
+    print(
+        f"extract loader {args.images} JPEGs of VOC sizes -> {pre.resolution}px, batch {args.batch_size}, "
+        f"{args.workers} workers, to {device_name(device)}: uint8 handover + normalise on the device "
+        f"{max(ours):.0f} img/s, float32 handover (normalised in the workers) {max(ref):.0f} img/s, ratio "
+        f"{max(ours) / max(ref):.2f}x (best of {args.loader_rounds} alternated rounds each)",
+        flush=True,
+    )
+
+
 def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = JpegFolderPool(work / "jpegs", args.images)
     clusters = ClusterSettings(tau=0.5, k=25)
@@ -228,7 +286,8 @@ def main() -> None:
         "--decodes", nargs="+", default=["workers"], choices=list(DECODES), help="one throughput line each"
     )
     ap.add_argument("--memory-images", type=int, default=100_000, help="pool of the memory line (0: skip)")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "disk", "memory"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["throughput", "loader", "disk", "memory"])
+    ap.add_argument("--loader-rounds", type=int, default=3, help="alternated rounds of the loader line")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args()
     if args.threads:
@@ -246,6 +305,8 @@ def main() -> None:
             bench_memory(args, device, work)
         if "throughput" not in args.skip:
             bench_throughput(args, device, work)
+        if "loader" not in args.skip:
+            bench_loader(args, device, work)
         if "disk" not in args.skip:
             bench_disk(args, device, work)
     finally:

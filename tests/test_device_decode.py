@@ -14,7 +14,14 @@ from PIL import Image, ImageOps
 from downstream.datasets.folder import ImageFolderPool
 from geal.backbones.base import Preprocessing
 from geal.device_decode import EncodedImage, apply_orientation, decode_batch, read_encoded, resolve_decode
-from geal.extract import ExtractionSettings, build_transform, tensor_transform
+from geal.extract import (
+    ExtractionSettings,
+    PreprocessedPool,
+    build_transform,
+    collate_images,
+    normalize_transform,
+    tensor_transform,
+)
 from geal.features import FeatureProvider
 from geal.imageio import ImageLoadError, load_rgb
 from tests.conftest import TINY_VIT, CountingFactory
@@ -128,6 +135,24 @@ def test_tensor_transform_is_the_workers_transform_after_pil_to_tensor(tmp_path:
     a = build_transform(PRE)(img)
     b = tensor_transform(PRE)(torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous())
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_workers_hand_over_uint8_and_the_batch_normalisation_gives_the_per_image_values(
+    tmp_path: Path,
+) -> None:
+    """The workers stop at the resized uint8 image; normalising the stacked batch afterwards gives exactly
+    the per-image float transform's values (what the store held before the split)."""
+    pool = jpeg_pool(tmp_path / "pool")
+    dataset = PreprocessedPool(pool, PRE, "raise")
+    items = [dataset[i] for i in range(len(pool))]
+    assert all(
+        img.dtype == torch.uint8 and img.shape == (3, PRE.resolution, PRE.resolution) for img, _, _ in items
+    )
+    images, indices, errors = collate_images(items)
+    batch = normalize_transform(PRE)(images)
+    reference = torch.stack([build_transform(PRE)(pool.load(i)) for i in range(len(pool))])
+    torch.testing.assert_close(batch, reference, rtol=0, atol=0)
+    assert indices == list(range(len(pool))) and errors == [""] * len(pool)
 
 
 def jpeg_pool(root: Path) -> ImageFolderPool:
