@@ -165,6 +165,35 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
     return {"wall": wall, "stages": stages, "device": info.get("device_name") or cpu_name()}
 
 
+def startup_breakdown(args: argparse.Namespace) -> str:
+    """What a run's "startup+exit" is made of: fresh processes that only import (``import geal.cli``),
+    import and start the device's runtime, and import, start it and compose the run's config
+    (``--cfg job``: Hydra prints the config and exits). Median of three each."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    device = args.device
+    steps = {
+        "imports": [sys.executable, "-c", "import geal.cli"],
+        "+device start": [
+            sys.executable,
+            "-c",
+            f"import geal.cli, torch; x = torch.zeros(1, device={device!r}); x.cpu()",
+        ],
+        "imports+config (--cfg job)": [sys.executable, "-m", "geal.cli", f"device={device}", "--cfg", "job"],
+    }
+    parts = []
+    for name, cmd in steps.items():
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, env=env, capture_output=True, check=True)
+            times.append(time.perf_counter() - t0)
+        parts.append(f"{name} {sorted(times)[1]:.1f}s")
+    return "start-up alone (fresh processes, median of 3): " + ", ".join(parts)
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else the platform's processor string."""
     try:
@@ -214,6 +243,7 @@ def main() -> None:
             f"with {args.gen_workers} processes ({per_core:.1f} ms per image per core) into {jpeg_dir} "
             "(untimed)"
         )
+        print(startup_breakdown(args), flush=True)
         for mode in args.modes:
             for rep in range(args.repeat):
                 r = timed_run(args, jpeg_dir, work / "runs" / f"{mode}_{rep}", mode)
