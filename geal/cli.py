@@ -200,9 +200,12 @@ def summarize(result: Any, pool: ImagePool, stage_times: dict[str, float]) -> st
         )
     feats = result.run_info.get("features") or {}
     if feats:
+        clusters = "hit" if feats["clusters_cache_hit"] else "computed"
+        if feats.get("clusters_in_extraction"):
+            clusters = "computed during extraction"  # (their time is part of the extraction's)
         lines.append(
             f"  feature cache: {'hit' if feats['extraction_cache_hit'] else 'miss (extracted)'}; "
-            f"knowledge clusters: {'hit' if feats['clusters_cache_hit'] else 'computed'}"
+            f"knowledge clusters: {clusters}"
         )
     lines.append(
         "  time per stage: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in stage_times.items())

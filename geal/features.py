@@ -11,6 +11,11 @@ at once) extract a store once and compute a cluster cache once; the others wait 
 the knowledge clusters of that one setting are kept (asking for another setting is then an error that
 says how to get it).
 
+When a full store is extracted for a caller that names its cluster settings (the GEAL selector does), the
+knowledge clusters of those settings are computed too, shard by shard as extraction finishes each one, and
+written to the cluster cache when every shard was extracted in that pass (not after a resumed or distributed
+extraction): the selector then reads them instead of reading every shard's tokens back from disk.
+
 Knowledge clusters are computed ``batch_images`` images at a time within each shard, each chunk with its
 own generator seeded from (``kmeans_seed``, the chunk's first global id): the result does not depend on
 which job, rank or resumed run computes a chunk, so both cache modes and distributed extraction agree.
@@ -93,12 +98,18 @@ class KnowledgeClusterSet:
 
 @dataclass
 class FeatureTimings:
-    """What the provider did in this run (for run_info.json)."""
+    """What the provider did in this run (for run_info.json).
+
+    The knowledge clusters last asked for came from a cache written before this run
+    (``clusters_cache_hit``), were computed during this run's extraction (``clusters_in_extraction``: their
+    time is part of ``extraction.seconds``; ``clusters_seconds`` is then only the time to read them), or were
+    computed from the store when asked (neither; ``clusters_seconds`` is the computation)."""
 
     extraction: ExtractionReport | None = None
     extraction_cache_hit: bool | None = None
     clusters_seconds: float = 0.0
     clusters_cache_hit: bool | None = None
+    clusters_in_extraction: bool = False
     store_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -128,6 +139,9 @@ class FeatureProvider:
         self.device = device
         self.label = label
         self.timings = FeatureTimings()
+        # (store directory, settings hash) of the knowledge clusters its extractions computed → a full store's
+        # clusters until the first knowledge_clusters() call takes them (the cache file holds the same arrays)
+        self._clustered_in_extraction: dict[tuple[Path, str], KnowledgeClusterSet | None] = {}
 
     def open_store(
         self, feature_layer: int = -2, attention_layer: int = -1, clusters: ClusterSettings | None = None
@@ -176,12 +190,45 @@ class FeatureProvider:
                 if store.complete:  # another job filled it while we waited
                     log.info("features: extracted meanwhile by another job (%s)", store.directory)
                 else:
-                    self.timings.extraction = self.extract(store, feature_layer, attention_layer)
+                    self._extract_store(store, feature_layer, attention_layer, clusters)
         if self.timings.extraction_cache_hit is None:
             self.timings.extraction_cache_hit = self.timings.extraction is None
         if hit:
             log.info("features: cache hit (%s)", store.directory)
         return store
+
+    def _extract_store(
+        self, store: FeatureStore, feature_layer: int, attention_layer: int, clusters: ClusterSettings | None
+    ) -> None:
+        """Extract the missing shards of ``store`` (under its lock). A full store extracted for ``clusters``
+        gets their knowledge clusters computed shard by shard on the way, cached if every shard was
+        extracted now; a clusters-only store computes its own."""
+        collect = (
+            _ShardClusters(clusters, self.device) if store.mode == "full" and clusters is not None else None
+        )
+        report = self.extract(store, feature_layer, attention_layer, shard_transform=collect)
+        self.timings.extraction = report
+        if store.mode == "clusters_only":
+            settings = _stored_settings(store)
+            if settings is not None and report.shards_written:
+                self._clustered_in_extraction[(store.directory, stable_hash(settings.identity()))] = None
+            return
+        if collect is None:
+            return
+        result = collect.result(store)
+        if result is None:
+            log.info(
+                "knowledge clusters: only %d of %d shards extracted now (resumed), so they are computed "
+                "from the store when asked",
+                len(collect.parts),
+                store.n_shards,
+            )
+            return
+        path = _clusters_path(store, collect.settings)
+        with file_lock(path.with_suffix(".lock"), f"writing knowledge clusters {path.name}"):
+            _write_clusters(path, collect.settings, result)
+        self._clustered_in_extraction[(store.directory, stable_hash(collect.settings.identity()))] = result
+        log.info("knowledge clusters: computed during extraction (%s)", path)
 
     def extract(
         self,
@@ -189,11 +236,16 @@ class FeatureProvider:
         feature_layer: int,
         attention_layer: int,
         shards: list[int] | None = None,
+        shard_transform: Callable[[int, ShardData], ShardData] | None = None,
     ) -> ExtractionReport:
         """Run the network over the missing shards of ``store`` (``shards`` only, when given). The caller
-        holds the store's lock (or, in a distributed extraction, owns these shards)."""
-        transform = None
+        holds the store's lock (or, in a distributed extraction, owns these shards). ``shard_transform``
+        (full stores only): maps each dense shard to what is written, see
+        :func:`geal.extract.extract_to_store`; a clusters-only store uses its own."""
+        transform = shard_transform
         if store.mode == "clusters_only":
+            if shard_transform is not None:
+                raise ValueError("a clusters-only store's shards are transformed by the provider itself")
             transform = self._clusters_transform(_stored_settings(store))
         return extract_to_store(
             self.pool,
@@ -226,14 +278,18 @@ class FeatureProvider:
         """Knowledge clusters of every valid image (cached under the store's ``clusters/`` folder, or read
         from a clusters-only store)."""
         t0 = time.perf_counter()
+        key = (store.directory, stable_hash(settings.identity()))
+        in_extraction = key in self._clustered_in_extraction
         if store.mode == "clusters_only":
             clusters = _clusters_from_store(store, settings)
-            self.timings.clusters_cache_hit = True
-            self.timings.clusters_seconds = time.perf_counter() - t0
+            self._clusters_timings(t0, hit=not in_extraction, in_extraction=in_extraction)
             return clusters
-        digest = stable_hash(settings.identity())
-        path = store.directory / "clusters" / f"{digest}.npz"
-        cached = _read_clusters(path, settings)
+        path = _clusters_path(store, settings)
+        cached = self._clustered_in_extraction.pop(key, None)  # not read back: handed over once
+        if in_extraction:
+            self._clustered_in_extraction[key] = None
+        if cached is None:
+            cached = _read_clusters(path, settings)
         if cached is None:
             with file_lock(path.with_suffix(".lock"), f"computing knowledge clusters {path.name}"):
                 cached = _read_clusters(path, settings)  # computed meanwhile by another job?
@@ -241,21 +297,75 @@ class FeatureProvider:
                     clusters = compute_knowledge_clusters(
                         store, settings, self.device, progress=self.settings.progress
                     )
-                    buffer = io.BytesIO()
-                    np.savez(
-                        buffer,
-                        features=clusters.features,
-                        owners=clusters.owners,
-                        settings=np.array(stable_hash(settings.identity(), 64)),
-                    )
-                    atomic_write_bytes(path, buffer.getvalue())
-                    self.timings.clusters_cache_hit = False
-                    self.timings.clusters_seconds = time.perf_counter() - t0
+                    _write_clusters(path, settings, clusters)
+                    self._clusters_timings(t0, hit=False, in_extraction=False)
                     return clusters
-        self.timings.clusters_cache_hit = True
-        self.timings.clusters_seconds = time.perf_counter() - t0
-        log.info("knowledge clusters: cache hit (%s)", path)
+        self._clusters_timings(t0, hit=not in_extraction, in_extraction=in_extraction)
+        if in_extraction:
+            log.info("knowledge clusters: computed during extraction (%s)", path)
+        else:
+            log.info("knowledge clusters: cache hit (%s)", path)
         return cached
+
+    def _clusters_timings(self, t0: float, hit: bool, in_extraction: bool) -> None:
+        self.timings.clusters_cache_hit = hit
+        self.timings.clusters_in_extraction = in_extraction
+        self.timings.clusters_seconds = time.perf_counter() - t0
+
+
+class _ShardClusters:
+    """A full store's shard transform: computes the knowledge clusters of ``settings`` of each dense shard
+    (from the arrays the store keeps: the same clusters as :func:`compute_knowledge_clusters` over the
+    finished store), keeps the valid ones, and returns the shard unchanged."""
+
+    def __init__(self, settings: ClusterSettings, device: torch.device) -> None:
+        self.settings = settings
+        self.device = device
+        #: per clustered shard: (start, centroids (m, D) float32, owners (m,) int64)
+        self.parts: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def __call__(self, start: int, data: ShardData) -> ShardData:
+        assert data.tokens is not None and data.attention is not None
+        tokens = fp16_if_in_range(data.tokens)  # what the store keeps
+        cents, ok = shard_knowledge_clusters(
+            tokens, data.attention, data.valid, start, self.settings, self.device
+        )
+        self.parts.append((start, cents[ok], _owners(start, ok)))
+        return data
+
+    def result(self, store: FeatureStore) -> KnowledgeClusterSet | None:
+        """The clusters of the whole store, if every shard of it was clustered here (else None); the
+        shards' parts are released."""
+        parts = sorted(self.parts, key=lambda part: part[0])
+        if [start for start, _, _ in parts] != [store.shard_range(s)[0] for s in range(store.n_shards)]:
+            return None
+        self.parts = []
+        return KnowledgeClusterSet(
+            np.concatenate([cents for _, cents, _ in parts]),
+            np.concatenate([owners for _, _, owners in parts]),
+        )
+
+
+def _owners(start: int, ok: np.ndarray) -> np.ndarray:
+    """The global id of each kept cluster of a shard starting at ``start`` (``ok``: (n, K) kept)."""
+    return np.broadcast_to(np.arange(start, start + ok.shape[0])[:, None], ok.shape)[ok].astype(np.int64)
+
+
+def _clusters_path(store: FeatureStore, settings: ClusterSettings) -> Path:
+    """Where a full store caches the knowledge clusters of ``settings``."""
+    return store.directory / "clusters" / f"{stable_hash(settings.identity())}.npz"
+
+
+def _write_clusters(path: Path, settings: ClusterSettings, clusters: KnowledgeClusterSet) -> None:
+    """Write a knowledge-cluster cache file (atomically; the caller holds its lock)."""
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        features=clusters.features,
+        owners=clusters.owners,
+        settings=np.array(stable_hash(settings.identity(), 64)),
+    )
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _read_clusters(path: Path, settings: ClusterSettings) -> KnowledgeClusterSet | None:
@@ -365,7 +475,7 @@ def compute_knowledge_clusters(
             arrays["tokens"], arrays["attention"], arrays["valid"], start, settings, device
         )
         features.append(cents[ok])
-        owners.append(np.broadcast_to(np.arange(start, stop)[:, None], ok.shape)[ok].astype(np.int64))
+        owners.append(_owners(start, ok))
         bar.update(stop - start)
     bar.close()
     dim = store.token_dim

@@ -175,6 +175,7 @@ def run_selection(
             "store_dir": ft.store_dir,
             "extraction_cache_hit": ft.extraction_cache_hit,
             "clusters_cache_hit": ft.clusters_cache_hit,
+            "clusters_in_extraction": ft.clusters_in_extraction,  # their time is in extraction_s
             "extracted_images": ft.extraction.images if ft.extraction is not None else 0,
             "skipped_images": ft.extraction.skipped if ft.extraction is not None else [],
         }

@@ -73,6 +73,11 @@ def test_voc_selection_and_cache_hit(tmp: Path) -> None:
     assert info["features"]["extraction_cache_hit"] is False and info["features"]["extracted_images"] == 20
     assert (out / ".hydra" / "config.yaml").exists()
     assert "feature cache: miss" in first.stdout
+    # GEAL's clusters were computed while the store was extracted (their time is in extraction_s)
+    assert (
+        info["features"]["clusters_in_extraction"] is True and info["features"]["clusters_cache_hit"] is False
+    )
+    assert "knowledge clusters: computed during extraction" in first.stdout
 
     # only τ / K / sampler / budget change: the network does not run again
     second = geal_select("data=voc0712", "budget=4", "selector.tau=0.7", "selector.sampler=d2", tmp=tmp)

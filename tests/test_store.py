@@ -13,8 +13,8 @@ import torch.multiprocessing as mp
 
 import geal.features
 from geal.extract import ExtractionSettings
-from geal.features import ClusterSettings, ClustersNotStoredError, FeatureProvider
-from geal.store import StoreMismatchError
+from geal.features import ClusterSettings, ClustersNotStoredError, FeatureProvider, compute_knowledge_clusters
+from geal.store import StoreMismatchError, stable_hash
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)
@@ -258,3 +258,126 @@ def test_clusters_only_transform_in_either_thread_stores_the_same(squares, tmp_p
     got = other.knowledge_clusters(other.store(clusters=settings), settings)
     np.testing.assert_array_equal(got.owners, want.owners)
     np.testing.assert_array_equal(got.features, want.features)
+
+
+# ---------------------------------------------------------------- clusters computed during a full extraction
+
+
+def _cache_file(store, settings: ClusterSettings) -> Path:
+    return store.directory / "clusters" / f"{stable_hash(settings.identity())}.npz"
+
+
+@pytest.mark.parametrize("in_writer", [False, True])
+def test_full_extraction_writes_the_cluster_cache_compute_would(tmp_path, monkeypatch, in_writer) -> None:
+    """store(clusters=S) of a full store clusters each shard as it is extracted (in the main loop on a CPU,
+    in the writer thread on a GPU) and writes the cache file that knowledge_clusters() would write: the same
+    keys, dtypes and arrays as compute_knowledge_clusters over the finished store (skipped images too)."""
+    import geal.extract
+
+    monkeypatch.setattr(geal.extract, "_transform_in_writer", lambda device: in_writer)
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    pool = SquaresPool(20, broken=[3, 17])  # shards of 8, 8 and 4 images, two of them unreadable
+    p = provider(pool, CountingFactory(), tmp_path / "a", on_error="skip")
+    store = p.store(clusters=settings)
+    path = _cache_file(store, settings)
+    assert path.exists()
+    want = compute_knowledge_clusters(store, settings, torch.device("cpu"), progress=False)
+    assert {3, 17}.isdisjoint(want.owners.tolist())
+    # the cache knowledge_clusters() writes itself, from another store of the same pool
+    other = provider(pool, CountingFactory(), tmp_path / "b", on_error="skip")
+    other.knowledge_clusters(other.store(), settings)
+    with np.load(path) as got, np.load(_cache_file(other.store(), settings)) as ref:
+        assert sorted(got.files) == sorted(ref.files) == ["features", "owners", "settings"]
+        for name in got.files:
+            assert got[name].dtype == ref[name].dtype
+            np.testing.assert_array_equal(got[name], ref[name])
+        np.testing.assert_array_equal(got["features"], want.features)
+        np.testing.assert_array_equal(got["owners"], want.owners)
+        assert got["features"].dtype == np.float32 and got["owners"].dtype == np.int64
+        assert str(got["settings"]) == stable_hash(settings.identity(), 64)
+
+
+def test_clusters_computed_in_extraction_are_not_read_back(squares, tmp_path, monkeypatch) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    p = provider(squares, CountingFactory(), tmp_path)
+    store = p.store(clusters=settings)
+    want = compute_knowledge_clusters(store, settings, torch.device("cpu"), progress=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the clusters were computed during extraction: no tokens to read back")
+
+    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", forbidden)
+    monkeypatch.setattr(geal.features, "shard_knowledge_clusters", forbidden)
+    monkeypatch.setattr(type(store), "iter_shards", forbidden)
+    for _ in range(2):  # the first call takes them from the extraction, the second from the cache file
+        got = p.knowledge_clusters(store, settings)
+        np.testing.assert_array_equal(got.features, want.features)
+        np.testing.assert_array_equal(got.owners, want.owners)
+        # honest timings: not a cache hit of an earlier run, computed (and timed) in the extraction
+        assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is True
+    assert p.timings.extraction is not None and p.timings.extraction.shards_written == [0, 1, 2]
+    # a later run finds them in the cache
+    later = provider(squares, CountingFactory(), tmp_path)
+    got = later.knowledge_clusters(later.store(clusters=settings), settings)
+    np.testing.assert_array_equal(got.features, want.features)
+    assert later.timings.clusters_cache_hit is True and later.timings.clusters_in_extraction is False
+
+
+def test_resumed_full_extraction_writes_no_partial_cluster_cache(squares, tmp_path, monkeypatch) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the first shard was written
+        provider(squares, CountingFactory(fail_after_batches=3), tmp_path / "a").store(clusters=settings)
+    p = provider(squares, CountingFactory(), tmp_path / "a")
+    store = p.store(clusters=settings)
+    assert p.timings.extraction.shards_written == [1, 2]
+    assert not _cache_file(store, settings).exists()  # 2 of 3 shards clustered: nothing written
+    computed: list[int] = []
+    original = geal.features.compute_knowledge_clusters
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", counting)
+    got = p.knowledge_clusters(store, settings)
+    assert computed == [1] and _cache_file(store, settings).exists()
+    assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is False
+    fresh = provider(squares, CountingFactory(), tmp_path / "b")
+    want = fresh.knowledge_clusters(fresh.store(clusters=settings), settings)
+    np.testing.assert_array_equal(got.features, want.features)
+    np.testing.assert_array_equal(got.owners, want.owners)
+
+
+def test_other_cluster_settings_are_computed_from_the_full_store(squares, tmp_path, monkeypatch) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    other = ClusterSettings(tau=0.8, k=4, kmeans_iters=5)
+    plain = provider(squares, CountingFactory(), tmp_path / "b")  # extracted for no cluster setting
+    want = plain.knowledge_clusters(plain.store(), other)
+    p = provider(squares, CountingFactory(), tmp_path / "a")
+    store = p.store(clusters=settings)
+    assert not _cache_file(store, other).exists()
+    computed: list[int] = []
+    original = geal.features.compute_knowledge_clusters
+
+    def counting(*args, **kwargs):
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", counting)
+    got = p.knowledge_clusters(store, other)
+    assert computed == [1]
+    assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is False
+    np.testing.assert_array_equal(got.features, want.features)
+    np.testing.assert_array_equal(got.owners, want.owners)
+    p.knowledge_clusters(store, settings)  # the setting of the extraction: still no computation
+    assert computed == [1]
+
+
+def test_clusters_only_extraction_reports_clusters_computed_in_it(squares, tmp_path) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    p = provider(squares, CountingFactory(), tmp_path, cache_mode="clusters_only")
+    p.knowledge_clusters(p.store(clusters=settings), settings)
+    assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is True
+    later = provider(squares, CountingFactory(), tmp_path, cache_mode="clusters_only")
+    later.knowledge_clusters(later.store(clusters=settings), settings)
+    assert later.timings.clusters_cache_hit is True and later.timings.clusters_in_extraction is False
