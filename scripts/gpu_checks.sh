@@ -34,9 +34,9 @@ step pytest_gpu 80 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_devi
 step selection 130 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
 e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
-step end_to_end 170 "$py" scripts/bench_end_to_end.py "${e2e[@]}"
-step extract 70 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
-    --workers "$workers" --decodes workers device --skip memory disk
+step end_to_end 190 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
+step extract 90 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
+    --workers "$workers" --decodes workers device --skip memory disk --loader-rounds 2
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
 step end_to_end_device_decode 60 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
-    --override extraction.decode=device
+    --startup-runs 0 --override extraction.decode=device
