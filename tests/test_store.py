@@ -323,14 +323,8 @@ def test_clusters_computed_in_extraction_are_not_read_back(squares, tmp_path, mo
     assert later.timings.clusters_cache_hit is True and later.timings.clusters_in_extraction is False
 
 
-def test_resumed_full_extraction_writes_no_partial_cluster_cache(squares, tmp_path, monkeypatch) -> None:
-    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
-    with pytest.raises(KeyboardInterrupt):  # interrupted after the first shard was written
-        provider(squares, CountingFactory(fail_after_batches=3), tmp_path / "a").store(clusters=settings)
-    p = provider(squares, CountingFactory(), tmp_path / "a")
-    store = p.store(clusters=settings)
-    assert p.timings.extraction.shards_written == [1, 2]
-    assert not _cache_file(store, settings).exists()  # 2 of 3 shards clustered: nothing written
+def count_cluster_computations(monkeypatch) -> list[int]:
+    """Counts the calls of ``compute_knowledge_clusters`` (a 1 per call) while still running it."""
     computed: list[int] = []
     original = geal.features.compute_knowledge_clusters
 
@@ -339,6 +333,18 @@ def test_resumed_full_extraction_writes_no_partial_cluster_cache(squares, tmp_pa
         return original(*args, **kwargs)
 
     monkeypatch.setattr(geal.features, "compute_knowledge_clusters", counting)
+    return computed
+
+
+def test_resumed_full_extraction_writes_no_partial_cluster_cache(squares, tmp_path, monkeypatch) -> None:
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the first shard was written
+        provider(squares, CountingFactory(fail_after_batches=3), tmp_path / "a").store(clusters=settings)
+    p = provider(squares, CountingFactory(), tmp_path / "a")
+    store = p.store(clusters=settings)
+    assert p.timings.extraction.shards_written == [1, 2]
+    assert not _cache_file(store, settings).exists()  # 2 of 3 shards clustered: nothing written
+    computed = count_cluster_computations(monkeypatch)
     got = p.knowledge_clusters(store, settings)
     assert computed == [1] and _cache_file(store, settings).exists()
     assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is False
@@ -356,14 +362,7 @@ def test_other_cluster_settings_are_computed_from_the_full_store(squares, tmp_pa
     p = provider(squares, CountingFactory(), tmp_path / "a")
     store = p.store(clusters=settings)
     assert not _cache_file(store, other).exists()
-    computed: list[int] = []
-    original = geal.features.compute_knowledge_clusters
-
-    def counting(*args, **kwargs):
-        computed.append(1)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", counting)
+    computed = count_cluster_computations(monkeypatch)
     got = p.knowledge_clusters(store, other)
     assert computed == [1]
     assert p.timings.clusters_cache_hit is False and p.timings.clusters_in_extraction is False
