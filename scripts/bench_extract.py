@@ -27,6 +27,7 @@ Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-si
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import resource
@@ -201,7 +202,8 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     pre = vit_s16().preprocessing
     normalize = normalize_transform(pre)
 
-    def rate(dataset: PreprocessedPool, on_device: bool) -> float:
+    def rate(dataset: PreprocessedPool, on_device: bool) -> tuple[float, float]:
+        """Images/s through the DataLoader, and the seconds until its first batch (worker start-up)."""
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=args.batch_size,
@@ -210,12 +212,14 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
             pin_memory=device.type == "cuda",
         )
         t0 = time.perf_counter()
+        first = math.inf
         for images, _, _ in loader:
+            first = min(first, time.perf_counter() - t0)
             batch = images.to(device, non_blocking=True)
             batch = normalize(batch) if on_device else batch
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return len(pool) / (time.perf_counter() - t0)
+        return len(dataset) / (time.perf_counter() - t0), first
 
     def worker_ms(dataset: PreprocessedPool) -> float:
         """One worker's cost per image (this process, one thread): decode, resize (and normalise)."""
@@ -229,8 +233,8 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     float32 = _FloatHandover(pool, pre, "raise")
     ours, ref, ours_ms, ref_ms = [], [], [], []
     for _ in range(args.loader_rounds):
-        ref.append(rate(float32, on_device=False))
-        ours.append(rate(uint8, on_device=True))
+        ref.append(rate(float32, on_device=False)[0])
+        ours.append(rate(uint8, on_device=True)[0])
         ref_ms.append(worker_ms(float32))
         ours_ms.append(worker_ms(uint8))
     print(
@@ -244,6 +248,14 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
         f"{args.workers} workers, to {device_name(device)}: uint8 handover + normalise on the device "
         f"{max(ours):.0f} img/s, float32 handover (normalised in the workers) {max(ref):.0f} img/s, ratio "
         f"{max(ours) / max(ref):.2f}x (best of {args.loader_rounds} alternated rounds each)",
+        flush=True,
+    )
+    # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
+    short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
+    short_rate, first = rate(short, on_device=True)  # type: ignore[arg-type]
+    print(
+        f"extract loader start-up: first batch after {first:.2f} s; {len(short)} of the images at "
+        f"{short_rate:.0f} img/s vs all {len(pool)} at {max(ours):.0f} img/s (uint8 handover)",
         flush=True,
     )
 
