@@ -162,8 +162,9 @@ class _Blocks:
         sums = torch.zeros(nb, x.shape[1], dtype=x.dtype, device=dev).index_add_(0, block_of, x)
         self.anchors = sums / sizes.clamp_min(1).to(x.dtype)[:, None]
         self.anchor_sq = (self.anchors * self.anchors).sum(1)
-        # (D, nb) contiguous for the lazy path's few-row products: on one CPU thread MKL multiplies
-        # (R, D) @ (D, nb) about 2x faster than (R, D) @ anchors.T for R ≤ 16 (scripts/bench_selection.py)
+        # (D, nb) contiguous for the lazy path's few-row bound products: on one CPU thread MKL runs
+        # (R, D) @ (D, nb) faster than (R, D) @ anchors.T at every R measured (1–64 rows against 6,465
+        # anchors; 0.63 vs 1.49 ms at R = 10, the usual size); VOC k-center 58.0 → 55.5 s, the same picks
         self.anchors_t = self.anchors.T.contiguous()
         # exact radii in float64, rounded up a little so that r ≥ the true ‖x − anchor‖
         r = torch.empty(M, dtype=torch.float64, device=dev)
