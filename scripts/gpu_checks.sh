@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU checks and figures of issue 7 in one bounded run (each step has its own time limit; a failed or
-# timed-out step is reported and the next one runs). Logs go to OUT_DIR/<step>.log.
+# The GPU checks and figures of issue 7 in one bounded run: each step has its own time limit (570 s in all,
+# under one 600 s device call); a failed or timed-out step is reported and the next one runs. Logs go to
+# OUT_DIR/<step>.log.
 #
 # Usage: scripts/gpu_checks.sh OUT_DIR [CHECKPOINT]
 #   CHECKPOINT: a timm vit_small_patch14_dinov2 state dict for the end-to-end line (e.g. an fp16 copy of
@@ -26,17 +27,17 @@ step() {
     echo "## $name rc=$rc in $((SECONDS - t0)) s"
 }
 
-step env 30 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.split()[0], 'torch', torch.__version__, \
+step env 20 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.split()[0], 'torch', torch.__version__, \
 'torchvision', torchvision.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0), \
 'bf16', torch.cuda.is_bf16_supported())"
-step pytest_gpu 80 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
+step pytest_gpu 70 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
     tests/test_kcenter.py tests/test_kmeans.py
-step selection 130 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
+step selection 120 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
 e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
-step end_to_end 190 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
+step end_to_end 180 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
 step extract 90 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
     --workers "$workers" --decodes workers device --skip memory disk --loader-rounds 2
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
-step end_to_end_device_decode 60 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
+step end_to_end_device_decode 50 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
     --startup-runs 0 --override extraction.decode=device
