@@ -1,7 +1,7 @@
 """Benchmark the extraction pipeline against the bare model forward, its memory, and its disk per image.
 
-* ``throughput``: ``geal.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode, resize,
-  normalise in DataLoader workers, forward + attention probe, copy out, fp16 shard writes) vs the bare
+* ``throughput``: ``geal.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode and resize
+  in DataLoader workers, normalisation, forward + attention probe, copy out, fp16 shard writes) vs the bare
   ``backbone.extract`` forward on an already prepared batch of the same size, same device, same autocast;
   the ratio is pipeline images/s ÷ bare images/s (the target is ≥ 0.85). Default model: ViT-S/16 at 224
   (DINO ViT-S/16's architecture, random weights: the same compute, no download).
