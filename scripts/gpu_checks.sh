@@ -37,7 +37,7 @@ e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$wor
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
 step end_to_end 180 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
 step extract 90 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
-    --workers "$workers" --decodes workers device --skip memory disk --loader-rounds 2
+    --workers "$workers" --decodes workers device --skip memory disk --rounds 2 --loader-rounds 2
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
 step end_to_end_device_decode 50 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
     --startup-runs 0 --override extraction.decode=device
