@@ -132,3 +132,12 @@ def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
         return None
+
+
+def decode_encoded(encoded: EncodedImage) -> torch.Tensor | None:
+    """One JPEG decoded on the CPU by libjpeg-turbo straight into a tensor and oriented: (3, H, W) uint8,
+    the pixels :func:`geal.imageio.load_rgb` gives (both run libjpeg-turbo with its default settings); None
+    when the decoder rejects the file (corrupt or truncated: the caller then uses the pool's own loader,
+    which names the file)."""
+    image = _decode_one(encoded.data, torch.device("cpu"))
+    return None if image is None else apply_orientation(image, encoded.orientation)

@@ -25,7 +25,15 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from geal.backbones.base import Backbone, Preprocessing
-from geal.device_decode import DECODES, Decode, EncodedImage, decode_batch, read_encoded, resolve_decode
+from geal.device_decode import (
+    DECODES,
+    Decode,
+    EncodedImage,
+    decode_batch,
+    decode_encoded,
+    read_encoded,
+    resolve_decode,
+)
 from geal.pool import ImagePool
 from geal.store import FP16_MAX, FeatureStore, ShardData
 
@@ -40,7 +48,8 @@ CacheMode = Literal["full", "clusters_only"]
 class ExtractionSettings:
     """How the pass runs (none of these change the stored values beyond autocast precision and decoder).
 
-    ``decode``: where JPEGs are decoded — ``"workers"`` (PIL in the DataLoader workers), ``"device"``
+    ``decode``: where JPEGs are decoded — ``"workers"`` (in the DataLoader workers: libjpeg-turbo through
+    torchvision for RGB/grey JPEG files, the same pixels as PIL's, PIL for everything else), ``"device"``
     (workers read bytes, the batch is decoded on the extraction device: nvJPEG on a GPU, see
     :mod:`geal.device_decode`), ``"auto"`` (device on CUDA, workers elsewhere). nvJPEG and libjpeg-turbo
     differ by a few grey levels (chroma upsampling), so the choice is part of the store key. Default
@@ -127,7 +136,8 @@ class PreprocessedPool(Dataset):
         self.pool = pool
         self.pre = pre
         self.on_error = on_error
-        self.transform = v2.Compose([v2.PILToTensor(), resize_transform(pre)])
+        self.resize = resize_transform(pre)
+        self.transform = v2.Compose([v2.PILToTensor(), self.resize])
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -137,9 +147,20 @@ class PreprocessedPool(Dataset):
         return image, index, error
 
     def preprocessed(self, index: int) -> tuple[torch.Tensor, str]:
-        """Image ``index`` decoded by the pool and resized, (3, R, R) uint8, and "" — or zeros and the
-        error with ``on_error="skip"``."""
+        """Image ``index`` decoded and resized, (3, R, R) uint8, and "" — or zeros and the error with
+        ``on_error="skip"``.
+
+        An RGB or grey JPEG file is decoded by libjpeg-turbo straight into a tensor (torchvision; EXIF
+        orientation from its header): the pixels of the pool's own loader (PIL runs libjpeg-turbo too), for
+        about two thirds of the time (1.17 vs 1.65–1.76 ms per VOC-sized image including the resize,
+        ``scripts/bench_extract.py``'s worker-cost line). Anything else, and any file the decoder rejects,
+        goes through ``pool.load``, whose errors name the file."""
         try:
+            path = self.pool.file_path(index)
+            encoded = read_encoded(path) if path is not None else None
+            image = decode_encoded(encoded) if encoded is not None else None
+            if image is not None:
+                return self.resize(image), ""
             return self.transform(self.pool.load(index)), ""
         except (OSError, ValueError) as err:
             if self.on_error == "raise":

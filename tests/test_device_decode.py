@@ -138,13 +138,20 @@ def test_tensor_transform_is_the_workers_transform_after_pil_to_tensor(tmp_path:
 
 
 def test_workers_hand_over_uint8_and_the_batch_normalisation_gives_the_per_image_values(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch
 ) -> None:
-    """The workers stop at the resized uint8 image; normalising the stacked batch afterwards gives exactly
-    the per-image float transform's values (what the store held before the split)."""
+    """The workers decode JPEGs with libjpeg-turbo (torchvision) and stop at the resized uint8 image;
+    normalising the stacked batch afterwards gives exactly the values of PIL decoding + the per-image float
+    transform (what the store held before), EXIF-rotated and grey JPEGs included; the PNG goes through the
+    pool's own loader."""
     pool = jpeg_pool(tmp_path / "pool")
     dataset = PreprocessedPool(pool, PRE, "raise")
+    loaded: list[int] = []
+    load = type(pool).load
+    monkeypatch.setattr(type(pool), "load", lambda self, i: loaded.append(i) or load(self, i))
     items = [dataset[i] for i in range(len(pool))]
+    assert [pool.ids[i] for i in loaded] == ["png.png"]  # every JPEG took the libjpeg-turbo path
+    monkeypatch.undo()
     assert all(
         img.dtype == torch.uint8 and img.shape == (3, PRE.resolution, PRE.resolution) for img, _, _ in items
     )
@@ -183,16 +190,19 @@ def test_extraction_with_device_decode_stores_what_workers_store(tmp_path: Path)
     assert np.abs(device["tokens"] - workers["tokens"]).mean() < 5e-3
 
 
-def test_device_decode_corrupt_jpeg_names_the_file_or_is_skipped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decode", ["device", "workers"])
+@pytest.mark.parametrize("damage", ["garbled", "truncated"])
+def test_corrupt_jpeg_names_the_file_or_is_skipped(tmp_path: Path, decode: str, damage: str) -> None:
     pool_root = tmp_path / "jpegs"
     pool = jpeg_pool(pool_root)
     bad = pool_root / "3.jpg"
-    bad.write_bytes(garbled_scan(bad.read_bytes()))
-    assert read_encoded(bad) is not None
+    data = bad.read_bytes()
+    bad.write_bytes(garbled_scan(data) if damage == "garbled" else data[: len(data) * 2 // 3])
+    assert read_encoded(bad) is not None  # the header reads fine: the decoder itself must reject it
     with pytest.raises(ImageLoadError) as info:
-        store_arrays(pool, tmp_path / "c1", decode="device")
+        store_arrays(pool, tmp_path / "c1", decode=decode)
     assert str(bad) in str(info.value)
-    arrays = store_arrays(pool, tmp_path / "c2", decode="device", on_error="skip")
+    arrays = store_arrays(pool, tmp_path / "c2", decode=decode, on_error="skip")
     assert [pool.ids[i] for i in np.flatnonzero(~arrays["valid"].astype(bool))] == ["3.jpg"]
 
 
