@@ -13,9 +13,10 @@
   batches when the workers decode JPEGs with libjpeg-turbo, hand over resized uint8 images and the batch is
   normalised on the device (what extraction does) vs workers that decode with PIL, normalise and hand over
   float32 (what it did before), same images, workers and batch, alternated, best of ``--loader-rounds``
-  each; and one worker's cost per image (decode, resize, and normalise for the reference) in this process. On a GPU host the workers are the limit
-  (``throughput`` line) and the normalisation runs on the GPU, so the worker's cost per image is what
-  matters there; on a CPU the normalisation only moves from the workers to the main process.
+  each; and one worker's cost per image (decode, resize, and normalise for the reference) in this
+  process. On a GPU host the workers are the limit (``throughput`` line) and the normalisation runs on the
+  GPU, so the worker's cost per image is what matters there; on a CPU the normalisation only moves from
+  the workers to the main process.
 * ``disk``: bytes per image of a full store and of a clusters-only store (τ=0.5, K=25) for the same
   images and model, extrapolated to 1,000,000 images.
 
