@@ -146,53 +146,104 @@ def init_centroids(
     return _init(x, mask, k, metric, init, generator, torch.arange(x.shape[0], device=x.device))
 
 
+def _draws(x: Tensor, k: int, init: str, generator: torch.Generator | None) -> Tensor:
+    """Every image's random numbers for :func:`_seeds`: (B,k) float64 uniforms for kmeans++, (B,P) keys
+    for random, drawn in one call so that they do not depend on chunking."""
+    B, P, _ = x.shape
+    if init == "random":
+        return _rand((B, P), generator, x.device, x.dtype)
+    return _rand((B, k), generator, x.device, torch.float64)
+
+
 def _init(
     x: Tensor, mask: Tensor, k: int, metric: str, init: str, generator: torch.Generator | None, rows: Tensor
 ) -> Tensor:
     """:func:`init_centroids` of the prepared points x (B,P,D), computed for the images ``rows`` only
     (the random numbers of every image are drawn all the same) → (len(rows),k,D)."""
     B, P, D = x.shape
-    dev, dt = x.device, x.dtype
     if B == 0 or P == 0:
-        return torch.zeros(rows.numel(), k, D, device=dev, dtype=dt)
+        return torch.zeros(rows.numel(), k, D, device=x.device, dtype=x.dtype)
+    draws = _draws(x, k, init, generator)[rows]
     if init == "random":
-        # k distinct valid points uniformly: the k largest random keys among valid points
-        keys = _rand((B, P), generator, dev, dt).masked_fill_(~mask, -1.0)[rows]
-        idx = keys.topk(min(k, P), dim=1).indices
-        if idx.shape[1] < k:  # fewer than k points in the padded set: repeat the first one
-            idx = torch.cat([idx, idx[:, :1].expand(rows.numel(), k - idx.shape[1])], dim=1)
-        return x.index_select(0, rows).gather(1, idx.unsqueeze(-1).expand(rows.numel(), k, D)).clone()
-    uniforms = _rand((B, k), generator, dev, torch.float64)[rows]
-    out = torch.empty(rows.numel(), k, D, device=dev, dtype=dt)
-    step = _chunk_images(x, k)
-    with intra_op_threads(1) if dev.type == "cpu" else contextlib.nullcontext():
+        return _seeds(x.index_select(0, rows), mask.index_select(0, rows), k, metric, init, draws)
+    out = torch.empty(rows.numel(), k, D, device=x.device, dtype=x.dtype)
+    step = _seed_chunk(x, k)
+    with intra_op_threads(1) if x.device.type == "cpu" else contextlib.nullcontext():
         for s in range(0, rows.numel(), step):
             r = rows[s : s + step]
-            out[s : s + step] = _kmeanspp(
-                x.index_select(0, r), mask.index_select(0, r), k, metric, uniforms[s : s + step]
+            out[s : s + step] = _seeds(
+                x.index_select(0, r), mask.index_select(0, r), k, metric, init, draws[s : s + step]
             )
     return out
 
 
+def _seeds(x: Tensor, mask: Tensor, k: int, metric: str, init: str, draws: Tensor) -> Tensor:
+    """Initial centroids (A,k,D) of the images x (A,P,D) from their random numbers (see :func:`_draws`)."""
+    A, P, D = x.shape
+    if init == "random":
+        # k distinct valid points uniformly: the k largest random keys among valid points
+        idx = draws.masked_fill(~mask, -1.0).topk(min(k, P), dim=1).indices
+        if idx.shape[1] < k:  # fewer than k points in the padded set: repeat the first one
+            idx = torch.cat([idx, idx[:, :1].expand(A, k - idx.shape[1])], dim=1)
+        return x.gather(1, idx.unsqueeze(-1).expand(A, k, D)).clone()
+    return _kmeanspp(x, mask, k, metric, draws)
+
+
+# kmeans++ takes all point-to-point distances of an image at once (one batched GEMM of P² D) while P is at
+# most this many times k, else one matrix-vector product per seed (k P D, memory-bound). On this machine's
+# CPU the GEMM runs ~20x more multiply-adds per second than the products (57 vs 2.8 GMAC/s at P=100,
+# D=384), so the Gram route is faster up to P ≈ 20 k; 8 leaves a margin for other hardware.
+_GRAM_MAX_POINTS_PER_SEED = 8
+
+
+def _seed_chunk(x: Tensor, k: int) -> int:
+    """Images per kmeans++ chunk. Each step only touches (A,P) tensors, so chunks are larger than Lloyd's
+    (per-step overhead amortised over more images); on the Gram route the (A,P,P) distances count too."""
+    _, P, D = x.shape
+    per_image = P * (D + (P if P <= _GRAM_MAX_POINTS_PER_SEED * k else 0)) * x.element_size()
+    budget = 16 * 2**20 if x.device.type == "cpu" else 256 * 2**20
+    return max(1, budget // max(1, per_image))
+
+
 def _kmeanspp(x: Tensor, mask: Tensor, k: int, metric: str, uniforms: Tensor) -> Tensor:
-    """kmeans++ seeds (A,k,D) of the images x (A,P,D) with the uniforms (A,k) float64."""
-    A = x.shape[0]
-    rows = torch.arange(A, device=x.device)
+    """kmeans++ seeds (A,k,D) of the images x (A,P,D) with the uniforms (A,k) float64.
+
+    A chosen point's distance is set to exactly 0 (rounding of ``‖x‖²+‖c‖²−2x·c`` could leave it a tiny
+    weight), so an image never draws the same point twice unless all its distances are 0.
+    """
+    A, P, D = x.shape
+    base = torch.arange(A, device=x.device) * P  # flat row of point 0 of each image
     maskf = mask.to(x.dtype)
     x_sq = (x * x).sum(-1)
-    out = torch.empty(A, k, x.shape[2], device=x.device, dtype=x.dtype)
+    flat = x.reshape(A * P, D)
+    if P <= _GRAM_MAX_POINTS_PER_SEED * k:
+        # row a·P + j: the distances of image a's points to its point j
+        dist = _pair_dist(x, x, x_sq, metric).reshape(A * P, P)
+
+        def dist_to(pick: Tensor) -> Tensor:
+            return dist.index_select(0, base + pick)
+
+    else:
+
+        def dist_to(pick: Tensor) -> Tensor:
+            return _pair_dist(x, flat.index_select(0, base + pick).unsqueeze(1), x_sq, metric).squeeze(-1)
+
+    picks = torch.empty(A, k, dtype=torch.long, device=x.device)
     # first centre: uniform among valid points (all points when a row has none)
     weights = torch.where(maskf.sum(1, keepdim=True) > 0, maskf, torch.ones_like(maskf))
-    flat = x.reshape(-1, x.shape[2])  # row a·P + p is point p of image a (index_select: cheap gathers)
-    out[:, 0] = flat.index_select(0, rows * x.shape[1] + _draw_rows(weights, uniforms[:, 0]))
-    mind = _pair_dist(x, out[:, :1], x_sq, metric).squeeze(-1)  # (A,P)
+    pick = _draw_rows(weights, uniforms[:, 0])
+    picks[:, 0] = pick
+    mind = dist_to(pick).clone()  # (A,P)
+    mind.view(-1)[base + pick] = 0.0
     for j in range(1, k):
         w = mind.square() * maskf
         total = w.sum(1, keepdim=True)
         w = torch.where(total > 0, w, weights)
-        out[:, j] = flat.index_select(0, rows * x.shape[1] + _draw_rows(w, uniforms[:, j]))
-        torch.minimum(mind, _pair_dist(x, out[:, j : j + 1], x_sq, metric).squeeze(-1), out=mind)
-    return out
+        pick = _draw_rows(w, uniforms[:, j])
+        picks[:, j] = pick
+        torch.minimum(mind, dist_to(pick), out=mind)
+        mind.view(-1)[base + pick] = 0.0
+    return flat.index_select(0, (base.unsqueeze(1) + picks).reshape(-1)).view(A, k, D)
 
 
 def _draw_rows(weights: Tensor, uniforms: Tensor) -> Tensor:
@@ -381,31 +432,36 @@ def per_image_kmeans(
 ) -> KMeansResult:
     """Plain reference: the same algorithm as :func:`batched_kmeans`, one image at a time in a Python loop.
 
-    Only for tests and benchmarks. Initial centroids come from :func:`init_centroids` (same generator →
-    same start as the batched version) unless ``initial_centroids`` (B,k,D) is given.
+    Only for tests and benchmarks. Each image is seeded on its own (kmeans++ or random, from the random
+    numbers the batched code draws for it: same generator → same start) unless ``initial_centroids`` (B,k,D)
+    is given.
     """
     _check(points, mask, k, metric, init, iters, tol)
     x = _prepare(points, metric)
     B, P, D = x.shape
-    if initial_centroids is None:
-        c0 = init_centroids(points, mask, k, metric=metric, init=init, generator=generator)
-    else:
+    c0: Tensor | None = None
+    draws: Tensor | None = None
+    if initial_centroids is not None:
         c0 = initial_centroids.to(device=x.device, dtype=x.dtype)
         if metric == "cosine":
             c0 = torch.nn.functional.normalize(c0, dim=-1)
+    elif B and P:
+        draws = _draws(x, k, init, generator)  # the batched code's random numbers, seeded image by image
     cents = torch.zeros(B, k, D, device=x.device, dtype=x.dtype)
     valid = torch.zeros(B, k, device=x.device, dtype=torch.bool)
     assign = torch.full((B, P), -1, device=x.device, dtype=torch.long)
     with intra_op_threads(1) if x.device.type == "cpu" else contextlib.nullcontext():  # as batched
-        _per_image_loop(x, mask, c0, k, iters, tol, metric, cents, valid, assign)
+        _per_image_loop(x, mask, c0, draws, k, init, iters, tol, metric, cents, valid, assign)
     return KMeansResult(cents, valid, assign)
 
 
 def _per_image_loop(
     x: Tensor,
     mask: Tensor,
-    c0: Tensor,
+    c0: Tensor | None,
+    draws: Tensor | None,
     k: int,
+    init: str,
     iters: int,
     tol: float,
     metric: str,
@@ -413,7 +469,8 @@ def _per_image_loop(
     valid: Tensor,
     assign: Tensor,
 ) -> None:
-    """The reference's loop: each image's k-means on its own, written into cents/valid/assign."""
+    """The reference's loop: each image's seeding (from ``draws``, unless initial centroids ``c0`` are
+    given) and k-means on its own, written into cents/valid/assign."""
     for b in range(x.shape[0]):
         pos = mask[b].nonzero().squeeze(1)
         pts = x[b, pos]  # (n,D)
@@ -424,7 +481,11 @@ def _per_image_loop(
             assign[b, pos] = torch.arange(n, device=x.device)
             continue
         one = torch.ones(1, n, dtype=torch.bool, device=x.device)
-        c = c0[b : b + 1].clone()
+        if c0 is not None:
+            c = c0[b : b + 1].clone()
+        else:
+            assert draws is not None
+            c = _seeds(x[b : b + 1], mask[b : b + 1], k, metric, init, draws[b : b + 1])
         for _ in range(iters):  # the batched code's steps, on this image alone
             new, _ = _update(pts[None], one, _assign(pts[None], c, metric), c, metric)
             shift = (new - c).norm(dim=-1).max()

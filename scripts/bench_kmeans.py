@@ -4,7 +4,9 @@
 ``geal.kmeans.per_image_kmeans`` (the same steps — assignment, ``index_add`` centroid update, convergence
 test — on one image at a time), from the same initial centroids. Cases: MNIST-like (≈30 kept patches per
 image, as τ=0.5 keeps on MNIST digits) and VOC-like (≈100 kept patches), K=25, 384 dims; "with init" also
-times the kmeans++ seeding (shared code: the loop reference seeds all images through the same function).
+times the kmeans++ seeding (the loop reference seeds each image on its own, from the same random numbers);
+"seeding alone" compares the seeding's two routes (all P×P distances of an image in one batched product, vs
+one matrix-vector product per seed).
 
 Usage: python scripts/bench_kmeans.py [--device cpu] [--images 1000] [--threads N] [--seed 0]
 """
@@ -17,6 +19,7 @@ import time
 
 import torch
 
+import geal.kmeans
 from geal.kmeans import batched_kmeans, init_centroids, per_image_kmeans
 
 
@@ -55,6 +58,19 @@ def bench(name: str, n: int, p: int, k: int, dim: int, seed: int, device: torch.
         flush=True,
     )
     gen = lambda: torch.Generator().manual_seed(seed + 1)  # noqa: E731
+    a, t_g = timed(lambda: init_centroids(pts, mask, k, generator=gen()), device)
+    route = geal.kmeans._GRAM_MAX_POINTS_PER_SEED
+    geal.kmeans._GRAM_MAX_POINTS_PER_SEED = 0  # the reference: one matrix-vector product per seed
+    try:
+        b, t_s = timed(lambda: init_centroids(pts, mask, k, generator=gen()), device)
+    finally:
+        geal.kmeans._GRAM_MAX_POINTS_PER_SEED = route
+    print(
+        f"kmeans {name:10s} {n} img x {p} points x {dim}, K={k}, kmeans++ seeding alone: ours "
+        f"({'all distances at once' if p <= route * k else 'one product per seed'}) {1e3 * t_g:.0f} ms, "
+        f"one product per seed {1e3 * t_s:.0f} ms, ratio {t_s / t_g:.1f}x | same seeds: {torch.equal(a, b)}",
+        flush=True,
+    )
     a, t_b = timed(lambda: batched_kmeans(pts, mask, k, generator=gen()), device)
     b, t_l = timed(lambda: per_image_kmeans(pts, mask, k, generator=gen()), device)
     print(

@@ -151,6 +151,32 @@ def test_duplicate_points_and_determinism():
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_kmeanspp_seeds_the_same_points_from_all_distances_at_once_or_one_seed_at_a_time(monkeypatch, metric):
+    """The Gram route (all P×P distances of an image in one product) and the per-seed products draw the same
+    points, none twice, whatever the chunking; and a seed lands on each of k far-apart blobs."""
+    import geal.kmeans as km
+
+    g = gen(11)
+    centres = 20.0 * torch.randn(40, 6, 16, generator=g)  # 6 far-apart blobs per image
+    which = torch.arange(48).remainder(6)
+    pts = centres[:, which] + 0.01 * torch.randn(40, 48, 16, generator=g)
+    mask = torch.rand(40, 48, generator=g) < 0.9
+    mask[:, :6] = True  # every blob keeps a point
+    gram = init_centroids(pts, mask, 6, metric=metric, generator=gen(2))
+    monkeypatch.setattr(km, "_GRAM_MAX_POINTS_PER_SEED", 0)  # one matrix-vector product per seed
+    monkeypatch.setattr(km, "_seed_chunk", lambda x, k: 7)  # and other chunks
+    per_seed = init_centroids(pts, mask, 6, metric=metric, generator=gen(2))
+    assert torch.equal(gram, per_seed)
+    x = km._prepare(pts, metric)
+    same = (gram[:, :, None, :] == x[:, None, :, :]).all(-1)  # (B,k,P): seed j is point p
+    assert (same.sum(-1) == 1).all()  # every seed is exactly one of the image's points
+    seeded = same.int().argmax(-1)  # (B,k)
+    assert all(mask[b, seeded[b]].all() for b in range(40))  # valid points only
+    assert all(len(set(row)) == 6 for row in seeded.tolist())  # never the same point twice
+    assert all(len(set(row)) == 6 for row in which[seeded].tolist())  # one seed per blob
+
+
 def test_input_dtypes_and_validation():
     pts, mask = random_batch(0)
     res = batched_kmeans(pts.half(), mask, 3, generator=gen(0))
