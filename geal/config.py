@@ -31,7 +31,7 @@ class PathsConfig:
 @dataclass
 class ExtractionConfig:
     batch_size: int = 32
-    num_workers: int = 2
+    num_workers: Any = "auto"  # auto | int >= 0 (Any: OmegaConf has no Union of int and str)
     amp: str = "auto"  # auto | bf16 | fp16 | none
     shard_size: int = 512
     progress: bool = True

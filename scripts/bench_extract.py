@@ -20,7 +20,8 @@
 * ``disk``: bytes per image of a full store and of a clusters-only store (τ=0.5, K=25) for the same
   images and model, extrapolated to 1,000,000 images.
 
-Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers 2]
+Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers auto 2]
+       [--loader-workers 2] [--memory-workers 2]
        [--decodes auto workers device] [--memory-images 100000] [--threads N]
        [--rounds 2] [--loader-rounds 3] [--loader-images 1024]
        [--skip throughput loader disk memory]
@@ -48,11 +49,13 @@ from geal.device_decode import DECODES, resolve_decode
 from geal.extract import (
     ExtractionSettings,
     PreprocessedPool,
+    Workers,
     autocast_context,
     build_transform,
     collate_images,
     extract_to_store,
     normalize_transform,
+    resolve_workers,
 )
 from geal.features import ClusterSettings, FeatureProvider
 from geal.pool import ImagePool
@@ -162,22 +165,23 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
 
     shard_size = min(512, args.images)  # the configs' default shard size: writes overlap the next shard
     bares: list[float] = []
-    pipelines: dict[str, list[float]] = {decode: [] for decode in args.decodes}
+    runs = [(workers, decode) for workers in args.workers for decode in args.decodes]
+    pipelines: dict[tuple[Workers, str], list[float]] = {run: [] for run in runs}
     # rounds of (bare forward, each pipeline), the best of each over the rounds: the same number of tries
     # for both sides of the ratio (this machine's speed varies by ±15 % from one second to the next)
     for r in range(args.rounds):
         bares.append(bare_rate())
-        for decode in args.decodes:
+        for workers, decode in runs:
             settings = ExtractionSettings(
                 batch_size=args.batch_size,
-                num_workers=args.workers,
+                num_workers=workers,
                 amp=args.amp,
                 shard_size=shard_size,
                 progress=False,
                 decode=decode,
             )
             store = FeatureStore.open(
-                work / f"cache_{decode}_{r}", {"bench": decode}, len(pool), shard_size, "bench"
+                work / f"cache_{decode}_{workers}_{r}", {"bench": decode}, len(pool), shard_size, "bench"
             )
             t0 = time.perf_counter()
             report = extract_to_store(
@@ -189,19 +193,39 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
                 feature_layer=-2,
                 attention_layer=-1,
             )
-            pipelines[decode].append(len(pool) / (time.perf_counter() - t0))
+            pipelines[workers, decode].append(len(pool) / (time.perf_counter() - t0))
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
-            print(f"  round {r + 1}, decode={decode}: main loop {report.seconds:.2f} s: {stages}", flush=True)
+            print(
+                f"  round {r + 1}, workers={workers}, decode={decode}: main loop {report.seconds:.2f} s: "
+                f"{stages}",
+                flush=True,
+            )
     bare = max(bares)
-    for decode, rates in pipelines.items():
+    for (workers, decode), rates in pipelines.items():
         pipeline = max(rates)
         print(
-            f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, {args.workers} loader "
-            f"workers, decode={decode} ({resolve_decode(decode, device)}), {args.images} JPEGs of VOC sizes "
+            f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, "
+            f"{workers_text(workers, device)}, "
+            f"decode={decode} ({resolve_decode(decode, device)}), {args.images} JPEGs of VOC sizes "
             f"on {device_name(device)}: pipeline {pipeline:.1f} img/s, bare forward {bare:.1f} img/s "
             f"(best of {args.rounds} alternated rounds each), ratio {pipeline / bare:.2f}",
             flush=True,
         )
+
+
+def workers_text(workers: Workers, device: torch.device) -> str:
+    """What ``num_workers=workers`` means on ``device``: worker processes, or decoding threads in-process."""
+    n = resolve_workers(workers, device)
+    where = (
+        f"{n} loader workers"
+        if n
+        else f"no loader workers ({torch.get_num_threads()} decode threads in-process)"
+    )
+    return f"num_workers={workers}: {where}"
+
+
+def workers_arg(value: str) -> Workers:
+    return "auto" if value == "auto" else int(value)
 
 
 class _FloatHandover(PreprocessedPool):
@@ -222,7 +246,7 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=args.batch_size,
-            num_workers=args.workers,
+            num_workers=args.loader_workers,
             collate_fn=collate_images,
             pin_memory=device.type == "cuda",
         )
@@ -263,8 +287,8 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     )
     print(
         f"extract loader {len(pool)} JPEGs of VOC sizes -> {pre.resolution}px, batch {args.batch_size}, "
-        f"{args.workers} workers, to {device_name(device)}: libjpeg-turbo + uint8 handover + normalise on "
-        f"the device {max(ours):.0f} img/s, PIL + float32 handover (normalised in the workers) "
+        f"{args.loader_workers} workers, to {device_name(device)}: libjpeg-turbo + uint8 handover + "
+        f"normalise on the device {max(ours):.0f} img/s, PIL + float32 handover (normalised in the workers) "
         f"{max(ref):.0f} img/s, ratio "
         f"{max(ours) / max(ref):.2f}x (best of {args.loader_rounds} alternated rounds each)",
         flush=True,
@@ -286,7 +310,7 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
     for mode in ("full", "clusters_only"):
         settings = ExtractionSettings(
             batch_size=args.batch_size,
-            num_workers=args.workers,
+            num_workers=args.workers[0],
             amp=args.amp,
             shard_size=64,
             progress=False,
@@ -309,7 +333,7 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
 def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = GeneratedPool(args.memory_images)
     settings = ExtractionSettings(
-        batch_size=256, num_workers=args.workers, amp="none", shard_size=512, progress=False
+        batch_size=256, num_workers=args.memory_workers, amp="none", shard_size=512, progress=False
     )
     before, _ = peak_rss_mb()
     store = FeatureStore.open(work / "mem", {"bench": "memory"}, len(pool), 512, "bench")
@@ -321,7 +345,8 @@ def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> 
     own, children = peak_rss_mb()
     print(
         f"extract memory tiny ViT, {len(pool)} generated 48 px images, shards of 512, batch 256, "
-        f"{args.workers} workers: {seconds:.0f} s ({len(pool) / seconds:.0f} img/s), store "
+        f"{workers_text(args.memory_workers, device)}: {seconds:.0f} s ({len(pool) / seconds:.0f} img/s), "
+        "store "
         f"{store.disk_bytes() / 1e6:.0f} MB, peak RSS main process {own:.0f} MB (before extraction "
         f"{before:.0f} MB), largest loader worker {children:.0f} MB",
         flush=True,
@@ -333,7 +358,18 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=192, help="JPEGs for the throughput and disk lines")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--workers",
+        nargs="+",
+        type=workers_arg,
+        default=["auto", 2],
+        help="extraction.num_workers of the throughput lines, one line each (auto or an int; the disk line "
+        "uses the first)",
+    )
+    ap.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the loader line")
+    ap.add_argument(
+        "--memory-workers", type=workers_arg, default=2, help="extraction.num_workers of the memory line"
+    )
     ap.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
     ap.add_argument(
         "--decodes", nargs="+", default=["workers"], choices=list(DECODES), help="one throughput line each"

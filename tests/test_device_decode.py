@@ -20,10 +20,12 @@ from geal.extract import (
     build_transform,
     collate_images,
     normalize_transform,
+    resolve_workers,
     tensor_transform,
 )
 from geal.features import FeatureProvider
 from geal.imageio import ImageLoadError, load_rgb
+from geal.threads import intra_op_threads
 from tests.conftest import TINY_VIT, CountingFactory
 
 CPU = torch.device("cpu")
@@ -160,6 +162,55 @@ def test_workers_hand_over_uint8_and_the_batch_normalisation_gives_the_per_image
     reference = torch.stack([build_transform(PRE)(pool.load(i)) for i in range(len(pool))])
     torch.testing.assert_close(batch, reference, rtol=0, atol=0)
     assert indices == list(range(len(pool))) and errors == [""] * len(pool)
+
+
+def test_main_process_decodes_a_batch_with_threads_in_order(tmp_path: Path, monkeypatch) -> None:
+    """Without loader workers a batch is decoded by ``decode_threads`` threads, the items in the batch's
+    order and equal to one-at-a-time decoding; inside a worker process, one image at a time."""
+    import threading
+    import time
+
+    pool = jpeg_pool(tmp_path / "pool")
+    order = [7, 2, 9, 0, 10, 5, 3]
+    serial = [PreprocessedPool(pool, PRE, "raise")[i] for i in order]
+    dataset = PreprocessedPool(pool, PRE, "raise", decode_threads=3)
+    seen: set[str] = set()
+    preprocessed = PreprocessedPool.preprocessed
+
+    def recording(self, index):
+        seen.add(threading.current_thread().name)
+        time.sleep(0.01)  # long enough that every thread gets an image
+        return preprocessed(self, index)
+
+    monkeypatch.setattr(PreprocessedPool, "preprocessed", recording)
+    threaded = dataset.__getitems__(order)
+    assert [i for _, i, _ in threaded] == order and all(e == "" for _, _, e in threaded)
+    assert all(torch.equal(a, b) for (a, _, _), (b, _, _) in zip(threaded, serial, strict=True))
+    assert len(seen) > 1 and all(name.startswith("decode") for name in seen)
+    seen.clear()
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())  # as in a worker process
+    dataset.__getitems__(order)
+    assert seen == {threading.current_thread().name}
+
+
+def test_num_workers_auto_resolves_per_device(monkeypatch) -> None:
+    assert resolve_workers("auto", CPU) == 0  # the main process decodes between forwards
+    assert resolve_workers(3, CPU) == 3 and resolve_workers(0, torch.device("cuda")) == 0
+    for cores, workers in ((16, 14), (64, 16), (2, 1), (1, 1)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
+        assert resolve_workers("auto", torch.device("cuda")) == workers
+    for bad in ("two", -1, True, 1.5):
+        with pytest.raises(ValueError, match="num_workers"):
+            ExtractionSettings(num_workers=bad)  # type: ignore[arg-type]
+
+
+def test_extraction_without_workers_stores_what_a_worker_stores(tmp_path: Path) -> None:
+    pool = jpeg_pool(tmp_path / "jpegs")
+    worker = store_arrays(pool, tmp_path / "c1", num_workers=1)
+    for n, threads in (("auto", 2), (0, 1)):
+        with intra_op_threads(threads):
+            main = store_arrays(pool, tmp_path / f"c_{n}_{threads}", num_workers=n)
+        assert all(np.array_equal(main[k], worker[k]) for k in worker)
 
 
 def jpeg_pool(root: Path) -> ImageFolderPool:
