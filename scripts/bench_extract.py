@@ -21,7 +21,7 @@
   images and model, extrapolated to 1,000,000 images.
 
 Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-size 32] [--workers auto 2]
-       [--loader-workers 2] [--memory-workers 2]
+       [--loader-workers 1 2] [--memory-workers 2]
        [--decodes auto workers device] [--memory-images 100000] [--threads N]
        [--rounds 2] [--loader-rounds 3] [--loader-images 1024]
        [--skip throughput loader disk memory]
@@ -241,12 +241,12 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     pre = vit_s16().preprocessing
     normalize = normalize_transform(pre)
 
-    def rate(dataset: PreprocessedPool, on_device: bool) -> tuple[float, float]:
+    def rate(dataset: PreprocessedPool, on_device: bool, workers: int) -> tuple[float, float]:
         """Images/s through the DataLoader, and the seconds until its first batch (worker start-up)."""
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=args.batch_size,
-            num_workers=args.loader_workers,
+            num_workers=workers,
             collate_fn=collate_images,
             pin_memory=device.type == "cuda",
         )
@@ -271,10 +271,13 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
 
     uint8 = PreprocessedPool(pool, pre, "raise")
     float32 = _FloatHandover(pool, pre, "raise")
-    ours, ref, ours_ms, ref_ms = [], [], [], []
+    ours: dict[int, list[float]] = {w: [] for w in args.loader_workers}
+    ref: dict[int, list[float]] = {w: [] for w in args.loader_workers}
+    ours_ms, ref_ms = [], []
     for _ in range(args.loader_rounds):
-        ref.append(rate(float32, on_device=False)[0])
-        ours.append(rate(uint8, on_device=True)[0])
+        for w in args.loader_workers:
+            ref[w].append(rate(float32, on_device=False, workers=w)[0])
+            ours[w].append(rate(uint8, on_device=True, workers=w)[0])
         ref_ms.append(worker_ms(float32))
         ours_ms.append(worker_ms(uint8))
     print(
@@ -285,20 +288,25 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
         f"{min(ref_ms) / min(ours_ms):.2f}x (best of {args.loader_rounds})",
         flush=True,
     )
-    print(
-        f"extract loader {len(pool)} JPEGs of VOC sizes -> {pre.resolution}px, batch {args.batch_size}, "
-        f"{args.loader_workers} workers, to {device_name(device)}: libjpeg-turbo + uint8 handover + "
-        f"normalise on the device {max(ours):.0f} img/s, PIL + float32 handover (normalised in the workers) "
-        f"{max(ref):.0f} img/s, ratio "
-        f"{max(ours) / max(ref):.2f}x (best of {args.loader_rounds} alternated rounds each)",
-        flush=True,
-    )
+    for w in args.loader_workers:
+        # one worker decoding at the cost above would deliver 1000 / ms images/s: the scaling shows whether
+        # the workers, the main process (collation, pinning, copy) or the host's cores are the limit
+        print(
+            f"extract loader {len(pool)} JPEGs of VOC sizes -> {pre.resolution}px, batch {args.batch_size}, "
+            f"{w} workers, to {device_name(device)}: libjpeg-turbo + uint8 handover + normalise on the "
+            f"device {max(ours[w]):.0f} img/s ({max(ours[w]) / max(w, 1):.0f} per worker; one worker's cost "
+            f"alone: {1e3 / min(ours_ms):.0f} img/s), PIL + float32 handover (normalised in the workers) "
+            f"{max(ref[w]):.0f} img/s, ratio {max(ours[w]) / max(ref[w]):.2f}x (best of {args.loader_rounds} "
+            "alternated rounds each)",
+            flush=True,
+        )
     # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
+    w = args.loader_workers[-1]
     short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
-    short_rate, first = rate(short, on_device=True)  # type: ignore[arg-type]
+    short_rate, first = rate(short, on_device=True, workers=w)  # type: ignore[arg-type]
     print(
-        f"extract loader start-up: first batch after {first:.2f} s; {len(short)} of the images at "
-        f"{short_rate:.0f} img/s vs all {len(pool)} at {max(ours):.0f} img/s (ours)",
+        f"extract loader start-up, {w} workers: first batch after {first:.2f} s; {len(short)} of the images "
+        f"at {short_rate:.0f} img/s vs all {len(pool)} at {max(ours[w]):.0f} img/s (ours)",
         flush=True,
     )
 
@@ -366,7 +374,9 @@ def main() -> None:
         help="extraction.num_workers of the throughput lines, one line each (auto or an int; the disk line "
         "uses the first)",
     )
-    ap.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers of the loader line")
+    ap.add_argument(
+        "--loader-workers", nargs="+", type=int, default=[2], help="DataLoader workers, one loader line each"
+    )
     ap.add_argument(
         "--memory-workers", type=workers_arg, default=2, help="extraction.num_workers of the memory line"
     )

@@ -32,12 +32,15 @@ step env 20 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.sp
 'bf16', torch.cuda.is_bf16_supported())"
 step pytest_gpu 70 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
     tests/test_kcenter.py tests/test_kmeans.py
-step selection 120 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
+step selection 100 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
 e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
 step end_to_end 180 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
-step extract 90 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
-    --workers "$workers" --decodes workers device --skip memory disk --rounds 2 --loader-rounds 2
+# the loader lines at 1 and all workers, with one worker's cost in-process: is the host's decoding slow, or
+# do the workers not scale (the H100 run's loader gave ~70 img/s per worker, unexplained)?
+step extract 110 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
+    --workers "$workers" --decodes workers device --skip memory disk --rounds 2 --loader-rounds 1 \
+    --loader-workers 1 "$workers" --loader-images 512
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
 step end_to_end_device_decode 50 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
     --startup-runs 0 --override extraction.decode=device
