@@ -1,11 +1,12 @@
 """Benchmark the extraction pipeline against the bare model forward, its memory, and its disk per image.
 
 * ``throughput``: ``geal.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode and resize
-  in DataLoader workers, normalisation, forward + attention probe, copy out, fp16 shard writes) vs the bare
-  ``backbone.extract`` forward on an already prepared batch of the same size, same device, same autocast;
-  the ratio is pipeline images/s ÷ bare images/s (the target is ≥ 0.85), the best of ``--rounds``
-  alternated rounds each. Default model: ViT-S/16 at 224 (DINO ViT-S/16's architecture, random weights: the
-  same compute, no download).
+  in DataLoader workers, or in the main process's threads between forwards with ``num_workers`` 0 — what
+  ``auto`` gives on a CPU —, normalisation, forward + attention probe, copy out, fp16 shard writes) vs the
+  bare ``backbone.extract`` forward on an already prepared batch of the same size, same device, same
+  autocast; the ratio is pipeline images/s ÷ bare images/s (the target is ≥ 0.85), the best of
+  ``--rounds`` alternated rounds each, one line per ``--workers`` value and ``--decodes`` value. Default
+  model: ViT-S/16 at 224 (DINO ViT-S/16's architecture, random weights: the same compute, no download).
 * ``memory``: peak resident memory (this process + its loader workers) while extracting a pool of
   ``--memory-images`` small generated images with the tiny test ViT into a fresh store — what the
   pipeline itself holds, whatever the pool size (the model's own activations are a constant on top).
