@@ -99,10 +99,10 @@ def resolve_workers(num_workers: Workers, device: torch.device) -> int:
     ``"auto"`` on a CPU gives 0: the forward already runs on every core, so a worker can only take a core
     from it, and each time one does, the forward's other threads wait at the next barrier. Decoding each
     batch in the main process with all threads between forwards (:class:`PreprocessedPool`'s
-    ``decode_threads``) keeps the two apart: on 2 cores bf16 extraction ran at 0.91 of the bare forward
-    this way against 0.80 with 2 workers (``scripts/bench_extract.py``). On an accelerator the host's cores
-    are free for decoding: one worker per usable core but two (the main process and the shard writer), at
-    most 16.
+    ``decode_threads``) keeps the two apart: on 2 cores bf16 extraction ran at 0.87–0.91 of the bare
+    forward this way against 0.80–0.81 with 2 workers (``scripts/bench_extract.py``). On an accelerator
+    the host's cores are free for decoding: one worker per usable core but two (the main process and the
+    shard writer), at most 16.
     """
     if num_workers != "auto":
         return int(num_workers)
@@ -178,7 +178,7 @@ class PreprocessedPool(Dataset):
     def __len__(self) -> int:
         return len(self.pool)
 
-    def __getitems__(self, indices: list[int]) -> list:
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor | EncodedImage, int, str]]:
         threads = min(self.decode_threads, len(indices))
         if threads <= 1 or torch.utils.data.get_worker_info() is not None:
             return [self[i] for i in indices]

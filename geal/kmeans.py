@@ -234,7 +234,7 @@ def _kmeanspp(x: Tensor, mask: Tensor, k: int, metric: str, uniforms: Tensor) ->
     weights = torch.where(maskf.sum(1, keepdim=True) > 0, maskf, torch.ones_like(maskf))
     pick = _draw_rows(weights, uniforms[:, 0])
     picks[:, 0] = pick
-    mind = dist_to(pick).clone()  # (A,P)
+    mind = dist_to(pick)  # (A,P), a new tensor either way
     mind.view(-1)[base + pick] = 0.0
     for j in range(1, k):
         w = mind.square() * maskf
