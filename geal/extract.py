@@ -428,10 +428,11 @@ def extract_to_store(
     report.images = n_todo
     report.seconds = time.perf_counter() - t0
     log.info(
-        "extracted %d images in %.1f s (%.1f img/s; %s)",
+        "extracted %d images in %.1f s (%.1f img/s; %s; decoding: %s)",
         n_todo,
         report.seconds,
         n_todo / max(report.seconds, 1e-9),
         ", ".join(f"{k} {v:.1f}s" for k, v in report.stage_seconds.items()),
+        f"{num_workers} loader workers" if num_workers else f"{threads} threads in the main process",
     )
     return report
