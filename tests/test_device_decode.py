@@ -204,12 +204,26 @@ def test_num_workers_auto_resolves_per_device(monkeypatch) -> None:
             ExtractionSettings(num_workers=bad)  # type: ignore[arg-type]
 
 
-def test_extraction_without_workers_stores_what_a_worker_stores(tmp_path: Path) -> None:
+def test_extraction_without_workers_stores_what_a_worker_stores(tmp_path: Path, monkeypatch) -> None:
+    """num_workers=auto on a CPU: the extraction's DataLoader hands whole batches to the decoding threads
+    (as many as torch's), and the store is byte for byte the one a loader worker writes."""
+    import threading
+
     pool = jpeg_pool(tmp_path / "jpegs")
     worker = store_arrays(pool, tmp_path / "c1", num_workers=1)
-    for n, threads in (("auto", 2), (0, 1)):
+    seen: set[str] = set()
+    preprocessed = PreprocessedPool.preprocessed
+
+    def recording(self, index):
+        seen.add(threading.current_thread().name.split("_")[0])
+        return preprocessed(self, index)
+
+    monkeypatch.setattr(PreprocessedPool, "preprocessed", recording)
+    for n, threads, names in (("auto", 2, {"decode"}), (0, 1, {threading.current_thread().name})):
+        seen.clear()
         with intra_op_threads(threads):
             main = store_arrays(pool, tmp_path / f"c_{n}_{threads}", num_workers=n)
+        assert seen == names
         assert all(np.array_equal(main[k], worker[k]) for k in worker)
 
 
