@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 import torch
@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 OnError = Literal["raise", "skip"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
 CacheMode = Literal["full", "clusters_only"]
-Workers = Union[int, Literal["auto"]]  # noqa: UP007 (a runtime alias)
+Workers = int | Literal["auto"]
 
 
 @dataclass(frozen=True)
