@@ -1,12 +1,13 @@
 """One inference pass over a pool into a :class:`~geal.store.FeatureStore`, streamed shard by shard.
 
-Memory stays bounded by one shard whatever the pool size (the batch outputs are copied into one
-preallocated shard buffer, then written); DataLoader workers decode and resize while the model runs on an
-accelerator, and on a CPU the main process decodes each batch with all its threads between forwards;
-batches never straddle a shard, so each finished shard is written (atomically) at once and an interrupted
-run resumes at the first missing shard. ``shards`` restricts a call to some shards (one rank's share in a
-distributed extraction, see :mod:`geal.distributed`); ``shard_transform`` turns a finished shard into
-what the store keeps (knowledge clusters instead of dense tokens for a clusters-only store).
+Memory stays bounded by one shard whatever the pool size: the batch outputs are copied into one
+preallocated shard buffer on the device, then written (on a GPU the writer thread transforms the shard and
+copies it to the host, so the main loop never waits for a copy). DataLoader workers decode and resize while
+the model runs on an accelerator; on a CPU the main process decodes each batch with all its threads between
+forwards. Batches never straddle a shard, so each finished shard is written (atomically) at once and an
+interrupted run resumes at the first missing shard. ``shards`` restricts a call to some shards (one rank's
+share in a distributed extraction, see :mod:`geal.distributed`); ``shard_transform`` turns a finished
+shard into what the store keeps (knowledge clusters instead of dense tokens for a clusters-only store).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -37,7 +38,7 @@ from geal.device_decode import (
     resolve_decode,
 )
 from geal.pool import ImagePool
-from geal.store import FP16_MAX, FeatureStore, ShardData
+from geal.store import FeatureStore, ShardData, fp16_if_in_range
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,10 @@ class ExtractionReport:
     seconds: float = 0.0
     shards_written: list[int] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
-    #: where the main loop's time went: waiting for the loader, decoding on the device (launch time on a
-    #: GPU), forward + copy out (synchronised by the copy), the shard transform (on a CPU; in the writer
-    #: on a GPU), waiting for the shard writer
+    #: where the main loop's time went: waiting for the loader, decoding on the device, forward + copy into
+    #: the shard buffer, the shard transform (on a CPU; in the writer on a GPU), waiting for the shard
+    #: writer. On a GPU the loop only queues work (decode, forward and copy are launch times): the GPU's
+    #: own time shows up in ``writer_wait``, as the writer waits for each shard's last forward
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -256,31 +258,67 @@ def _shard_batches(store: FeatureStore, shards: list[int], batch_size: int) -> l
 
 
 class _ShardBuffer:
-    """One shard's outputs, filled batch by batch into preallocated arrays (no concatenation copies)."""
+    """One shard's outputs as the forward gives them, on its device: each batch (B, ...) is copied into
+    preallocated rows (no concatenation; on a GPU no copy to the host and no wait in the main loop)."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.arrays: dict[str, np.ndarray] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
         self.valid = np.zeros(n, dtype=bool)
-        self.filled = 0
 
-    def add(self, name: str, rows: slice, values: torch.Tensor, fp16: bool = False) -> None:
-        """Copy a batch (B, ...) into rows ``rows``. ``fp16``: converted to float16 on its device when every
-        value is finite and in fp16's range (what the store keeps, :func:`geal.store.fp16_if_in_range`:
-        the same rounding, half the copy); otherwise the shard's array becomes float32."""
-        dtype = np.float32
-        if fp16:
-            v = values.float()
-            fits = bool((torch.isfinite(v).all() & (v.abs().amax() < FP16_MAX)).item()) if v.numel() else True
-            dtype = np.float16 if fits else np.float32
-            values = v.half() if fits else v
+    def add(self, name: str, rows: slice, values: torch.Tensor) -> None:
+        """Copy a batch (B, ...) into rows ``rows`` (asynchronously on a GPU)."""
+        if name not in self.tensors:
+            shape = (self.n, *values.shape[1:])
+            self.tensors[name] = torch.empty(shape, dtype=values.dtype, device=values.device)
+        self.tensors[name][rows] = values
+
+    def shard(self, skipped: list[dict[str, str]]) -> ShardData:
+        """The whole shard in the store's dtypes, still on the device: tokens fp16 unless a value of the
+        shard is out of fp16's range (then fp32, unrounded; :func:`geal.store.fp16_if_in_range`), attention
+        and global features fp32."""
+        t = self.tensors
+        tokens = fp16_if_in_range(t["tokens"])
+        return ShardData(tokens, t["attention"].float(), t["global"].float(), self.valid, skipped)
+
+
+def _host_arrays(data: ShardData) -> ShardData:
+    """``data`` with every tensor as a numpy array. From a CUDA device each tensor is copied into pinned
+    host memory (torch's caching host allocator hands the same blocks back shard after shard, so the pages
+    are mapped once, and the copy runs at full bus speed), then one wait for the copies; CPU tensors are
+    shared, not copied."""
+    tensors = {
+        f.name: value for f in fields(data) if isinstance(value := getattr(data, f.name), torch.Tensor)
+    }
+    host: dict[str, torch.Tensor] = {}
+    streams = set()
+    for name, t in tensors.items():
+        if t.device.type == "cuda":
+            host[name] = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host[name].copy_(t, non_blocking=True)
+            streams.add(torch.cuda.current_stream(t.device))
         else:
-            values = values.float()
-        if name not in self.arrays:
-            self.arrays[name] = np.empty((self.n, *values.shape[1:]), dtype=dtype)
-        elif self.arrays[name].dtype != dtype and dtype == np.float32:
-            self.arrays[name] = self.arrays[name].astype(np.float32)  # exact: fp16 values are fp32 values
-        self.arrays[name][rows] = values.cpu().numpy()
+            host[name] = t.cpu()
+    for stream in streams:
+        stream.synchronize()
+    return replace(data, **{name: t.numpy() for name, t in host.items()})
+
+
+@contextlib.contextmanager
+def _side_stream(ready: torch.cuda.Event | None, device: torch.device) -> Iterator[None]:
+    """On a GPU (``ready`` recorded on the main stream after a shard's last write): run the block on a
+    stream of its own that first waits for ``ready``, so the writer thread's k-means and copies to the host
+    overlap the next shard's forwards instead of queueing behind them; it ends synchronised with the host,
+    so the shard's tensors (allocated on the main stream) can be freed once the block's references go.
+    Without ``ready``: the block as it is."""
+    if ready is None:
+        yield
+        return
+    stream = torch.cuda.Stream(device=device)
+    stream.wait_event(ready)
+    with torch.cuda.stream(stream):
+        yield
+    stream.synchronize()
 
 
 def _transform_in_writer(device: torch.device) -> bool:
@@ -352,9 +390,22 @@ def extract_to_store(
 
     transform_in_writer = _transform_in_writer(device)
 
-    def finish_shard(shard: int, start: int, data: ShardData) -> None:
-        if shard_transform is not None and transform_in_writer:
-            data = shard_transform(start, data)
+    def prepare(start: int, buffer: _ShardBuffer, skipped: list[dict[str, str]]) -> ShardData:
+        """A finished shard in the store's dtypes, transformed (on its device)."""
+        data = buffer.shard(skipped)
+        return shard_transform(start, data) if shard_transform is not None else data
+
+    def finish_shard(
+        shard: int,
+        start: int,
+        shard_in: ShardData | _ShardBuffer,
+        skipped: list[dict[str, str]],
+        ready: torch.cuda.Event | None,
+    ) -> None:
+        """In the writer thread: prepare the shard if the main loop did not, bring it to the host, write."""
+        with _side_stream(ready, device):
+            data = prepare(start, shard_in, skipped) if isinstance(shard_in, _ShardBuffer) else shard_in
+            data = _host_arrays(data)
         store.write_shard(shard, data)
 
     # One writer thread: shard i is (transformed and) written (np.save releases the GIL) while shard i+1 is
@@ -385,10 +436,10 @@ def extract_to_store(
             with torch.inference_mode(), autocast_context(device, settings.amp):
                 pixels = normalize(images.to(device, non_blocking=True))
                 out = backbone.extract(pixels, feature_layer, attention_layer)
-            rows = slice(indices[0] - start, indices[-1] - start + 1)
-            buffer.add("tokens", rows, out.tokens, fp16=True)
-            buffer.add("attention", rows, out.attention)
-            buffer.add("global", rows, out.global_feature)
+                rows = slice(indices[0] - start, indices[-1] - start + 1)
+                buffer.add("tokens", rows, out.tokens)
+                buffer.add("attention", rows, out.attention)
+                buffer.add("global", rows, out.global_feature)
             buffer.valid[rows] = [not e for e in errors]
             lap("forward_copy")
             for i, e in zip(indices, errors, strict=True):
@@ -399,20 +450,18 @@ def extract_to_store(
                     )
             bar.update(len(indices))
             if indices[-1] == stop - 1:
-                data = ShardData(
-                    buffer.arrays["tokens"],
-                    buffer.arrays["attention"],
-                    buffer.arrays["global"],
-                    buffer.valid,
-                    skipped,
-                )
-                if shard_transform is not None and not transform_in_writer:
-                    data = shard_transform(start, data)
+                shard_in: ShardData | _ShardBuffer = buffer
+                ready = None
+                if not transform_in_writer:
+                    shard_in = prepare(start, buffer, skipped)
                     lap("shard_transform")
+                elif device.type == "cuda":
+                    ready = torch.cuda.Event()
+                    ready.record(torch.cuda.current_stream(device))
                 if writing is not None:
                     writing.result()  # re-raises a failed write here
                 lap("writer_wait")
-                writing = writer.submit(finish_shard, shard, start, data)
+                writing = writer.submit(finish_shard, shard, start, shard_in, skipped, ready)
                 report.shards_written.append(shard)
                 report.skipped.extend(skipped)
                 skipped = []

@@ -44,10 +44,10 @@ from geal.pool import ImagePool
 from geal.store import (
     STORE_VERSION,
     FeatureStore,
+    ShardArray,
     ShardData,
     atomic_write_bytes,
     file_lock,
-    fp16_if_in_range,
     stable_hash,
 )
 
@@ -266,9 +266,9 @@ class FeatureProvider:
             assert data.tokens is not None and data.attention is not None
             if settings is None:
                 return ShardData(None, None, data.global_feature, data.valid, data.skipped)
-            tokens = fp16_if_in_range(data.tokens)  # what a dense store would keep: the same clusters
+            # the extraction hands the shard in the store's dtypes: the clusters a dense store would give
             cents, ok = shard_knowledge_clusters(
-                tokens, data.attention, data.valid, start, settings, self.device
+                data.tokens, data.attention, data.valid, start, settings, self.device
             )
             return ShardData(None, None, data.global_feature, data.valid, data.skipped, cents, ok)
 
@@ -326,9 +326,8 @@ class _ShardClusters:
 
     def __call__(self, start: int, data: ShardData) -> ShardData:
         assert data.tokens is not None and data.attention is not None
-        tokens = fp16_if_in_range(data.tokens)  # what the store keeps
-        cents, ok = shard_knowledge_clusters(
-            tokens, data.attention, data.valid, start, self.settings, self.device
+        cents, ok = shard_knowledge_clusters(  # the shard comes in the store's dtypes
+            data.tokens, data.attention, data.valid, start, self.settings, self.device
         )
         self.parts.append((start, cents[ok], _owners(start, ok)))
         return data
@@ -423,8 +422,8 @@ def _chunk_generator(settings: ClusterSettings, first_id: int, device: torch.dev
 
 
 def shard_knowledge_clusters(
-    tokens: np.ndarray,
-    attention: np.ndarray,
+    tokens: ShardArray,
+    attention: ShardArray,
     valid: np.ndarray,
     start: int,
     settings: ClusterSettings,
@@ -432,7 +431,9 @@ def shard_knowledge_clusters(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Knowledge clusters of one shard: tokens (n,N,D), attention (n,H,N), valid (n,) of images
     ``start..start+n`` → centroids (n,K,D) float32, cluster_valid (n,K) bool (all False for invalid
-    images), ``settings.batch_images`` images at a time, each chunk with its own seeded generator."""
+    images), ``settings.batch_images`` images at a time, each chunk with its own seeded generator. Tokens
+    and attention as stored (numpy), or as tensors in the store's dtypes (on the device, during extraction):
+    the same float32 values on the device either way."""
     n = tokens.shape[0]
     cents = np.zeros((n, settings.k, tokens.shape[-1]), dtype=np.float32)
     ok = np.zeros((n, settings.k), dtype=bool)
@@ -442,8 +443,8 @@ def shard_knowledge_clusters(
         if rows.size == 0:
             continue
         # moved as stored (fp16 tokens: half the bytes) and widened on the device: the same float32 values
-        tok = torch.from_numpy(np.ascontiguousarray(tokens[lo:hi][rows])).to(device).float()
-        att = torch.from_numpy(np.ascontiguousarray(attention[lo:hi][rows])).to(device).float()
+        tok = _chunk_rows(tokens, lo, hi, rows, device)
+        att = _chunk_rows(attention, lo, hi, rows, device)
         c, v = knowledge_clusters(
             tok,
             att,
@@ -460,6 +461,13 @@ def shard_knowledge_clusters(
         cents[lo + rows] = c.float().cpu().numpy()
         ok[lo + rows] = v.cpu().numpy()
     return cents, ok
+
+
+def _chunk_rows(arr: ShardArray, lo: int, hi: int, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Rows ``lo + rows`` of a shard's array (``rows`` within ``lo:hi``) on ``device`` as float32."""
+    if isinstance(arr, torch.Tensor):
+        return arr[lo:hi][torch.from_numpy(rows).to(arr.device)].to(device).float()
+    return torch.from_numpy(np.ascontiguousarray(arr[lo:hi][rows])).to(device).float()
 
 
 def compute_knowledge_clusters(

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from filelock import FileLock, Timeout
 
 log = logging.getLogger(__name__)
@@ -102,23 +104,39 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+#: a shard's array: numpy in the store; a torch tensor on the extraction device while the shard is in the
+#: extraction loop (see :mod:`geal.extract`)
+ShardArray = np.ndarray | torch.Tensor
+
+
 @dataclass(frozen=True)
 class ShardData:
-    """Arrays of one shard (numpy): tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,); or, in a
-    clusters-only store, clusters (n,K,D) and cluster_valid (n,K) instead of tokens and attention."""
+    """Arrays of one shard: tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,); or, in a
+    clusters-only store, clusters (n,K,D) and cluster_valid (n,K) instead of tokens and attention. What
+    :meth:`FeatureStore.write_shard` takes is numpy; between the forward and the writer (the shard
+    transforms) tokens, attention and global may still be tensors on the extraction device."""
 
-    tokens: np.ndarray | None
-    attention: np.ndarray | None
-    global_feature: np.ndarray
+    tokens: ShardArray | None
+    attention: ShardArray | None
+    global_feature: ShardArray
     valid: np.ndarray
     skipped: list[dict[str, str]]
     clusters: np.ndarray | None = None
     cluster_valid: np.ndarray | None = None
 
 
-def fp16_if_in_range(arr: np.ndarray) -> np.ndarray:
+def fp16_if_in_range(arr: ShardArray) -> ShardArray:
     """How tokens and clusters are stored: fp16 unless a value is non-finite or beyond fp16's range (then
-    fp32)."""
+    fp32). A tensor stays on its device: one min/max pass, no temporary, one wait for the result; a bf16
+    or fp32 tensor in range is rounded to fp16 as numpy would round its float32 values."""
+    if isinstance(arr, torch.Tensor):
+        if arr.numel() == 0:
+            return arr.half()
+        lo, hi = (float(v) for v in torch.aminmax(arr))  # NaN and ±inf propagate into lo/hi
+        finite = math.isfinite(lo) and math.isfinite(hi)
+        if arr.dtype == torch.float16:
+            return arr if finite else arr.float()
+        return arr.half() if finite and max(-lo, hi) < FP16_MAX else arr.float()
     if arr.dtype == np.float16:  # already fp16 (the extractor converts on the device): finite is enough
         exponent = arr.view(np.uint16) & 0x7C00  # integer test: numpy's fp16 ufuncs are slow
         return arr if not bool((exponent == 0x7C00).any()) else arr.astype(np.float32)

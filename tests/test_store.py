@@ -20,10 +20,10 @@ from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)
 
 
-def provider(pool, factory, cache_dir: Path, **kw) -> FeatureProvider:
+def provider(pool, factory, cache_dir: Path, device: str = "cpu", **kw) -> FeatureProvider:
     settings = ExtractionSettings(**{**SETTINGS.__dict__, **kw})
     return FeatureProvider(
-        pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny"
+        pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device(device), "tiny"
     )
 
 
@@ -231,17 +231,51 @@ def test_fp16_tokens_are_kept_as_they_are_unless_not_finite() -> None:
     assert fp16_if_in_range(np.array([1.0, -3.25], dtype=np.float32)).dtype == np.float16
 
 
-def test_shard_buffer_widens_when_a_batch_leaves_fp16_range() -> None:
+def test_fp16_if_in_range_on_tensors_rounds_like_numpy_and_widens_the_whole_array() -> None:
+    from geal.store import fp16_if_in_range
+
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(64, 5, generator=g) * 300.0
+    for t in (wide, wide.bfloat16()):
+        out = fp16_if_in_range(t)
+        assert isinstance(out, torch.Tensor) and out.dtype == torch.float16
+        np.testing.assert_array_equal(out.numpy(), fp16_if_in_range(t.float().numpy()))  # numpy's rounding
+    half = wide.half()
+    assert fp16_if_in_range(half) is half
+    for bad in (float("nan"), float("inf"), -1e6, 65504.0):
+        t = wide.clone()
+        t[7, 2] = bad
+        out = fp16_if_in_range(t)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, t, rtol=0, atol=0, equal_nan=True)  # not rounded
+    h = half.clone()
+    h[3, 1] = float("-inf")
+    assert fp16_if_in_range(h).dtype == torch.float32
+    assert fp16_if_in_range(torch.empty(0, 3)).dtype == torch.float16
+
+
+def test_shard_buffer_keeps_a_shard_in_fp16_unless_one_batch_leaves_its_range() -> None:
     from geal.extract import _ShardBuffer
 
-    buf = _ShardBuffer(4)
-    buf.add("tokens", slice(0, 2), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), fp16=True)
-    assert buf.arrays["tokens"].dtype == np.float16
-    buf.add("tokens", slice(2, 4), torch.tensor([[1e6, 0.5], [1.0 / 3.0, 0.0]]), fp16=True)
-    arr = buf.arrays["tokens"]
-    assert arr.dtype == np.float32
-    np.testing.assert_array_equal(arr[:2], [[1.0, 2.0], [3.0, 4.0]])
-    assert arr[2, 0] == 1e6 and arr[3, 0] == np.float32(1.0 / 3.0)  # the wide batch is not rounded
+    third = 1.0 / 3.0
+
+    def filled(second: list[list[float]]) -> _ShardBuffer:
+        buf = _ShardBuffer(4)
+        for rows, tokens in ((slice(0, 2), [[1.0, third], [3.0, 4.0]]), (slice(2, 4), second)):
+            buf.add("tokens", rows, torch.tensor(tokens))
+            buf.add("attention", rows, torch.ones(2, 1, 2, dtype=torch.bfloat16))
+            buf.add("global", rows, torch.tensor(tokens)[:, :1])
+        buf.valid[:] = True
+        return buf
+
+    data = filled([[0.5, 2.0], [third, 0.0]]).shard([])
+    assert data.tokens.dtype == torch.float16 and data.attention.dtype == torch.float32
+    assert data.tokens[0, 1] == torch.tensor(third).half() and data.global_feature[3, 0] == torch.tensor(
+        third
+    )
+    data = filled([[1e6, 0.5], [third, 0.0]]).shard([])
+    assert data.tokens.dtype == torch.float32  # the whole shard widened, the fitting batch not rounded either
+    assert data.tokens[0, 1] == torch.tensor(third) and data.tokens[2, 0] == 1e6
 
 
 @pytest.mark.parametrize("in_writer", [False, True])
@@ -295,6 +329,38 @@ def test_full_extraction_writes_the_cluster_cache_compute_would(tmp_path, monkey
         np.testing.assert_array_equal(got["owners"], want.owners)
         assert got["features"].dtype == np.float32 and got["owners"].dtype == np.int64
         assert str(got["settings"]) == stable_hash(settings.identity(), 64)
+
+
+@pytest.mark.gpu
+def test_cuda_extraction_stores_what_the_cpu_stores_and_clusters_each_shard_on_the_device(tmp_path) -> None:
+    """On a GPU the shards stay on the device until the writer thread: it clusters them there (its own
+    stream) and copies them to pinned host memory. The clusters equal those computed from the finished
+    store on the same device, bit for bit; a clusters-only store keeps the same; tokens match the CPU's."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
+    pool = SquaresPool(20, broken=[3, 17])
+    kw = {"on_error": "skip", "num_workers": 1}
+    gpu = provider(pool, CountingFactory(), tmp_path / "gpu", "cuda", **kw)
+    store = gpu.store(clusters=settings)
+    in_extraction = gpu.knowledge_clusters(store, settings)
+    assert gpu.timings.clusters_in_extraction is True
+    want = compute_knowledge_clusters(store, settings, torch.device("cuda"), progress=False)
+    np.testing.assert_array_equal(in_extraction.owners, want.owners)
+    np.testing.assert_array_equal(in_extraction.features, want.features)
+    only = provider(pool, CountingFactory(), tmp_path / "only", "cuda", cache_mode="clusters_only", **kw)
+    got = only.knowledge_clusters(only.store(clusters=settings), settings)
+    np.testing.assert_array_equal(got.owners, want.owners)
+    np.testing.assert_array_equal(got.features, want.features)
+    cpu_store = provider(pool, CountingFactory(), tmp_path / "cpu", **kw).store()
+    np.testing.assert_array_equal(store.valid(), cpu_store.valid())
+    np.testing.assert_allclose(store.global_features(), cpu_store.global_features(), atol=1e-2)
+    for (_, _, g), (_, _, c) in zip(store.iter_shards(), cpu_store.iter_shards(), strict=True):
+        assert g["tokens"].dtype == c["tokens"].dtype == np.float16
+        np.testing.assert_allclose(
+            np.asarray(g["tokens"], np.float32), np.asarray(c["tokens"], np.float32), atol=2e-2
+        )
+        np.testing.assert_allclose(g["attention"], c["attention"], atol=1e-3)
 
 
 def test_clusters_computed_in_extraction_are_not_read_back(squares, tmp_path, monkeypatch) -> None:
