@@ -40,7 +40,9 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     the same matrix products and picks, without torch's per-call overhead on thousands of small arrays.
   - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
     centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
-    the bounds rule out little, a contiguous full scan is cheaper and is used instead.
+    the bounds rule out little, a contiguous full scan is cheaper and is used instead, and then for the next
+    1, 2, 4, … (at most 64) picks without testing the bounds (their anchor products and block maxima cost
+    a fifth of a full scan on data where they never rule out enough; a rule on work counts again).
 
   Skips keep a margin for the worst-case float32/64 rounding of the dot products. Points of selected or
   ineligible groups are never updated (their distance is never read). On unstructured high-dimensional
@@ -80,6 +82,7 @@ _CENTER_BLOCK = 256  # centres per update when seeding from a large initial set
 _AUTO_BOUNDS_MIN_POINTS = 16384  # "auto": below this a full scan per step is cheaper than the blocks
 _PARTITION_SEED = 0  # the blocks never change a result, only how fast it is found
 _EAGER_DENSE_FRACTION = 0.3  # D²: a full scan when the bounds keep more than this fraction of the points
+_DENSE_MAX_BACKOFF = 64  # ... and after it the next 1, 2, 4, ... (at most this) picks skip the bounds
 _PARALLEL_PAIRS = 2**21  # lazy path: matrix products this large use every torch thread, the rest one
 _EAGER_WHEN = 0.5  # k-center: full scans for a while when an argmax costs this fraction of one
 _EAGER_FIRST_BACKOFF = 4  # ... for this many picks first, doubling while it keeps happening
@@ -273,7 +276,8 @@ class _State:
         self.threads = torch.get_num_threads()  # the caller's setting (the lazy loop runs on one)
         self.n_centers = 0
         self.last_added = 0
-        self.stats = {"updated": 0, "steps": 0, "pairs_tested": 0, "refreshes": 0}
+        # D²'s bounded path: bound tests that ruled out enough, and full scans (the test's or backed off)
+        self.stats = {"updated": 0, "steps": 0, "pairs_tested": 0, "refreshes": 0, "bounded": 0, "dense": 0}
         self.lazy = False
         self._cap = 0
         use_bounds = pruning == "bounds" or (
@@ -296,6 +300,9 @@ class _State:
             self.eps_dist = 4.0 * gamma * (1.0 if distance == "cosine" else 4.0 * norm_max**2)
             self.rel = 8.0 * u
             self.lazy = lazy
+            # D²: full scans still to run without testing the bounds, the next back-off, and whether the block
+            # maxima are stale since (upper bounds then: distances only fall, blocked points only grow)
+            self.dense_left, self.dense_backoff, self.block_max_stale = 0, 1, False
             # eager steps still to run (full scans: every point stays up to date) and the next back-off
             self.eager_left, self.eager_backoff = 0, _EAGER_FIRST_BACKOFF
             # k-center: centres stored contiguously in pick order; point i has seen the first last_seen[i]
@@ -629,6 +636,14 @@ class _State:
     def _bounded_update(self, center_idx: Tensor) -> None:
         blocks = self.blocks
         assert blocks is not None
+        if self.dense_left > 0:  # backing off: the bounds ruled out too little at the last test
+            self.dense_left -= 1
+            self.stats["dense"] += 1
+            self._full_update(center_idx)
+            return
+        if self.block_max_stale:
+            self._recompute_max(torch.arange(blocks.n, device=center_idx.device))
+            self.block_max_stale = False
         centers = self.x.index_select(0, center_idx)
         c_sq = (centers * centers).sum(1)
         # lower bound of ‖anchor_b − c‖ over the new centres, rounded down for the dot products' error
@@ -639,12 +654,17 @@ class _State:
         active[own] = True
         act = active.nonzero().squeeze(1)
         if act.numel() == 0:
+            self.dense_backoff = 1  # the bounds ruled out everything
+            self.stats["bounded"] += 1
             return
         if int((blocks.start[act + 1] - blocks.start[act]).sum()) > _EAGER_DENSE_FRACTION * self.x.shape[0]:
-            # the bounds rule out little (early on): a contiguous full scan beats gathering most points
+            # the bounds rule out little: a contiguous full scan beats gathering most points, and the next
+            # picks skip the test (the block maxima are brought up to date when it runs again)
+            self.stats["dense"] += 1
             self._full_update(center_idx)
-            act = torch.arange(blocks.n, device=act.device)
-            self._recompute_max(act)
+            self.block_max_stale = True
+            self.dense_left = self.dense_backoff
+            self.dense_backoff = min(2 * self.dense_backoff, _DENSE_MAX_BACKOFF)
             return
         pts = blocks.points_of(act)
         lower = anchor_d[blocks.block_of[pts]] - blocks.r[pts]
@@ -657,6 +677,8 @@ class _State:
                 d = self._distances(sub, centers, c_sq_)
                 self.mind[sub] = torch.minimum(self.mind[sub], d)
             self.stats["updated"] += int(upd.numel()) * int(center_idx.numel())
+        self.dense_backoff = 1  # the bounds paid off
+        self.stats["bounded"] += 1
         # the maxima of the blocks that were looked at (their points moved or got blocked)
         vals = torch.where(self.blocked[pts], -math.inf, self.mind[pts].to(torch.float64))
         self.block_max[act] = -math.inf
@@ -675,6 +697,9 @@ class _State:
             return self._farthest_lazy()
         if self.blocks is None:
             return int(self.mind.masked_fill(self.blocked, -math.inf).argmax())
+        if self.block_max_stale:
+            self._recompute_max(torch.arange(self.blocks.n, device=self.block_max.device))
+            self.block_max_stale = False
         best = self.block_max.max()
         pts = self.blocks.points_of((self.block_max == best).nonzero().squeeze(1))
         hit = pts[(self.mind[pts].to(torch.float64) == best) & ~self.blocked[pts]]

@@ -390,6 +390,32 @@ def test_d2_bounds_draw_exactly_what_the_full_scan_draws(distance):
         np.testing.assert_allclose(pruned.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+def test_d2_backs_off_from_the_bounds_and_returns_to_them_with_the_same_draws(distance):
+    """Early on the bounds rule out too little: full scans, then 1, 2, 4, ... picks without the test (the
+    block maxima go stale), then the test again with maxima brought up to date. Every regime and switch
+    between them occurs here, and the draws stay the full scan's."""
+    from geal.kcenter import _draw, _State
+
+    x, g = clustered_set(3, 200, per_group=5, dim=3, n_modes=40)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    full, pruned = both(d2_sampling, pts, grp, 150, 1, distance=distance)
+    assert pruned.order == full.order
+    np.testing.assert_allclose(pruned.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
+    st = _State(pts, grp, distance, None, 65536, "bounds", 8)
+    reference = _State(pts, grp, distance, None, 65536, "none", 8)
+    generator = gen(1)
+    regimes = ""
+    for step in range(150):
+        g_next = 0 if step == 0 else int(st.groups_host[_draw(st.d2_weights(), generator)])
+        before = st.stats["bounded"]
+        st.add_group(g_next)
+        reference.add_group(g_next)
+        regimes += "b" if st.stats["bounded"] > before else "d"
+        torch.testing.assert_close(st.mind[~st.blocked], reference.mind[~st.blocked], rtol=0, atol=0)
+    assert "db" in regimes and "bd" in regimes and regimes.count("b") > 100
+
+
 def test_pruning_argument_is_checked():
     pts, grp = torch.randn(5, 3), torch.arange(5)
     with pytest.raises(ValueError, match="pruning"):
