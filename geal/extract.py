@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +27,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 from geal.backbones.base import Backbone, Preprocessing
+from geal.cores import usable_cores
 from geal.device_decode import (
     DECODES,
     Decode,
@@ -102,15 +102,14 @@ def resolve_workers(num_workers: Workers, device: torch.device) -> int:
     batch in the main process with all threads between forwards (:class:`PreprocessedPool`'s
     ``decode_threads``) keeps the two apart: on 2 cores bf16 extraction ran at 0.87–0.91 of the bare
     forward this way against 0.80–0.81 with 2 workers (``scripts/bench_extract.py``). On an accelerator
-    the host's cores are free for decoding: one worker per usable core but two (the main process and the
-    shard writer), at most 16.
+    the host's cores are free for decoding: one worker per usable core (affinity mask and cgroup CPU quota,
+    :func:`geal.cores.usable_cores`) but two (the main process and the shard writer), at most 16.
     """
     if num_workers != "auto":
         return int(num_workers)
     if device.type == "cpu":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(16, cores - 2))
+    return max(1, min(16, usable_cores() - 2))
 
 
 @dataclass

@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from geal.cores import usable_cores
+
 REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES = [(500, 375), (375, 500), (500, 333), (500, 334), (333, 500), (480, 360)]
 PAPER_S, PAPER_LATER_S, TARGET_S, VOC_POOL = 648.0, 285.0, 30.0, 16551
@@ -261,7 +263,8 @@ def main() -> None:
                     verdict += f", but the target is for {VOC_POOL} images"
                 print(
                     f"end-to-end voc_sized {args.images} img, K=25, budget {args.budget}, {args.device} "
-                    f"({r['device']}; {os.cpu_count()} cpus, batch {args.batch_size}, "
+                    f"({r['device']}; {os.cpu_count()} cpus ({usable_cores()} usable), "
+                    f"batch {args.batch_size}, "
                     f"num_workers={args.workers}{extra}), cache_mode={mode}: {wall:.1f} s "
                     "files->selection.json "
                     f"(paper {PAPER_S:.0f} s: {PAPER_S / wall:.1f}x, later {PAPER_LATER_S:.0f} s: "

@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 
 from geal.backbones.vit import TimmViT
+from geal.cores import usable_cores
 from geal.device_decode import DECODES, resolve_decode
 from geal.extract import (
     ExtractionSettings,
@@ -397,7 +398,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(
         f"# bench_extract: torch {torch.__version__}, device {device}, torch threads "
-        f"{torch.get_num_threads()}, cpu cores {os.cpu_count()}, load average "
+        f"{torch.get_num_threads()}, cpu cores {os.cpu_count()} (usable {usable_cores()}), load average "
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}",
         flush=True,
     )

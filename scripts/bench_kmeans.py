@@ -20,6 +20,7 @@ import time
 import torch
 
 import geal.kmeans
+from geal.cores import usable_cores
 from geal.kmeans import batched_kmeans, init_centroids, per_image_kmeans
 
 
@@ -94,7 +95,8 @@ def main() -> None:
     print(
         f"# bench_kmeans: torch {torch.__version__}, device {device}, "
         f"torch threads {torch.get_num_threads()}, "
-        f"cpu cores {os.cpu_count()}, load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        f"cpu cores {os.cpu_count()} (usable {usable_cores()}), "
+        f"load average {', '.join(f'{v:.1f}' for v in os.getloadavg())}",
         flush=True,
     )
     bench("MNIST-like", args.images, 30, 25, 384, args.seed, device)

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from geal.cores import usable_cores
 from geal.features import ClusterSettings, compute_knowledge_clusters
 from geal.kcenter import d2_sampling, kcenter_greedy
 from geal.store import FeatureStore
@@ -223,7 +224,7 @@ def main() -> None:
     device = torch.device(args.device)
     print(
         f"# bench_selection: torch {torch.__version__}, device {device}, torch threads "
-        f"{torch.get_num_threads()}, cpu cores {os.cpu_count()}, load average "
+        f"{torch.get_num_threads()}, cpu cores {os.cpu_count()} (usable {usable_cores()}), load average "
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}, seed {args.seed}",
         flush=True,
     )

@@ -27,11 +27,12 @@ step() {
     echo "## $name rc=$rc in $((SECONDS - t0)) s"
 }
 
-step env 20 "$py" -c "import torch, torchvision, timm, sys; print(sys.version.split()[0], 'torch', torch.__version__, \
-'torchvision', torchvision.__version__, 'timm', timm.__version__, torch.cuda.get_device_name(0), \
-'bf16', torch.cuda.is_bf16_supported())"
+step env 20 "$py" -c "import os, torch, torchvision, timm, sys; from geal.cores import cgroup_cpu_quota, \
+usable_cores; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, \
+'timm', timm.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported(), 'cpus', \
+os.cpu_count(), 'usable', usable_cores(), 'cgroup quota', cgroup_cpu_quota())"
 step pytest_gpu 70 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
-    tests/test_kcenter.py tests/test_kmeans.py
+    tests/test_kcenter.py tests/test_kmeans.py tests/test_store.py
 step selection 100 "$py" scripts/bench_selection.py --device cuda --sizes 2000 --distances cosine --voc
 e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")

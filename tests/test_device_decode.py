@@ -196,9 +196,14 @@ def test_main_process_decodes_a_batch_with_threads_in_order(tmp_path: Path, monk
 def test_num_workers_auto_resolves_per_device(monkeypatch) -> None:
     assert resolve_workers("auto", CPU) == 0  # the main process decodes between forwards
     assert resolve_workers(3, CPU) == 3 and resolve_workers(0, torch.device("cuda")) == 0
+    monkeypatch.setattr("geal.cores.cgroup_cpu_quota", lambda root=None: None)  # whatever this machine has
     for cores, workers in ((16, 14), (64, 16), (2, 1), (1, 1)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
         assert resolve_workers("auto", torch.device("cuda")) == workers
+    # a container limited to 4.5 CPUs' time on a 64-core host: 5 usable cores, 3 workers
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    monkeypatch.setattr("geal.cores.cgroup_cpu_quota", lambda root=None: 4.5)
+    assert resolve_workers("auto", torch.device("cuda")) == 3
     for bad in ("two", -1, True, 1.5):
         with pytest.raises(ValueError, match="num_workers"):
             ExtractionSettings(num_workers=bad)  # type: ignore[arg-type]
