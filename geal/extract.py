@@ -315,9 +315,11 @@ def _side_stream(ready: torch.cuda.Event | None, device: torch.device) -> Iterat
         return
     stream = torch.cuda.Stream(device=device)
     stream.wait_event(ready)
-    with torch.cuda.stream(stream):
-        yield
-    stream.synchronize()
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:  # also when the block fails: nothing of the shard may be freed while the stream still reads it
+        stream.synchronize()
 
 
 def _transform_in_writer(device: torch.device) -> bool:
