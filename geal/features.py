@@ -228,7 +228,7 @@ class FeatureProvider:
         with file_lock(path.with_suffix(".lock"), f"writing knowledge clusters {path.name}"):
             _write_clusters(path, collect.settings, result)
         self._clustered_in_extraction[(store.directory, stable_hash(collect.settings.identity()))] = result
-        log.info("knowledge clusters: computed during extraction (%s)", path)
+        log.info("knowledge clusters: computed during extraction, cached in %s", path)
 
     def extract(
         self,
@@ -302,7 +302,7 @@ class FeatureProvider:
                     return clusters
         self._clusters_timings(t0, hit=not in_extraction, in_extraction=in_extraction)
         if in_extraction:
-            log.info("knowledge clusters: computed during extraction (%s)", path)
+            log.info("knowledge clusters: taken over from the extraction (%s)", path)
         else:
             log.info("knowledge clusters: cache hit (%s)", path)
         return cached
