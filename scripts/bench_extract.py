@@ -14,10 +14,12 @@
   batches when the workers decode JPEGs with libjpeg-turbo, hand over resized uint8 images and the batch is
   normalised on the device (what extraction does) vs workers that decode with PIL, normalise and hand over
   float32 (what it did before), same images, workers and batch, alternated, best of ``--loader-rounds``
-  each; and one worker's cost per image (decode, resize, and normalise for the reference) in this
-  process. On a GPU host the workers are the limit (``throughput`` line) and the normalisation runs on the
-  GPU, so the worker's cost per image is what matters there; on a CPU the normalisation only moves from
-  the workers to the main process.
+  each; one worker's cost per image (decode, resize, and normalise for the reference) in this process;
+  and the handover alone (workers that only copy one made-up image, uint8 vs float32): the most the main
+  process receives, pins and copies, whatever the decoding. On a GPU host the loader is the limit
+  (``throughput`` line) and the normalisation runs on the GPU, so the worker's cost per image and the
+  handover are what matter there; on a CPU the normalisation only moves from the workers to the main
+  process.
 * ``disk``: bytes per image of a full store and of a clusters-only store (τ=0.5, K=25) for the same
   images and model, extrapolated to 1,000,000 images.
 
@@ -45,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from geal.backbones.base import Preprocessing
 from geal.backbones.vit import TimmViT
 from geal.cores import usable_cores
 from geal.device_decode import DECODES, resolve_decode
@@ -238,6 +241,23 @@ class _FloatHandover(PreprocessedPool):
         return build_transform(self.pre)(self.pool.load(index)), ""
 
 
+class _Premade(PreprocessedPool):
+    """No decoding: every image is a fresh copy of one made-up (3, R, R) image in ``dtype``, so the loader
+    line shows what the workers' handover (collation into shared memory) and the main process (receiving,
+    pinning, copying to the device) can deliver at most."""
+
+    def __init__(self, pool: ImagePool, pre: Preprocessing, dtype: torch.dtype) -> None:
+        super().__init__(pool, pre, "raise")
+        g = torch.Generator().manual_seed(0)
+        self.image = torch.randint(
+            0, 256, (3, pre.resolution, pre.resolution), generator=g, dtype=torch.uint8
+        )
+        self.dtype = dtype
+
+    def preprocessed(self, index: int) -> tuple[torch.Tensor, str]:
+        return self.image.to(self.dtype, copy=True), ""
+
+
 def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = JpegFolderPool(work / "jpegs_loader", args.loader_images)
     pre = vit_s16().preprocessing
@@ -302,8 +322,22 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
             "alternated rounds each)",
             flush=True,
         )
-    # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
+    # the handover alone (no decoding), at the most workers: the ceiling the main process sets
     w = args.loader_workers[-1]
+    ceiling = {dtype: 0.0 for dtype in (torch.uint8, torch.float32)}
+    for _ in range(args.loader_rounds):
+        for dtype in ceiling:
+            ceiling[dtype] = max(
+                ceiling[dtype], rate(_Premade(pool, pre, dtype), on_device=False, workers=w)[0]
+            )
+    u8, f32 = ceiling[torch.uint8], ceiling[torch.float32]
+    print(
+        f"extract loader handover alone (no decoding: copies of one made-up image), {len(pool)} images, "
+        f"batch {args.batch_size}, {w} workers, to {device_name(device)}: uint8 {u8:.0f} img/s, float32 "
+        f"{f32:.0f} img/s, ratio {u8 / f32:.2f}x (best of {args.loader_rounds} alternated rounds each)",
+        flush=True,
+    )
+    # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
     short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
     short_rate, first = rate(short, on_device=True, workers=w)  # type: ignore[arg-type]
     print(

@@ -37,11 +37,12 @@ step selection 100 "$py" scripts/bench_selection.py --device cuda --sizes 2000 -
 e2e=(--device cuda --images 16551 --budget 7000 --batch-size 256 --workers "$workers" --work "${TMPDIR:-/tmp}/geal_e2e")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
 step end_to_end 180 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
-# the loader lines at 1 and all workers, with one worker's cost in-process: is the host's decoding slow, or
-# do the workers not scale (the H100 run's loader gave ~70 img/s per worker, unexplained)?
+# the loader lines at 1 and all workers, with one worker's cost in-process, and the handover alone (no
+# decoding): is the host's decoding slow, do the workers not scale, or does the main process's receiving
+# and pinning cap the loader (the H100 run's loader gave ~70 img/s per worker, unexplained)?
 step extract 110 "$py" scripts/bench_extract.py --device cuda --images 4096 --batch-size 256 \
     --workers "$workers" --decodes workers device --skip memory disk --rounds 2 --loader-rounds 1 \
-    --loader-workers 1 "$workers" --loader-images 512
+    --loader-workers 1 "$workers" --loader-images 1024
 step kmeans 40 "$py" scripts/bench_kmeans.py --device cuda --images 2000
 step end_to_end_device_decode 50 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
     --startup-runs 0 --override extraction.decode=device
