@@ -304,16 +304,20 @@ def _host_arrays(data: ShardData) -> ShardData:
 
 
 @contextlib.contextmanager
-def _side_stream(ready: torch.cuda.Event | None, device: torch.device) -> Iterator[None]:
-    """On a GPU (``ready`` recorded on the main stream after a shard's last write): run the block on a
-    stream of its own that first waits for ``ready``, so the writer thread's k-means and copies to the host
-    overlap the next shard's forwards instead of queueing behind them; it ends synchronised with the host,
-    so the shard's tensors (allocated on the main stream) can be freed once the block's references go.
-    Without ``ready``: the block as it is."""
-    if ready is None:
+def _side_stream(ready: torch.cuda.Event | None, stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """On a GPU (``ready`` recorded on the main stream after a shard's last write): run the block on the
+    writer's own ``stream``, which first waits for ``ready``, so the writer thread's k-means and copies to
+    the host overlap the next shard's forwards instead of queueing behind them; it ends synchronised with
+    the host, so the shard's tensors (allocated on the main stream) can be freed once the block's references
+    go. Without ``ready``: the block as it is.
+
+    One stream for the whole extraction, not one per shard: ``torch.cuda.Stream()`` hands out the streams
+    of a pool in turn, and the caching allocator reuses a freed block only on the stream it was allocated
+    on, so a new stream per shard would keep each shard's temporaries cached apart (up to 32 shards' worth).
+    """
+    if ready is None or stream is None:
         yield
         return
-    stream = torch.cuda.Stream(device=device)
     stream.wait_event(ready)
     try:
         with torch.cuda.stream(stream):
@@ -390,6 +394,7 @@ def extract_to_store(
     skipped: list[dict[str, str]] = []
 
     transform_in_writer = _transform_in_writer(device)
+    writer_stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
 
     def prepare(start: int, buffer: _ShardBuffer, skipped: list[dict[str, str]]) -> ShardData:
         """A finished shard in the store's dtypes, transformed (on its device)."""
@@ -404,7 +409,7 @@ def extract_to_store(
         ready: torch.cuda.Event | None,
     ) -> None:
         """In the writer thread: prepare the shard if the main loop did not, bring it to the host, write."""
-        with _side_stream(ready, device):
+        with _side_stream(ready, writer_stream):
             data = prepare(start, shard_in, skipped) if isinstance(shard_in, _ShardBuffer) else shard_in
             data = _host_arrays(data)
         store.write_shard(shard, data)
