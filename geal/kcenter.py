@@ -35,9 +35,13 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     refreshes after the bounds ruled out too little: early on they rule out nothing and trying costs more
     than the plain pass). While an argmax costs more than half a full scan (early on, when every distance
     moves a little at every pick) the next picks use full scans instead, for a doubling number of picks
-    (a rule on work counts: runs stay reproducible). On a CPU its bookkeeping (block maxima, candidate
-    centres, bounds) runs in numpy on views of the tensors: the same operations on the same values, so
-    the same matrix products and picks, without torch's per-call overhead on thousands of small arrays.
+    (a rule on work counts: runs stay reproducible). Before the first of them every stale point is brought
+    up to date. That catch-up, like any refresh of thousands of points, goes block by block: each block
+    reads only the pending centres that ‖x−c‖ ≥ ‖anchor−c‖ − radius cannot rule out for the largest
+    threshold of its points (the plain pass instead when that keeps over half of the pairs). On a CPU its
+    bookkeeping (block maxima, candidate centres, bounds) runs in numpy on views of the tensors: the same
+    operations on the same values, so the same matrix products and picks, without torch's per-call
+    overhead on thousands of small arrays.
   - D² needs every distance at every draw, so it stays eager: a block whose anchor is far from every new
     centre (‖anchor−c‖ − radius ≥ its largest distance), or a point far enough from them, is skipped; when
     the bounds rule out little, a contiguous full scan is cheaper and is used instead, and then for the next
@@ -92,6 +96,7 @@ _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this frac
 _LAZY_BOUND_MAX_SKIP = 64  # ... after such a refresh the next 1, 2, 4, ... (at most this) skip the bounds
 _BLOCK_REFRESH_MIN_ROWS = 4096  # refreshes of more points read, per block, only the centres its bound keeps
 _BLOCK_REFRESH_MAX_KEPT = 0.5  # ... unless the bounds keep more than this fraction of the pending pairs
+_BLOCK_TEST_ELEMENTS = 1 << 22  # ... tested for groups of blocks of at most this many (block, centre) pairs
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
 _LAZY_MAX_BLOCKS = 512
 _LLOYD_STEPS = 2  # refinements of the block anchors (tighter blocks prune more; more costs time up front)
@@ -429,32 +434,36 @@ class _State:
 
         Few rows (the usual case): only the centres that the triangle inequality cannot rule out are
         read — ‖x − c‖ ≥ ‖x − anchor(c)‖ − r(c) through the static block of each centre — so a refresh
-        never streams all the centres added since the rows were last seen. Many rows, or bounds that rule
-        out little (then the next 1, 2, 4, … up to ``_LAZY_BOUND_MAX_SKIP`` few-row refreshes do not try
-        them; a refresh they do prune resets that): one pass over the pending centres, in chunks, each
-        chunk computed only for the rows that have not seen it yet (rows sorted by how long ago they were
-        refreshed).
+        never streams all the centres added since the rows were last seen. Many rows: block by block, with
+        the bound through each row block's anchor (:meth:`_refresh_by_blocks`). Otherwise, or when the bounds
+        rule out little (then the next 1, 2, 4, … up to ``_LAZY_BOUND_MAX_SKIP`` few-row refreshes do not
+        try them; a refresh they do prune resets that): :meth:`_refresh_plain`.
         """
-        blocks = self.blocks
-        assert blocks is not None
         n = self.cmat.shape[0]
         last = self.last_seen[rows]
         sort = torch.argsort(last)
         rows, last = rows[sort], last[sort]
-        lo = int(last[0])
         if rows.numel() <= _LAZY_BOUND_ROWS:
             if self.bound_skip > 0:  # the last tries ruled out too little: the plain pass, for a while
                 self.bound_skip -= 1
-            elif self._refresh_bounded(rows, last, n - lo):
+            elif self._refresh_bounded(rows, last, n - int(last[0])):
                 self.bound_backoff = 1
                 self.last_seen[rows] = n
                 return
             else:
                 self.bound_skip = self.bound_backoff
                 self.bound_backoff = min(2 * self.bound_backoff, _LAZY_BOUND_MAX_SKIP)
-        elif rows.numel() >= _BLOCK_REFRESH_MIN_ROWS and self._refresh_by_blocks(rows, last):
-            self.last_seen[rows] = n
-            return
+            self._refresh_plain(rows, last)
+        elif rows.numel() >= _BLOCK_REFRESH_MIN_ROWS:
+            self._refresh_by_blocks(rows, last)
+        else:
+            self._refresh_plain(rows, last)
+        self.last_seen[rows] = n
+
+    def _refresh_plain(self, rows: Tensor, last: Tensor) -> None:
+        """One pass over the centres the rows have not all seen, in chunks, each chunk computed only for the
+        rows that have not seen all of it (``rows`` sorted by ``last``, their ``last_seen``)."""
+        n, lo = self.cmat.shape[0], int(last[0])
         step = max(_LAZY_CENTERS // 8, min(_LAZY_CENTERS, n - lo))
         for s in range(lo, n, step):
             e = min(s + step, n)
@@ -466,7 +475,6 @@ class _State:
                     d = self._distances(sub, cm, csq)
                     self.mind[sub] = torch.minimum(self.mind[sub], d)
             self.stats["updated"] += k * (e - s)
-        self.last_seen[rows] = n
 
     def _refresh_bounded(self, rows: Tensor, last: Tensor, pending: int) -> bool:
         """The few-rows path of :meth:`_refresh`; False (nothing done) when the bounds rule out too little."""
@@ -497,48 +505,62 @@ class _State:
         self.stats["pairs_tested"] += int(rows.numel()) * blocks.n
         return True
 
-    def _refresh_by_blocks(self, rows: Tensor, last: Tensor) -> bool:
-        """The many-rows path of :meth:`_refresh` (above all the catch-up before full scans, hundreds of
-        thousands of points against thousands of centres): the rows are taken block by block, and each block
-        reads only the pending centres that ‖x − c‖ ≥ ‖anchor − c‖ − ρ cannot rule out for the largest
-        threshold of its rows. False (nothing done) when that keeps more than ``_BLOCK_REFRESH_MAX_KEPT`` of
-        the pairs: the plain pass streams them faster than per-block gathers. ``rows`` sorted by ``last``."""
+    def _refresh_by_blocks(self, rows: Tensor, last: Tensor) -> None:
+        """The many-rows refresh (above all the catch-up before full scans: hundreds of thousands of points
+        against thousands of centres), block by block: each block of rows reads only the pending centres
+        that ‖x − c‖ ≥ ‖anchor − c‖ − ρ cannot rule out for the largest threshold of its rows. The blocks
+        are taken in groups that bound the (blocks × pending centres) test arrays to
+        ``_BLOCK_TEST_ELEMENTS``; a group where the bound keeps more than ``_BLOCK_REFRESH_MAX_KEPT`` of the
+        pairs takes :meth:`_refresh_plain` instead (it streams them faster than per-block gathers)."""
         blocks = self.blocks
         assert blocks is not None
-        n, lo = self.cmat.shape[0], int(last[0])
+        n = self.cmat.shape[0]
         bo = blocks.block_of.index_select(0, rows)
         by_block = torch.sort(bo, stable=True).indices
         rows, last, bo = rows[by_block], last[by_block], bo[by_block]
         ub, counts = torch.unique_consecutive(bo, return_counts=True)  # (U,) the rows' blocks
-        seg = torch.repeat_interleave(torch.arange(ub.numel(), device=rows.device), counts)
-        thr_b = torch.full((ub.numel(),), -math.inf, dtype=torch.float64, device=rows.device)
-        thr_b.scatter_reduce_(0, seg, self._threshold(self.mind[rows]), reduce="amax")
-        first_b = torch.full_like(ub, n).scatter_reduce_(0, seg, last, reduce="amin")  # oldest row per block
-        cm, c_sq = self.cmat[lo:n], self.c_sq[lo:n]
-        with intra_op_threads(self.threads):  # (U, n − lo): one large product
-            a_sq = blocks.anchor_sq[ub][:, None] + c_sq[None, :] - 2.0 * (blocks.anchors[ub] @ cm.T)
-        a_d = (a_sq.to(torch.float64) - self.eps_anchor).clamp_min_(0.0).sqrt_()
-        need = (a_d - blocks.rho[ub][:, None]) < thr_b[:, None]  # (U, n − lo)
-        need &= torch.arange(lo, n, device=rows.device)[None, :] >= first_b[:, None]  # unseen by some row
-        kept = int((need.sum(1) * counts).sum())
-        if kept > _BLOCK_REFRESH_MAX_KEPT * int((n - last).sum()):
-            return False
         ends = torch.cumsum(counts, 0).tolist()
-        # every thread: thousands of (block rows × kept centres) products, each large enough for both
-        # (VOC catch-up of 404,200 points × 5,050 centres: loop 2.0 s on 2 threads, 3.8 s on one)
-        with intra_op_threads(self.threads):
-            for u, cols in enumerate(need.unbind(0)):
-                cols = cols.nonzero().squeeze(1)
-                if cols.numel() == 0:
-                    continue
-                sub = rows[ends[u] - int(counts[u]) : ends[u]]
-                d = self._distances(
-                    sub, cm.index_select(0, cols), c_sq[cols] if self.sq is not None else None
+        counts_l = counts.tolist()
+        per_group = max(1, _BLOCK_TEST_ELEMENTS // max(n - int(last.min()), 1))
+        for a in range(0, ub.numel(), per_group):
+            b = min(a + per_group, ub.numel())
+            r0, r1 = ends[a] - counts_l[a], ends[b - 1]
+            g_rows, g_last = rows[r0:r1], last[r0:r1]
+            lo = int(g_last.min())
+            seg = torch.repeat_interleave(torch.arange(b - a, device=rows.device), counts[a:b])
+            thr_b = torch.full((b - a,), -math.inf, dtype=torch.float64, device=rows.device)
+            thr_b.scatter_reduce_(0, seg, self._threshold(self.mind[g_rows]), reduce="amax")
+            first_b = torch.full((b - a,), n, dtype=torch.long, device=rows.device)
+            first_b.scatter_reduce_(0, seg, g_last, reduce="amin")  # the oldest row of each block
+            cm, c_sq = self.cmat[lo:n], self.c_sq[lo:n]
+            g_blocks = ub[a:b]
+            with intra_op_threads(self.threads):  # (blocks, n − lo): one large product
+                a_sq = (
+                    blocks.anchor_sq[g_blocks][:, None]
+                    + c_sq[None, :]
+                    - 2.0 * (blocks.anchors[g_blocks] @ cm.T)
                 )
-                self.mind[sub] = torch.minimum(self.mind[sub], d)
-        self.stats["updated"] += kept
-        self.stats["block_refreshes"] += 1
-        return True
+            a_d = (a_sq.to(torch.float64) - self.eps_anchor).clamp_min_(0.0).sqrt_()
+            need = (a_d - blocks.rho[g_blocks][:, None]) < thr_b[:, None]  # (blocks, n − lo)
+            need &= torch.arange(lo, n, device=rows.device)[None, :] >= first_b[:, None]  # unseen by a row
+            kept = int((need.sum(1) * counts[a:b]).sum())
+            if kept > _BLOCK_REFRESH_MAX_KEPT * int((n - g_last).sum()):
+                order = torch.argsort(g_last)
+                self._refresh_plain(g_rows[order], g_last[order])
+                continue
+            # every thread: each (block rows × kept centres) product is large enough for both (VOC catch-up
+            # of 404,200 points × 5,050 centres: 2.0 s on 2 threads, 3.8 s on one)
+            with intra_op_threads(self.threads):
+                for u, cols in enumerate(need.unbind(0), start=a):
+                    cols = cols.nonzero().squeeze(1)
+                    if cols.numel() == 0:
+                        continue
+                    sub = rows[ends[u] - counts_l[u] : ends[u]]
+                    c_sq_ = c_sq[cols] if self.sq is not None else None
+                    d = self._distances(sub, cm.index_select(0, cols), c_sq_)
+                    self.mind[sub] = torch.minimum(self.mind[sub], d)
+            self.stats["updated"] += kept
+            self.stats["block_refreshes"] += 1
 
     def _refresh_bounded_np(self, rows: Tensor, last: Tensor, pending: int) -> bool:
         """:meth:`_refresh_bounded` with its bookkeeping in numpy (CPU): the same matrix products, the same

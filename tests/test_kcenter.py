@@ -416,13 +416,15 @@ def test_d2_backs_off_from_the_bounds_and_returns_to_them_with_the_same_draws(di
     assert "db" in regimes and "bd" in regimes and regimes.count("b") > 100
 
 
-
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-@pytest.mark.parametrize("max_kept", [1.0, 0.5])
-def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(distance, max_kept, monkeypatch):
+@pytest.mark.parametrize(("max_kept", "test_elements"), [(1.0, 1 << 22), (0.5, 1 << 22), (0.5, 64)])
+def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(
+    distance, max_kept, test_elements, monkeypatch
+):
     """Refreshes of many points (the catch-up before full scans) go block by block, each block reading only
-    the centres its bound keeps. Here every refresh of 32+ points tries that (``max_kept`` 1.0: always
-    taken; 0.5: also declined), and after every pick each up-to-date point's distance is the full scan's (up
+    the centres its bound keeps. Here every refresh of 32+ points does (``max_kept`` 1.0: the bound always
+    taken; 0.5: some groups of blocks decline it and take the plain pass; ``test_elements`` 64: many groups
+    of a few blocks each), and after every pick each up-to-date point's distance is the full scan's (up
     to float32 rounding: a refresh's products have other shapes than the full scan's, and euclidean distances
     come from ‖x‖² + ‖c‖² − 2x·c), and so are the picks."""
     import geal.kcenter
@@ -430,6 +432,7 @@ def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(distan
 
     monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MIN_ROWS", 32)
     monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MAX_KEPT", max_kept)
+    monkeypatch.setattr(geal.kcenter, "_BLOCK_TEST_ELEMENTS", test_elements)
     x, g = clustered_set(2, 200, per_group=4, dim=8, n_modes=20)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
     st = _State(pts, grp, distance, None, 65536, "bounds", 8, lazy=True)
@@ -445,7 +448,8 @@ def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(distan
         checked += int(current.sum())
         st.add_group(int(st.groups_host[i]))
         reference.add_group(int(st.groups_host[i]))
-    assert st.stats["block_refreshes"] > 0 and checked > 150
+    assert st.stats["block_refreshes"] > (20 if test_elements == 64 else 0) and checked > 150
+
 
 def test_pruning_argument_is_checked():
     pts, grp = torch.randn(5, 3), torch.arange(5)
