@@ -95,6 +95,7 @@ _LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the ce
 _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
 _LAZY_BOUND_MAX_SKIP = 64  # ... after such a refresh the next 1, 2, 4, ... (at most this) skip the bounds
 _BLOCK_REFRESH_MIN_ROWS = 4096  # refreshes of more points read, per block, only the centres its bound keeps
+_BLOCK_REFRESH_MIN_CENTRES = 2048  # ... when this many centres or more are pending (fewer: its overhead wins)
 _BLOCK_REFRESH_MAX_KEPT = 0.5  # ... unless the bounds keep more than this fraction of the pending pairs
 _BLOCK_TEST_ELEMENTS = 1 << 22  # ... tested for groups of blocks of at most this many (block, centre) pairs
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
@@ -454,7 +455,7 @@ class _State:
                 self.bound_skip = self.bound_backoff
                 self.bound_backoff = min(2 * self.bound_backoff, _LAZY_BOUND_MAX_SKIP)
             self._refresh_plain(rows, last)
-        elif rows.numel() >= _BLOCK_REFRESH_MIN_ROWS:
+        elif rows.numel() >= _BLOCK_REFRESH_MIN_ROWS and n - int(last[0]) >= _BLOCK_REFRESH_MIN_CENTRES:
             self._refresh_by_blocks(rows, last)
         else:
             self._refresh_plain(rows, last)

@@ -431,6 +431,7 @@ def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(
     from geal.kcenter import _State
 
     monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MIN_ROWS", 32)
+    monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MIN_CENTRES", 1)
     monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MAX_KEPT", max_kept)
     monkeypatch.setattr(geal.kcenter, "_BLOCK_TEST_ELEMENTS", test_elements)
     x, g = clustered_set(2, 200, per_group=4, dim=8, n_modes=20)
