@@ -36,9 +36,10 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     than the plain pass). While an argmax costs more than half a full scan (early on, when every distance
     moves a little at every pick) the next picks use full scans instead, for a doubling number of picks
     (a rule on work counts: runs stay reproducible). Before the first of them every stale point is brought
-    up to date. That catch-up, like any refresh of thousands of points, goes block by block: each block
-    reads only the pending centres that ‖x−c‖ ≥ ‖anchor−c‖ − radius cannot rule out for the largest
-    threshold of its points (the plain pass instead when that keeps over half of the pairs). On a CPU its
+    up to date. That catch-up, like any refresh of thousands of points against thousands of centres not
+    seen yet, goes block by block: each block reads only the pending centres that ‖x−c‖ ≥ ‖anchor−c‖ −
+    radius cannot rule out for the largest threshold of its points (the plain pass instead when that
+    keeps over half of the pairs). On a CPU its
     bookkeeping (block maxima, candidate centres, bounds) runs in numpy on views of the tensors: the same
     operations on the same values, so the same matrix products and picks, without torch's per-call
     overhead on thousands of small arrays.
@@ -435,10 +436,11 @@ class _State:
 
         Few rows (the usual case): only the centres that the triangle inequality cannot rule out are
         read — ‖x − c‖ ≥ ‖x − anchor(c)‖ − r(c) through the static block of each centre — so a refresh
-        never streams all the centres added since the rows were last seen. Many rows: block by block, with
-        the bound through each row block's anchor (:meth:`_refresh_by_blocks`). Otherwise, or when the bounds
-        rule out little (then the next 1, 2, 4, … up to ``_LAZY_BOUND_MAX_SKIP`` few-row refreshes do not
-        try them; a refresh they do prune resets that): :meth:`_refresh_plain`.
+        never streams all the centres added since the rows were last seen. Many rows against many pending
+        centres: block by block, with the bound through each row block's anchor
+        (:meth:`_refresh_by_blocks`). Otherwise, or when the bounds rule out little (then the next 1, 2,
+        4, … up to ``_LAZY_BOUND_MAX_SKIP`` few-row refreshes do not try them; a refresh they do prune
+        resets that): :meth:`_refresh_plain`.
         """
         n = self.cmat.shape[0]
         last = self.last_seen[rows]
