@@ -39,7 +39,7 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
     up to date. That catch-up, like any refresh of thousands of points against thousands of centres not
     seen yet, goes block by block: each block reads only the pending centres that ‖x−c‖ ≥ ‖anchor−c‖ −
     radius cannot rule out for the largest threshold of its points (the plain pass instead when that
-    keeps over half of the pairs). On a CPU its
+    keeps over a quarter of the pairs). On a CPU its
     bookkeeping (block maxima, candidate centres, bounds) runs in numpy on views of the tensors: the same
     operations on the same values, so the same matrix products and picks, without torch's per-call
     overhead on thousands of small arrays.
@@ -97,7 +97,7 @@ _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this frac
 _LAZY_BOUND_MAX_SKIP = 64  # ... after such a refresh the next 1, 2, 4, ... (at most this) skip the bounds
 _BLOCK_REFRESH_MIN_ROWS = 4096  # refreshes of more points read, per block, only the centres its bound keeps
 _BLOCK_REFRESH_MIN_CENTRES = 2048  # ... when this many centres or more are pending (fewer: its overhead wins)
-_BLOCK_REFRESH_MAX_KEPT = 0.5  # ... unless the bounds keep more than this fraction of the pending pairs
+_BLOCK_REFRESH_MAX_KEPT = 0.25  # ... unless the bounds keep more than this fraction of the pending pairs
 _BLOCK_TEST_ELEMENTS = 1 << 22  # ... tested for groups of blocks of at most this many (block, centre) pairs
 _LAZY_FIRST_BLOCKS = 8  # blocks refreshed by the first pass of an argmax (doubling up to the next)
 _LAZY_MAX_BLOCKS = 512
