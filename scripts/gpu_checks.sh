@@ -26,11 +26,11 @@ else
 fi
 
 step() {
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * scale))
     shift 2
     echo "## $name (limit ${limit}s): $*"
     local t0=$SECONDS
-    timeout --kill-after=5 "$((limit * scale))" "$@" >"$out/$name.log" 2>&1
+    timeout --kill-after=5 "$limit" "$@" >"$out/$name.log" 2>&1
     local rc=$?
     grep -v -E '^\s*$|it/s\]|img/s\]' "$out/$name.log" | tail -n 40
     echo "## $name rc=$rc in $((SECONDS - t0)) s"
