@@ -39,8 +39,7 @@ step() {
 step env 20 "$py" -c "import os, torch, torchvision, timm, sys; from geal.cores import cgroup_cpu_quota, \
 usable_cores; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'timm', timm.__version__, $device_name, 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), \
-'cpus', \
-os.cpu_count(), 'usable', usable_cores(), 'cgroup quota', cgroup_cpu_quota())"
+'cpus', os.cpu_count(), 'usable', usable_cores(), 'cgroup quota', cgroup_cpu_quota())"
 step pytest_gpu 70 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
     tests/test_kcenter.py tests/test_kmeans.py tests/test_store.py
 step selection 100 "$py" scripts/bench_selection.py --device $device "${selection_sizes[@]}" --distances cosine
