@@ -2,7 +2,7 @@
 
 Each selector asks the task for class probabilities of the unlabeled images (``task.predict_proba``,
 declared in ``requires`` so a task without it fails at start-up), scores them, and picks the ``budget`` most
-uncertain. Used in the traditional cycle (``geal.cycles``) with any classifier task — a CNN trained from
+uncertain. Used in the traditional cycle (``geal.run.loop``) with any classifier task — a CNN trained from
 scratch, or the linear probe on frozen self-supervised features of Bengar et al. (ICCVW 2021).
 
 Scores (higher = more uncertain = picked first), for probabilities ``p`` of shape ``(n, C)``:
@@ -26,8 +26,8 @@ from typing import ClassVar
 
 import torch
 
-from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, SelectionError, Selector
+from geal.api.pool import ImagePool
+from geal.api.selector import Selection, SelectionContext, SelectionError, Selector
 
 log = logging.getLogger(__name__)
 

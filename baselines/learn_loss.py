@@ -28,8 +28,8 @@ from torch import nn
 
 from baselines.acquisition import top_uncertain, unlabeled_candidates
 from downstream.tasks.engine import StepOutput, TrainingPlugin, capture_outputs, move_to
-from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, SelectionError, Selector
+from geal.api.pool import ImagePool
+from geal.api.selector import Selection, SelectionContext, SelectionError, Selector
 
 log = logging.getLogger(__name__)
 

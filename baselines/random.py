@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import torch
 
-from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, Selector
+from geal.api.pool import ImagePool
+from geal.api.selector import Selection, SelectionContext, Selector
 
 
 class RandomSelector(Selector):

@@ -37,8 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, SelectionError, Selector
+from geal.api.pool import ImagePool
+from geal.api.selector import Selection, SelectionContext, SelectionError, Selector
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Issue 7's target: all 16,551 VOC-sized images (generated JPEGs of VOC's image sizes) from files to
 selection.json in under 30 s at K = 25 on one H100 — more than 10× faster than the paper's 648 s (later
-285 s). The timed figure is the wall clock of ``python -m geal.cli`` (geal-select) as a subprocess, from
+285 s). The timed figure is the wall clock of ``python -m geal.run.cli`` (geal-select) as a subprocess, from
 process start to exit: interpreter and library start-up, pool listing, extraction (decode, resize, forward,
 attention probe, store writes), per-image k-means, k-center and the output files. Each timed run uses a
 fresh, empty cache dir (cold), one run per ``extraction.cache_mode``. Generating the JPEGs (in parallel,
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from geal.cores import usable_cores
+from geal.util.cores import usable_cores
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_SIZES = [(500, 375), (375, 500), (500, 333), (500, 334), (333, 500), (480, 360)]
@@ -83,8 +83,8 @@ def export_fp16(path: Path, weights_dir: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from geal.backbones.imgfocus import TIMM_MODEL, ImgFocusViT, converted_weights_path
-    from geal.backbones.vit import TimmViT
+    from geal.features.backbones.imgfocus import TIMM_MODEL, ImgFocusViT, converted_weights_path
+    from geal.features.backbones.vit import TimmViT
 
     src = converted_weights_path(weights_dir)
     sd = {k: v.half().contiguous() for k, v in load_file(str(src)).items()}
@@ -122,7 +122,7 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
     cmd = [
         sys.executable,
         "-m",
-        "geal.cli",
+        "geal.run.cli",
         "data=image_folder",
         f"data.root={jpeg_dir}",
         f"data.test.root={jpeg_dir}",
@@ -169,7 +169,7 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
 
 
 def startup_breakdown(args: argparse.Namespace) -> str:
-    """What a run's "startup+exit" is made of: fresh processes that only import (``import geal.cli``),
+    """What a run's "startup+exit" is made of: fresh processes that only import (``import geal.run.cli``),
     import and start the device's runtime, and import, start it and compose the run's config
     (``--cfg job``: Hydra prints the config and exits). The median of ``--startup-runs`` runs each."""
     env = {
@@ -178,13 +178,15 @@ def startup_breakdown(args: argparse.Namespace) -> str:
     }
     device = args.device
     steps = {
-        "imports": [sys.executable, "-c", "import geal.cli"],
+        "imports": [sys.executable, "-c", "import geal.run.cli"],
         "+device start": [
             sys.executable,
             "-c",
-            f"import geal.cli, torch; x = torch.zeros(1, device={device!r}); x.cpu()",
+            f"import geal.run.cli, torch; x = torch.zeros(1, device={device!r}); x.cpu()",
         ],
-        "imports+config (--cfg job)": [sys.executable, "-m", "geal.cli", f"device={device}", "--cfg", "job"],
+        "imports+config (--cfg job)": [
+            sys.executable, "-m", "geal.run.cli", f"device={device}", "--cfg", "job"
+        ],
     }
     parts = []
     for name, cmd in steps.items():
@@ -235,7 +237,7 @@ def main() -> None:
     cuda = args.device.startswith("cuda")
     args.batch_size = args.batch_size or (256 if cuda else 32)
     if not args.checkpoint:  # convert the ONNX weights once, outside the timed runs
-        from geal.backbones.imgfocus import converted_weights_path
+        from geal.features.backbones.imgfocus import converted_weights_path
 
         converted_weights_path(args.weights_dir)
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="geal-e2e-"))

@@ -1,6 +1,7 @@
 """Benchmark the extraction pipeline against the bare model forward, its memory, and its disk per image.
 
-* ``throughput``: ``geal.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode and resize
+* ``throughput``: ``geal.features.extract.extract_to_store`` over generated JPEGs of VOC's sizes (decode and
+resize
   in DataLoader workers, or in the main process's threads between forwards with ``num_workers`` 0 — what
   ``auto`` gives on a CPU —, normalisation, forward + attention probe, copy out, fp16 shard writes) vs the
   bare ``backbone.extract`` forward on an already prepared batch of the same size, same device, same
@@ -47,11 +48,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from geal.backbones.base import Preprocessing
-from geal.backbones.vit import TimmViT
-from geal.cores import usable_cores
-from geal.device_decode import DECODES, resolve_decode
-from geal.extract import (
+from geal.api.pool import ImagePool
+from geal.features.backbones.base import Preprocessing
+from geal.features.backbones.vit import TimmViT
+from geal.features.device_decode import DECODES, resolve_decode
+from geal.features.extract import (
     ExtractionSettings,
     PreprocessedPool,
     Workers,
@@ -62,10 +63,10 @@ from geal.extract import (
     normalize_transform,
     resolve_workers,
 )
-from geal.features import ClusterSettings, FeatureProvider
-from geal.pool import ImagePool
-from geal.store import FeatureStore
-from geal.threads import intra_op_threads
+from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.features.store import FeatureStore
+from geal.util.cores import usable_cores
+from geal.util.threads import intra_op_threads
 
 VOC_SIZES = [(500, 375), (375, 500), (500, 333), (500, 334), (333, 500), (480, 360)]
 

@@ -1,7 +1,8 @@
 """Benchmark the batched per-image k-means against a per-image loop of the same algorithm, same run.
 
-``geal.kmeans.batched_kmeans`` (all images at once, in cache-sized chunks on a CPU) vs
-``geal.kmeans.per_image_kmeans`` (the same steps — assignment, ``index_add`` centroid update, convergence
+``geal.method.kmeans.batched_kmeans`` (all images at once, in cache-sized chunks on a CPU) vs
+``geal.method.kmeans.per_image_kmeans`` (the same steps — assignment, ``index_add`` centroid update,
+convergence
 test — on one image at a time), from the same initial centroids. Cases: MNIST-like (≈30 kept patches per
 image, as τ=0.5 keeps on MNIST digits) and VOC-like (≈100 kept patches), K=25, 384 dims; "with init" also
 times the kmeans++ seeding (the loop reference seeds each image on its own, from the same random numbers);
@@ -19,9 +20,9 @@ import time
 
 import torch
 
-import geal.kmeans
-from geal.cores import usable_cores
-from geal.kmeans import batched_kmeans, init_centroids, per_image_kmeans
+import geal.method.kmeans
+from geal.method.kmeans import batched_kmeans, init_centroids, per_image_kmeans
+from geal.util.cores import usable_cores
 
 
 def timed(fn, device: torch.device):
@@ -60,12 +61,12 @@ def bench(name: str, n: int, p: int, k: int, dim: int, seed: int, device: torch.
     )
     gen = lambda: torch.Generator().manual_seed(seed + 1)  # noqa: E731
     a, t_g = timed(lambda: init_centroids(pts, mask, k, generator=gen()), device)
-    route = geal.kmeans._GRAM_MAX_POINTS_PER_SEED
-    geal.kmeans._GRAM_MAX_POINTS_PER_SEED = 0  # the reference: one matrix-vector product per seed
+    route = geal.method.kmeans._GRAM_MAX_POINTS_PER_SEED
+    geal.method.kmeans._GRAM_MAX_POINTS_PER_SEED = 0  # the reference: one matrix-vector product per seed
     try:
         b, t_s = timed(lambda: init_centroids(pts, mask, k, generator=gen()), device)
     finally:
-        geal.kmeans._GRAM_MAX_POINTS_PER_SEED = route
+        geal.method.kmeans._GRAM_MAX_POINTS_PER_SEED = route
     print(
         f"kmeans {name:10s} {n} img x {p} points x {dim}, K={k}, kmeans++ seeding alone: ours "
         f"({'all distances at once' if p <= route * k else 'one product per seed'}) {1e3 * t_g:.0f} ms, "

@@ -2,7 +2,8 @@
 
 Lines printed (every ratio is reference time / our time on identical inputs, in this process):
 
-* ``kcenter``: ``geal.kcenter.kcenter_greedy`` (default ``pruning="auto"``: lazy exact argmax with triangle
+* ``kcenter``: ``geal.method.kcenter.greedy.kcenter_greedy`` (default ``pruning="auto"``: lazy exact argmax
+with triangle
   bounds on a CPU) vs the per-step **broadcast reference** research code uses (each step recomputes the
   distances of all clusters to ALL selected clusters, then min/argmax), over the reference's first
   ``--ref-steps`` picks (it grows with the picks), at ``--sizes`` images × 25 clusters × 384. "same picks"
@@ -39,10 +40,10 @@ from typing import Any
 
 import torch
 
-from geal.cores import usable_cores
-from geal.features import ClusterSettings, compute_knowledge_clusters
-from geal.kcenter import d2_sampling, kcenter_greedy
-from geal.store import FeatureStore
+from geal.features.provider import ClusterSettings, compute_knowledge_clusters
+from geal.features.store import FeatureStore
+from geal.method.kcenter.greedy import d2_sampling, kcenter_greedy
+from geal.util.cores import usable_cores
 
 
 def sync(device: torch.device) -> None:

@@ -35,7 +35,7 @@ from downstream.datasets.voc import VOCPool
 from downstream.tasks.detection import VOCDetectionTask
 from downstream.tasks.engine import resolve_amp
 from downstream.tasks.segmentation import CityscapesSegmentationTask
-from geal.cli import CONFIG_DIR
+from geal.run.cli import CONFIG_DIR
 
 log = logging.getLogger("bench_task_speed")
 

@@ -36,7 +36,7 @@ step() {
     echo "## $name rc=$rc in $((SECONDS - t0)) s"
 }
 
-step env 20 "$py" -c "import os, torch, torchvision, timm, sys; from geal.cores import cgroup_cpu_quota, \
+step env 20 "$py" -c "import os, torch, torchvision, timm, sys; from geal.util.cores import cgroup_cpu_quota, \
 usable_cores; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'timm', timm.__version__, $device_name, 'bf16', torch.cuda.is_available() and torch.cuda.is_bf16_supported(), \
 'cpus', os.cpu_count(), 'usable', usable_cores(), 'cgroup quota', cgroup_cpu_quota())"

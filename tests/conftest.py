@@ -14,9 +14,9 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from geal.backbones.base import Backbone
-from geal.backbones.vit import TimmViT
-from geal.pool import ImagePool
+from geal.api.pool import ImagePool
+from geal.features.backbones.base import Backbone
+from geal.features.backbones.vit import TimmViT
 
 TINY_VIT = {
     "name": "tiny_vit",

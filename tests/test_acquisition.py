@@ -21,9 +21,9 @@ from baselines.acquisition import (
     margin_uncertainty,
 )
 from downstream.tasks.linear_probe import LinearProbeTask
-from geal.pool import ImagePool
-from geal.selection import SelectionContext, SelectionError
-from geal.task import Task
+from geal.api.pool import ImagePool
+from geal.api.selector import SelectionContext, SelectionError
+from geal.api.task import Task
 
 
 class IdsPool(ImagePool):

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import geal.backbones.imgfocus as imgfocus_mod
-import geal.backbones.vit as vit_mod
-from geal.backbones.base import Backbone, DenseOutput
-from geal.backbones.efficientnet import EfficientNetLite0
-from geal.backbones.imgfocus import ImgFocusViT
-from geal.backbones.vit import CheckpointMismatchError, TimmViT
+import geal.features.backbones.imgfocus as imgfocus_mod
+import geal.features.backbones.vit as vit_mod
+from geal.features.backbones.base import Backbone, DenseOutput
+from geal.features.backbones.efficientnet import EfficientNetLite0
+from geal.features.backbones.imgfocus import ImgFocusViT
+from geal.features.backbones.vit import CheckpointMismatchError, TimmViT
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
 TINY = dict(
@@ -183,7 +183,7 @@ def test_configs_name_match_files() -> None:
     for path in sorted(CONF.glob("*.yaml")):
         cfg = OmegaConf.load(path)
         assert cfg.name == path.stem, path
-        assert cfg._target_.startswith("geal.backbones."), path
+        assert cfg._target_.startswith("geal.features.backbones."), path
     dino = OmegaConf.load(CONF / "dino_vits16.yaml")
     assert dino.model_name == "vit_small_patch16_224.dino" and dino.checkpoint is None
 

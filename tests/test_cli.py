@@ -22,7 +22,7 @@ def geal_select(
     cmd = [
         sys.executable,
         "-m",
-        "geal.cli",
+        "geal.run.cli",
         *(["debug=smoke"] if smoke else []),
         f"paths.cache_dir={tmp / 'cache'}",
         f"paths.output_dir={tmp / 'out'}",

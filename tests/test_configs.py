@@ -10,8 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-from geal.cli import CONFIG_DIR
-from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.run.cli import CONFIG_DIR
+from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 
 register_schemas()
 

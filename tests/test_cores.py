@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from geal.cores import cgroup_cpu_quota, usable_cores
+from geal.util.cores import cgroup_cpu_quota, usable_cores
 
 
 def v2(root: Path, text: str) -> Path:

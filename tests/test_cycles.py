@@ -14,10 +14,10 @@ from PIL import Image
 from baselines.acquisition import EntropySelector, MarginSelector
 from baselines.random import RandomSelector
 from downstream.tasks.linear_probe import LinearProbeTask
-from geal.cycles import CycleRunner, CycleSchedule, plan_cycles, run_cycles
-from geal.pool import ImagePool
-from geal.selection import Selection, SelectionContext, Selector
-from geal.task import Task
+from geal.api.pool import ImagePool
+from geal.api.selector import Selection, SelectionContext, Selector
+from geal.api.task import Task
+from geal.run.loop import CycleRunner, CycleSchedule, plan_cycles, run_cycles
 
 
 class LabelOnlyPool(ImagePool):

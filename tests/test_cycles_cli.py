@@ -55,7 +55,7 @@ def geal_run(*overrides: str, tmp: Path, run_dir: Path) -> subprocess.CompletedP
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import run_main; run_main()",
+        "from geal.run.cli import run_main; run_main()",
         "debug=smoke",
         f"paths.cache_dir={tmp / 'cache'}",
         f"hydra.run.dir={run_dir}",
@@ -75,7 +75,7 @@ def run_in_process(tmp: Path, out: Path, *overrides: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from geal.cli import CONFIG_DIR, run_main
+    from geal.run.cli import CONFIG_DIR, run_main
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -218,9 +218,9 @@ def test_cycle_experiments_compose_for_every_swept_selector(experiment: str) -> 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from geal.cli import CONFIG_DIR
-    from geal.config import TASK_RUN_KEYS, check_target_kwargs
-    from geal.cycles import CycleSchedule
+    from geal.run.cli import CONFIG_DIR
+    from geal.run.loop import CycleSchedule
+    from geal.run.schemas import TASK_RUN_KEYS, check_target_kwargs
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

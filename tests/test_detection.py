@@ -22,7 +22,7 @@ from downstream.tasks.detection import VOCDetectionTask
 from downstream.tasks.detection_models import SSD300VGG16, SmallSSD
 from downstream.tasks.detection_transforms import SSDTransform
 from downstream.tasks.instance_stats import class_count_matrix, instance_statistics
-from geal.task import TaskError
+from geal.api.task import TaskError
 from tests.test_configs import compose_root
 
 

@@ -24,7 +24,7 @@ def geal_run(*overrides: str, tmp: Path, out: Path) -> subprocess.CompletedProce
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import run_main; run_main()",
+        "from geal.run.cli import run_main; run_main()",
         "debug=smoke",
         "logger=none",
         f"paths.cache_dir={tmp / 'cache'}",

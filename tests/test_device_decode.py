@@ -1,4 +1,5 @@
-"""geal.device_decode: batched JPEG decoding on the extraction device gives what load_rgb gives (orientation,
+"""geal.features.device_decode: batched JPEG decoding on the extraction device gives what load_rgb gives
+(orientation,
 grey, fallbacks that name the file), and an extraction with decode="device" stores what decode="workers"
 stores. On CPU the same code runs with torchvision's CPU decoder; the ``gpu`` test runs nvJPEG."""
 
@@ -12,9 +13,15 @@ import torch
 from PIL import Image, ImageOps
 
 from downstream.datasets.folder import ImageFolderPool
-from geal.backbones.base import Preprocessing
-from geal.device_decode import EncodedImage, apply_orientation, decode_batch, read_encoded, resolve_decode
-from geal.extract import (
+from geal.features.backbones.base import Preprocessing
+from geal.features.device_decode import (
+    EncodedImage,
+    apply_orientation,
+    decode_batch,
+    read_encoded,
+    resolve_decode,
+)
+from geal.features.extract import (
     ExtractionSettings,
     PreprocessedPool,
     build_transform,
@@ -23,9 +30,9 @@ from geal.extract import (
     resolve_workers,
     tensor_transform,
 )
-from geal.features import FeatureProvider
-from geal.imageio import ImageLoadError, load_rgb
-from geal.threads import intra_op_threads
+from geal.features.provider import FeatureProvider
+from geal.util.imageio import ImageLoadError, load_rgb
+from geal.util.threads import intra_op_threads
 from tests.conftest import TINY_VIT, CountingFactory
 
 CPU = torch.device("cpu")
@@ -196,13 +203,14 @@ def test_main_process_decodes_a_batch_with_threads_in_order(tmp_path: Path, monk
 def test_num_workers_auto_resolves_per_device(monkeypatch) -> None:
     assert resolve_workers("auto", CPU) == 0  # the main process decodes between forwards
     assert resolve_workers(3, CPU) == 3 and resolve_workers(0, torch.device("cuda")) == 0
-    monkeypatch.setattr("geal.cores.cgroup_cpu_quota", lambda root=None: None)  # whatever this machine has
+    # whatever this machine has
+    monkeypatch.setattr("geal.util.cores.cgroup_cpu_quota", lambda root=None: None)
     for cores, workers in ((16, 14), (64, 16), (2, 1), (1, 1)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)), raising=False)
         assert resolve_workers("auto", torch.device("cuda")) == workers
     # a container limited to 4.5 CPUs' time on a 64-core host: 5 usable cores, 3 workers
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(64)), raising=False)
-    monkeypatch.setattr("geal.cores.cgroup_cpu_quota", lambda root=None: 4.5)
+    monkeypatch.setattr("geal.util.cores.cgroup_cpu_quota", lambda root=None: 4.5)
     assert resolve_workers("auto", torch.device("cuda")) == 3
     for bad in ("two", -1, True, 1.5):
         with pytest.raises(ValueError, match="num_workers"):

@@ -1,4 +1,4 @@
-"""torch.distributed scale-out (geal.distributed) with 2 gloo processes on CPU.
+"""torch.distributed scale-out (geal.features.distributed) with 2 gloo processes on CPU.
 
 One spawn of two ranks runs every case (process start-up dominates the cost): the distributed extraction
 (a rank failing mid-way, then the job rerun) and the sharded k-center; the parent compares with what a
@@ -17,10 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from geal.distributed import extract_distributed, kcenter_greedy_sharded
-from geal.extract import ExtractionSettings
-from geal.features import ClusterSettings, FeatureProvider
-from geal.kcenter import kcenter_greedy
+from geal.features.distributed import extract_distributed
+from geal.features.extract import ExtractionSettings
+from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.method.kcenter.greedy import kcenter_greedy
+from geal.method.kcenter.sharded import kcenter_greedy_sharded
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)

@@ -1,4 +1,4 @@
-"""geal.imageio: every PIL mode comes out as 8-bit RGB as documented; bad files fail clearly."""
+"""geal.util.imageio: every PIL mode comes out as 8-bit RGB as documented; bad files fail clearly."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geal.imageio import BACKGROUND, ImageLoadError, load_rgb, to_rgb
+from geal.util.imageio import BACKGROUND, ImageLoadError, load_rgb, to_rgb
 
 WHITE = np.array(BACKGROUND)
 

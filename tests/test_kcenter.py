@@ -1,4 +1,4 @@
-"""k-center greedy and D² sampling over grouped points (geal.kcenter)."""
+"""k-center greedy and D² sampling over grouped points (geal.method.kcenter.greedy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from geal.kcenter import GreedyResult, d2_sampling, kcenter_greedy
+from geal.method.kcenter.greedy import GreedyResult, d2_sampling, kcenter_greedy
 
 
 @pytest.fixture(autouse=True)
@@ -375,7 +375,7 @@ def test_bounds_with_duplicate_points_and_float64(distance):
 
 def test_bounds_do_skip_work_on_clustered_points():
     # the equivalence above would be vacuous if the bounded path computed everything anyway
-    from geal.kcenter import _State
+    from geal.method.kcenter.greedy import _State
 
     x, g = clustered_set(0, 300, dim=16, n_modes=30)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
@@ -401,7 +401,7 @@ def test_d2_backs_off_from_the_bounds_and_returns_to_them_with_the_same_draws(di
     """Early on the bounds rule out too little: full scans, then 1, 2, 4, ... picks without the test (the
     block maxima go stale), then the test again with maxima brought up to date. Every regime and switch
     between them occurs here, and the draws stay the full scan's."""
-    from geal.kcenter import _draw, _State
+    from geal.method.kcenter.greedy import _draw, _State
 
     x, g = clustered_set(3, 200, per_group=5, dim=3, n_modes=40)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
@@ -433,13 +433,13 @@ def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(
     of a few blocks each), and after every pick each up-to-date point's distance is the full scan's (up
     to float32 rounding: a refresh's products have other shapes than the full scan's, and euclidean distances
     come from ‖x‖² + ‖c‖² − 2x·c), and so are the picks."""
-    import geal.kcenter
-    from geal.kcenter import _State
+    import geal.method.kcenter.greedy
+    from geal.method.kcenter.greedy import _State
 
-    monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MIN_ROWS", 32)
-    monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MIN_CENTRES", 1)
-    monkeypatch.setattr(geal.kcenter, "_BLOCK_REFRESH_MAX_KEPT", max_kept)
-    monkeypatch.setattr(geal.kcenter, "_BLOCK_TEST_ELEMENTS", test_elements)
+    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MIN_ROWS", 32)
+    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MIN_CENTRES", 1)
+    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MAX_KEPT", max_kept)
+    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_TEST_ELEMENTS", test_elements)
     x, g = clustered_set(2, 200, per_group=4, dim=8, n_modes=20)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
     st = _State(pts, grp, distance, None, 65536, "bounds", 8, lazy=True)
@@ -486,7 +486,7 @@ def test_cuda_picks_what_the_cpu_picks(fn, distance):
 def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, monkeypatch):
     """The CPU lazy path keeps its bookkeeping in numpy; the torch version (what runs off the CPU) must take
     exactly the same decisions: same picks and scores, and both those of the full scan."""
-    import geal.kcenter
+    import geal.method.kcenter.greedy
 
     x, g = clustered_set(5, 150) if kind == "clustered" else random_set(5, 150, dim=8, max_per_group=6)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
@@ -497,7 +497,7 @@ def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, mo
         return kcenter_greedy(pts, grp, budget, **kw)
 
     host = run("bounds")
-    monkeypatch.setattr(geal.kcenter, "_HOST_BOOKKEEPING", False)
+    monkeypatch.setattr(geal.method.kcenter.greedy, "_HOST_BOOKKEEPING", False)
     torch_path = run("bounds")
     full = run("none")
     assert host.order == torch_path.order == full.order

@@ -1,4 +1,4 @@
-"""Batched per-image k-means (geal.kmeans)."""
+"""Batched per-image k-means (geal.method.kmeans)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geal.kmeans import batched_kmeans, init_centroids, per_image_kmeans
+from geal.method.kmeans import batched_kmeans, init_centroids, per_image_kmeans
 
 
 def gen(seed: int) -> torch.Generator:
@@ -155,7 +155,7 @@ def test_duplicate_points_and_determinism():
 def test_kmeanspp_seeds_the_same_points_from_all_distances_at_once_or_one_seed_at_a_time(monkeypatch, metric):
     """The Gram route (all P×P distances of an image in one product) and the per-seed products draw the same
     points, none twice, whatever the chunking; and a seed lands on each of k far-apart blobs."""
-    import geal.kmeans as km
+    import geal.method.kmeans as km
 
     g = gen(11)
     centres = 20.0 * torch.randn(40, 6, 16, generator=g)  # 6 far-apart blobs per image

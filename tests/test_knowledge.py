@@ -1,4 +1,4 @@
-"""Importance maps, the τ-mass filter and knowledge clusters (geal.knowledge)."""
+"""Importance maps, the τ-mass filter and knowledge clusters (geal.method.knowledge)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import geal.knowledge as knowledge
-from geal.kmeans import batched_kmeans
-from geal.knowledge import importance_mask, knowledge_clusters, reduce_heads
+import geal.method.knowledge as knowledge
+from geal.method.kmeans import batched_kmeans
+from geal.method.knowledge import importance_mask, knowledge_clusters, reduce_heads
 
 
 def gen(seed: int) -> torch.Generator:

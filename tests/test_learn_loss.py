@@ -15,9 +15,9 @@ from baselines.learn_loss import LearnLossSelector, LossPredictionModule, margin
 from downstream.datasets.mnist import Mnist5kPool
 from downstream.tasks.engine import StepOutput
 from downstream.tasks.small_cnn import SmallCNNTask
-from geal.pool import ImagePool
-from geal.selection import SelectionContext
-from geal.task import Task
+from geal.api.pool import ImagePool
+from geal.api.selector import SelectionContext
+from geal.api.task import Task
 
 
 @pytest.fixture(autouse=True)
@@ -204,7 +204,7 @@ def test_learn_loss_reads_the_resnet_stages_of_a_deeplab_segmenter(tmp_path) -> 
     from downstream.datasets.cityscapes import CityscapesPool
     from downstream.tasks.segmentation import CityscapesSegmentationTask
     from downstream.tasks.segmentation_models import SmallDeepLabV3
-    from geal.cli import CONFIG_DIR
+    from geal.run.cli import CONFIG_DIR
 
     city = synthetic.make_cityscapes(tmp_path / "city", n_train=12, n_val=2, seed=0)
     pool = CityscapesPool(city.root)

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from geal.loggers.base import MultiLogger, NullLogger, flatten, scalars
-from geal.loggers.csv import CSVLogger
+from geal.report.loggers.base import MultiLogger, NullLogger, flatten, scalars
+from geal.report.loggers.csv import CSVLogger
 
 
 def test_flatten_and_scalars() -> None:
@@ -129,7 +129,7 @@ def wandb_contents(run_dir: Path, wait_s: float = 20.0) -> dict[str, Any]:
 def test_wandb_offline_writes_config_history_and_summary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from geal.loggers.wandb import WandbLogger
+    from geal.report.loggers.wandb import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -160,7 +160,7 @@ def test_wandb_offline_writes_config_history_and_summary(
 def test_wandb_online_without_network_falls_back_or_fails_fast(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from geal.loggers.wandb import WandbLogger, wandb_reachable
+    from geal.report.loggers.wandb import WandbLogger, wandb_reachable
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -169,7 +169,7 @@ def test_wandb_online_without_network_falls_back_or_fails_fast(
     assert not wandb_reachable(timeout=1.0)
     with pytest.raises(ConnectionError, match=r"logger.mode=offline.*wandb sync"):
         WandbLogger(str(tmp_path), mode="online", offline_fallback=False)
-    with caplog.at_level("WARNING", logger="geal.loggers.wandb"):
+    with caplog.at_level("WARNING", logger="geal.report.loggers.wandb"):
         lg = WandbLogger(str(tmp_path), mode="online")
     with lg:
         assert lg.mode == "offline"
@@ -180,7 +180,7 @@ def test_wandb_online_without_network_falls_back_or_fails_fast(
 
 
 def test_wandb_bad_mode_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from geal.loggers.wandb import WandbLogger
+    from geal.report.loggers.wandb import WandbLogger
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     with pytest.raises(ValueError, match="online, offline or disabled"):
@@ -188,7 +188,7 @@ def test_wandb_bad_mode_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_tensorboard_logger_writes_events_or_says_what_to_install(tmp_path: Path) -> None:
-    from geal.loggers.tensorboard import TensorBoardLogger
+    from geal.report.loggers.tensorboard import TensorBoardLogger
 
     try:
         import tensorboard  # noqa: F401

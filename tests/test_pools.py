@@ -18,8 +18,8 @@ from downstream.datasets.folder import ImageFolderPool
 from downstream.datasets.mnist import FashionMnistPool, Mnist5kPool, mnist5k_csv_path
 from downstream.datasets.pets import PetsPool
 from downstream.datasets.voc import VOCPool
-from geal.imageio import ImageLoadError
-from geal.pool import ImagePool
+from geal.api.pool import ImagePool
+from geal.util.imageio import ImageLoadError
 
 CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
 
@@ -436,7 +436,7 @@ def test_data_configs_instantiate(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from geal.cli import build_pool
+    from geal.run.cli import build_pool
 
     expected = {
         "voc0712": (VOCPool, VOC07_TRAINVAL + VOC12_TRAINVAL),

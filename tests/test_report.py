@@ -1,4 +1,5 @@
-"""geal.report / geal.results on hand-written run dirs: table cells, ± formatting, gaps for every kind of
+"""geal.report.tables / geal.report.results on hand-written run dirs: table cells, ± formatting, gaps for
+every kind of
 unfinished run, ablation rows from the runs' configs, the efficiency table, the files, wandb offline."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from geal.cli import report_main
-from geal.report import (
+from geal.report.results import DONE, FAILED, INCOMPLETE, NOT_STARTED, collect, varying_settings
+from geal.report.tables import (
     Cell,
     ReportOptions,
     budget_table,
@@ -24,7 +25,7 @@ from geal.report import (
     to_latex,
     to_markdown,
 )
-from geal.results import DONE, FAILED, INCOMPLETE, NOT_STARTED, collect, varying_settings
+from geal.run.cli import report_main
 
 
 def write_run(
@@ -234,7 +235,7 @@ def test_efficiency_table_from_seconds_and_run_info(tmp_path: Path) -> None:
         "vaal",
         0,
         {10: 0.4},
-        # a cycle run (geal.cycles): the selections took 60 s, choosing the set (with the trainings) 2 h
+        # a cycle run (geal.run.loop): the selections took 60 s, choosing the set (with the trainings) 2 h
         seconds={"selection": 60.0, "acquisition": 7200.0, "fit": 1.0, "total": 7202.0, "recovery": 0.0},
     )
     eff = efficiency_table(collect(tmp_path).runs, ["method"])

@@ -34,7 +34,7 @@ def geal_run_cmd(*overrides: str, tmp: Path, run_dir: Path | None = None) -> lis
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import run_main; run_main()",
+        "from geal.run.cli import run_main; run_main()",
         *[o for o in overrides if o.startswith("-")],  # flags (-m) before the overrides
         "debug=smoke",
         f"paths.cache_dir={tmp / 'cache'}",
@@ -197,7 +197,7 @@ def run_in_process(tmp: Path, out: Path, *overrides: str) -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from geal.cli import CONFIG_DIR, run_main
+    from geal.run.cli import CONFIG_DIR, run_main
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -18,7 +18,7 @@ from downstream.datasets.voc import VOCPool
 from downstream.tasks.segmentation import CityscapesSegmentationTask, pixel_losses
 from downstream.tasks.segmentation_models import DeepLabV3ResNet50, SmallDeepLabV3
 from downstream.tasks.segmentation_transforms import SegmentationTransform
-from geal.task import TaskError
+from geal.api.task import TaskError
 from tests.test_configs import compose_root
 
 

@@ -11,11 +11,11 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from geal.extract import ExtractionSettings
-from geal.features import FeatureProvider
-from geal.pool import ImagePool
-from geal.selection import SelectionContext, SelectionError, Selector
-from geal.store import ShardData
+from geal.api.pool import ImagePool
+from geal.api.selector import SelectionContext, SelectionError, Selector
+from geal.features.extract import ExtractionSettings
+from geal.features.provider import FeatureProvider
+from geal.features.store import ShardData
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"

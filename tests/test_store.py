@@ -11,10 +11,16 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-import geal.features
-from geal.extract import ExtractionSettings
-from geal.features import ClusterSettings, ClustersNotStoredError, FeatureProvider, compute_knowledge_clusters
-from geal.store import StoreMismatchError, stable_hash
+import geal.features.provider
+from geal.features.extract import ExtractionSettings
+from geal.features.provider import (
+    ClusterSettings,
+    ClustersNotStoredError,
+    FeatureProvider,
+    compute_knowledge_clusters,
+)
+from geal.features.store import StoreMismatchError
+from geal.util.io import stable_hash
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)
@@ -41,7 +47,7 @@ def test_store_holds_tokens_attention_global(squares: SquaresPool, cache_dir: Pa
     assert store.global_features().shape == (24, 32)
     assert store.valid().all() and store.skipped() == []
     # stored values are what the backbone computes for the preprocessed image
-    from geal.extract import build_transform
+    from geal.features.extract import build_transform
 
     model = factory()
     x = build_transform(model.preprocessing)(squares.load(5))[None]
@@ -72,7 +78,7 @@ def test_cache_hit_never_calls_the_network(squares: SquaresPool, cache_dir: Path
     def no_kmeans(*args, **kwargs):
         raise AssertionError("knowledge clusters must come from the cache")
 
-    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", no_kmeans)
+    monkeypatch.setattr(geal.features.provider, "compute_knowledge_clusters", no_kmeans)
     again = p.knowledge_clusters(store, ClusterSettings(tau=0.5, k=3, kmeans_iters=5))
     np.testing.assert_array_equal(again.features, a.features)
     np.testing.assert_array_equal(again.owners, a.owners)
@@ -146,13 +152,13 @@ def _parallel_job(rank: int, cache_dir: str, out_dir: str) -> None:
     """One sweep job: features of the squares pool and one cluster setting (counts what it computed)."""
     torch.set_num_threads(1)
     computed: list[int] = []
-    original = geal.features.compute_knowledge_clusters
+    original = geal.features.provider.compute_knowledge_clusters
 
     def counting(*args, **kwargs):
         computed.append(1)
         return original(*args, **kwargs)
 
-    geal.features.compute_knowledge_clusters = counting
+    geal.features.provider.compute_knowledge_clusters = counting
     factory = CountingFactory()
     p = provider(SquaresPool(24), factory, Path(cache_dir))
     Path(out_dir, f"ready{rank}").touch()  # start together
@@ -218,7 +224,7 @@ def test_extraction_settings_are_checked() -> None:
 
 
 def test_fp16_tokens_are_kept_as_they_are_unless_not_finite() -> None:
-    from geal.store import fp16_if_in_range
+    from geal.features.store import fp16_if_in_range
 
     a = np.array([[1.5, -2.0], [65504.0, 0.0]], dtype=np.float16)
     assert fp16_if_in_range(a) is a
@@ -232,7 +238,7 @@ def test_fp16_tokens_are_kept_as_they_are_unless_not_finite() -> None:
 
 
 def test_fp16_if_in_range_on_tensors_rounds_like_numpy_and_widens_the_whole_array() -> None:
-    from geal.store import fp16_if_in_range
+    from geal.features.store import fp16_if_in_range
 
     g = torch.Generator().manual_seed(0)
     wide = torch.randn(64, 5, generator=g) * 300.0
@@ -255,7 +261,7 @@ def test_fp16_if_in_range_on_tensors_rounds_like_numpy_and_widens_the_whole_arra
 
 
 def test_shard_buffer_keeps_a_shard_in_fp16_unless_one_batch_leaves_its_range() -> None:
-    from geal.extract import _ShardBuffer
+    from geal.features.extract import _ShardBuffer
 
     third = 1.0 / 3.0
 
@@ -282,12 +288,12 @@ def test_shard_buffer_keeps_a_shard_in_fp16_unless_one_batch_leaves_its_range() 
 def test_clusters_only_transform_in_either_thread_stores_the_same(squares, tmp_path, monkeypatch, in_writer):
     """On a GPU the k-means of a clusters-only shard runs in the writer thread, on a CPU in the main loop:
     the stored clusters are the same either way."""
-    import geal.extract
+    import geal.features.extract
 
     settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
     here = provider(squares, CountingFactory(), tmp_path / "main", cache_mode="clusters_only")
     want = here.knowledge_clusters(here.store(clusters=settings), settings)
-    monkeypatch.setattr(geal.extract, "_transform_in_writer", lambda device: in_writer)
+    monkeypatch.setattr(geal.features.extract, "_transform_in_writer", lambda device: in_writer)
     other = provider(squares, CountingFactory(), tmp_path / "other", cache_mode="clusters_only")
     got = other.knowledge_clusters(other.store(clusters=settings), settings)
     np.testing.assert_array_equal(got.owners, want.owners)
@@ -306,9 +312,9 @@ def test_full_extraction_writes_the_cluster_cache_compute_would(tmp_path, monkey
     """store(clusters=S) of a full store clusters each shard as it is extracted (in the main loop on a CPU,
     in the writer thread on a GPU) and writes the cache file that knowledge_clusters() would write: the same
     keys, dtypes and arrays as compute_knowledge_clusters over the finished store (skipped images too)."""
-    import geal.extract
+    import geal.features.extract
 
-    monkeypatch.setattr(geal.extract, "_transform_in_writer", lambda device: in_writer)
+    monkeypatch.setattr(geal.features.extract, "_transform_in_writer", lambda device: in_writer)
     settings = ClusterSettings(tau=0.6, k=3, kmeans_iters=5)
     pool = SquaresPool(20, broken=[3, 17])  # shards of 8, 8 and 4 images, two of them unreadable
     p = provider(pool, CountingFactory(), tmp_path / "a", on_error="skip")
@@ -372,8 +378,8 @@ def test_clusters_computed_in_extraction_are_not_read_back(squares, tmp_path, mo
     def forbidden(*args, **kwargs):
         raise AssertionError("the clusters were computed during extraction: no tokens to read back")
 
-    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", forbidden)
-    monkeypatch.setattr(geal.features, "shard_knowledge_clusters", forbidden)
+    monkeypatch.setattr(geal.features.provider, "compute_knowledge_clusters", forbidden)
+    monkeypatch.setattr(geal.features.provider, "shard_knowledge_clusters", forbidden)
     monkeypatch.setattr(type(store), "iter_shards", forbidden)
     for _ in range(2):  # the first call takes them from the extraction, the second from the cache file
         got = p.knowledge_clusters(store, settings)
@@ -392,13 +398,13 @@ def test_clusters_computed_in_extraction_are_not_read_back(squares, tmp_path, mo
 def count_cluster_computations(monkeypatch) -> list[int]:
     """Counts the calls of ``compute_knowledge_clusters`` (a 1 per call) while still running it."""
     computed: list[int] = []
-    original = geal.features.compute_knowledge_clusters
+    original = geal.features.provider.compute_knowledge_clusters
 
     def counting(*args, **kwargs):
         computed.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(geal.features, "compute_knowledge_clusters", counting)
+    monkeypatch.setattr(geal.features.provider, "compute_knowledge_clusters", counting)
     return computed
 
 

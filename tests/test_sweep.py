@@ -20,14 +20,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-import geal.cli
+import geal.run.cli
 from downstream.datasets import synthetic
-from geal.cli import CONFIG_DIR, DeviceLeaseCallback, FailureRecordCallback, report_main, resolve_device
-from geal.device_lease import DeviceSlot, current_lease, lease_device
-from geal.results import DONE, FAILED, collect
+from geal.report.results import DONE, FAILED, collect
+from geal.run.cli import CONFIG_DIR, DeviceLeaseCallback, FailureRecordCallback, report_main, resolve_device
+from geal.run.device_lease import DeviceSlot, current_lease, lease_device
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = "from geal.cli import run_main; run_main()"
+RUN = "from geal.run.cli import run_main; run_main()"
 
 
 def geal_run(tmp: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -159,7 +159,8 @@ def test_leases_spread_jobs_over_devices_and_wait_when_all_are_taken(tmp_path: P
 
 def test_a_dead_job_never_blocks_a_device(tmp_path: Path) -> None:
     code = (
-        "import os, sys; from pathlib import Path; from geal.device_lease import DeviceSlot, lease_device; "
+        "import os, sys; from pathlib import Path; "
+        "from geal.run.device_lease import DeviceSlot, lease_device; "
         f"lease_device([DeviceSlot('cuda:0', 'GPU-aaaa')], lock_dir=Path({str(tmp_path)!r})); os._exit(1)"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False, timeout=120)
@@ -170,7 +171,7 @@ def test_device_lease_callback_makes_auto_the_leased_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEAL_DEVICE_LOCK_DIR", str(tmp_path))
-    monkeypatch.setattr(geal.cli, "cuda_slots", lambda: GPUS)
+    monkeypatch.setattr(geal.run.cli, "cuda_slots", lambda: GPUS)
     other_job = lease_device(GPUS, preferred=1, lock_dir=tmp_path)  # job 1 of the sweep holds cuda:1
     callback = DeviceLeaseCallback()
     job3 = OmegaConf.create({"device": "auto", "hydra": {"job": {"num": 3}}})  # prefers cuda:1 (3 % 2)

@@ -15,9 +15,9 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from downstream.datasets import synthetic
-from geal.cli import CONFIG_DIR
-from geal.config import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
-from geal.results import DONE, collect
+from geal.report.results import DONE, collect
+from geal.run.cli import CONFIG_DIR
+from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
 
 register_schemas()
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import run_main; run_main()",
+        "from geal.run.cli import run_main; run_main()",
         "-m",
         f"experiment={name}",
         "debug=smoke",
@@ -195,7 +195,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from geal.cli import report_main; report_main()",
+            "from geal.run.cli import report_main; report_main()",
             str(sweep),
             "--metric",
             "all",

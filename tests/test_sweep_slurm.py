@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from downstream.datasets import synthetic
-from geal.results import DONE, collect
+from geal.report.results import DONE, collect
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_slurm_sweep_through_submitit(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import run_main; run_main()",
+        "from geal.run.cli import run_main; run_main()",
         "-m",
         "hydra/launcher=slurm",
         "hydra.launcher.partition=gpu",

@@ -21,7 +21,7 @@ from downstream.tasks.classification import TimmClassifierTask
 from downstream.tasks.engine import StepOutput, TrainingPlugin, TrainSettings, resolve_amp
 from downstream.tasks.linear_probe import LinearProbeTask
 from downstream.tasks.small_cnn import SmallCNNTask
-from geal.task import TaskError
+from geal.api.task import TaskError
 from tests.conftest import SquaresPool
 
 # ------------------------------------------------------------------------------------------ linear probe

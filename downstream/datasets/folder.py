@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from geal.imageio import load_rgb
-from geal.pool import ImagePool
+from geal.api.pool import ImagePool
+from geal.util.imageio import load_rgb
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from geal.imageio import to_rgb
-from geal.pool import ImagePool
-from geal.resources import package_data_file
+from geal.api.pool import ImagePool
+from geal.util.imageio import to_rgb
+from geal.util.resources import package_data_file
 
 log = logging.getLogger(__name__)
 

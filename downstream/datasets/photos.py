@@ -12,9 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from geal.imageio import load_rgb
-from geal.pool import ImagePool
-from geal.resources import package_data_file
+from geal.api.pool import ImagePool
+from geal.util.imageio import load_rgb
+from geal.util.resources import package_data_file
 
 log = logging.getLogger(__name__)
 

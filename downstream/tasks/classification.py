@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings
-from geal.pool import ImagePool
-from geal.task import TaskError
+from geal.api.pool import ImagePool
+from geal.api.task import TaskError
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from downstream.metrics.voc_ap import VOCDetectionMetric
 from downstream.tasks.detection_transforms import SSDTransform
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings, move_to
 from downstream.tasks.instance_stats import class_count_matrix, instance_statistics
-from geal.pool import ImagePool
-from geal.task import TaskError
+from geal.api.pool import ImagePool
+from geal.api.task import TaskError
 
 log = logging.getLogger(__name__)
 

@@ -56,9 +56,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
-from geal.pool import ImagePool
-from geal.store import atomic_write_bytes, stable_hash
-from geal.task import Task, TaskError
+from geal.api.pool import ImagePool
+from geal.api.task import Task, TaskError
+from geal.util.io import atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ class TorchTask(Task):
 
     Runtime arguments (given by ``geal-run``'s ``build_task``): ``pool`` (the train pool: global ids index
     it), ``test_pool``, ``device``, ``work_dir`` (checkpoints), ``seed``, ``progress`` (tqdm bars),
-    ``logger`` (a :class:`geal.loggers.base.RunLogger`, or None). ``train``: the :class:`TrainSettings`
+    ``logger`` (a :class:`geal.report.loggers.base.RunLogger`, or None). ``train``: the :class:`TrainSettings`
     (a mapping from the config).
     """
 

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from geal.task import Task, TaskError
+from geal.api.task import Task, TaskError
 
 log = logging.getLogger(__name__)
 

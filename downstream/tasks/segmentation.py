@@ -27,8 +27,8 @@ from downstream.datasets.cityscapes import IGNORE_INDEX, TRAIN_CLASSES
 from downstream.metrics.miou import SegmentationIoU
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings, move_to
 from downstream.tasks.segmentation_transforms import SegmentationTransform
-from geal.pool import ImagePool
-from geal.task import TaskError
+from geal.api.pool import ImagePool
+from geal.api.task import TaskError
 
 log = logging.getLogger(__name__)
 

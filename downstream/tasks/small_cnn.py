@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from downstream.tasks.classification import ClassificationTask
 from downstream.tasks.engine import TrainSettings
-from geal.pool import ImagePool
+from geal.api.pool import ImagePool
 
 
 class SmallCNN(nn.Module):

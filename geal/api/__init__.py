@@ -1,0 +1,1 @@
+"""The contracts every other part of GEAL builds on: image pools, selectors, tasks, feature sources."""

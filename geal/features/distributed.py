@@ -1,0 +1,73 @@
+"""Feature extraction with several ``torch.distributed`` ranks (started by ``torchrun``).
+
+:func:`extract_distributed` — every rank extracts its share of the missing shards of **one** feature store on
+a file system all ranks see. A shard is written atomically by the one rank that owns it, so the merge is the
+store itself: exact (each shard is what a single process writes for those images) and idempotent (a rerun,
+or a restarted rank, extracts only what is still missing). Rank 0 holds the store's lock for the whole job,
+so other jobs sharing the cache dir wait instead of extracting it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch.distributed as dist
+
+from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.features.store import FeatureStore
+from geal.util.distributed import rank_and_world
+
+__all__ = ["extract_distributed"]
+
+log = logging.getLogger(__name__)
+
+
+def extract_distributed(
+    provider: FeatureProvider,
+    feature_layer: int = -2,
+    attention_layer: int = -1,
+    clusters: ClusterSettings | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> FeatureStore:
+    """Fill ``provider``'s store with every rank of ``group`` (each extracts missing shards rank, rank +
+    world, ...); returns the complete store on every rank. Outside torch.distributed: ``provider.store``.
+
+    If a rank fails, every rank raises after the others finished their shares; the shards written so far
+    are kept, so rerunning the job (or the failed rank's share) completes the store.
+    """
+    rank, world = rank_and_world(group)
+    if world == 1:
+        return provider.store(feature_layer, attention_layer, clusters)
+    store = provider.open_store(feature_layer, attention_layer, clusters)
+    provider.timings.store_dir = str(store.directory)
+    lock = store.lock("extracting features with several ranks") if rank == 0 else contextlib.nullcontext()
+    with lock:
+        plan: list[list[int] | None] = [store.missing_shards() if rank == 0 else None]
+        dist.broadcast_object_list(plan, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+        missing = plan[0]
+        assert missing is not None
+        mine = missing[rank::world]
+        log.info("rank %d/%d: extracting %d of the %d missing shards", rank, world, len(mine), len(missing))
+        error: str | None = None
+        try:
+            if mine:
+                provider.timings.extraction = provider.extract(store, feature_layer, attention_layer, mine)
+        except Exception as err:  # reported to every rank below, then re-raised here
+            error = f"{type(err).__name__}: {err}"
+            log.exception("rank %d: extraction failed", rank)
+        errors: list[str | None] = [None] * world
+        dist.all_gather_object(errors, error, group=group)
+    failed = {r: e for r, e in enumerate(errors) if e}
+    if failed:
+        raise RuntimeError(
+            f"distributed extraction into {store.directory} failed on rank(s) {sorted(failed)}: {failed}. "
+            f"The shards already written are kept: run the job again to extract only the missing ones."
+        )
+    if not store.complete:
+        raise RuntimeError(
+            f"distributed extraction finished but {store.directory} still misses shards "
+            f"{store.missing_shards()[:10]}: do all ranks see the same cache dir (a shared file system)?"
+        )
+    provider.timings.extraction_cache_hit = not missing
+    return store

@@ -1,0 +1,322 @@
+"""On-disk feature store: sharded, memory-mapped on read, written atomically, resumable.
+
+Layout of one store (a directory under the cache dir, never inside a dataset folder)::
+
+    <cache_dir>/features/<backbone>-<pool>-<key hash>/
+        manifest.json           what the store holds (key fields, version, sizes); checked on open
+        shard_00000/            images [0, shard_size)
+            tokens.npy          (n, N, D) fp16 dense tokens (fp32 if fp16 would overflow)
+            attention.npy       (n, H, N) fp32 per-head importance, rows sum to 1
+            global.npy          (n, D')   fp32 global feature
+            valid.npy           (n,)      bool, False for images skipped as unreadable
+            meta.json           range, arrays, dtypes, skipped files
+        shard_00001/ ...
+        clusters/<hash>.npz     second stage: knowledge clusters for one (τ, K, k-means...) setting
+        .extract.lock           held by the job (or rank 0 of the distributed job) filling the store
+
+A ``clusters_only`` store (``mode`` in the manifest; for pools too large to keep dense tokens) holds per
+shard ``clusters.npy`` (n, K, D) fp16 knowledge clusters and ``cluster_valid.npy`` (n, K) bool instead of
+tokens and attention, for the one cluster setting recorded in the manifest.
+
+A shard directory is written under a temporary name and renamed into place when complete, so a shard
+that exists is complete; an interrupted extraction resumes at the first missing shard. Jobs that share a
+cache dir (sweeps, several nodes on one file system) take a file lock before filling a store or computing
+a cluster cache, so each is written once; the others wait and then read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from geal.util.io import atomic_write_json, stable_hash
+from geal.util.locks import file_lock
+
+log = logging.getLogger(__name__)
+
+#: bump when the meaning of stored data changes (old stores are then ignored, not misread)
+STORE_VERSION = 1
+ARRAYS = ("tokens", "attention", "global", "valid")  # a dense shard's arrays
+CLUSTER_ARRAYS = ("clusters", "cluster_valid", "global", "valid")  # a clusters-only shard's arrays
+FP16_MAX = 65504.0
+
+StoreMode = Literal["full", "clusters_only"]
+
+
+class StoreMismatchError(RuntimeError):
+    """The manifest on disk does not describe what this run expects."""
+
+
+#: a shard's array: numpy in the store; a torch tensor on the extraction device while the shard is in the
+#: extraction loop (see :mod:`geal.features.extract`)
+ShardArray = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class ShardData:
+    """Arrays of one shard: tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,); or, in a
+    clusters-only store, clusters (n,K,D) and cluster_valid (n,K) instead of tokens and attention. What
+    :meth:`FeatureStore.write_shard` takes is numpy; between the forward and the writer (the shard
+    transforms) tokens, attention and global may still be tensors on the extraction device."""
+
+    tokens: ShardArray | None
+    attention: ShardArray | None
+    global_feature: ShardArray
+    valid: np.ndarray
+    skipped: list[dict[str, str]]
+    clusters: np.ndarray | None = None
+    cluster_valid: np.ndarray | None = None
+
+
+def fp16_if_in_range(arr: ShardArray) -> ShardArray:
+    """How tokens and clusters are stored: fp16 unless a value is non-finite or beyond fp16's range (then
+    fp32). A tensor stays on its device: one min/max pass, no temporary, one wait for the result; a bf16
+    or fp32 tensor in range is rounded to fp16 as numpy would round its float32 values."""
+    if isinstance(arr, torch.Tensor):
+        if arr.numel() == 0:
+            return arr.half()
+        lo, hi = (float(v) for v in torch.aminmax(arr))  # NaN and ±inf propagate into lo/hi
+        finite = math.isfinite(lo) and math.isfinite(hi)
+        if arr.dtype == torch.float16:
+            return arr if finite else arr.float()
+        return arr.half() if finite and max(-lo, hi) < FP16_MAX else arr.float()
+    if arr.dtype == np.float16:  # already fp16 (the extractor converts on the device): finite is enough
+        exponent = arr.view(np.uint16) & 0x7C00  # integer test: numpy's fp16 ufuncs are slow
+        return arr if not bool((exponent == 0x7C00).any()) else arr.astype(np.float32)
+    arr = arr.astype(np.float32, copy=False)
+    fits = bool(np.isfinite(arr).all()) and float(np.abs(arr).max(initial=0.0)) < FP16_MAX
+    return arr.astype(np.float16 if fits else np.float32)
+
+
+class FeatureStore:
+    """Dense tokens, importance maps and global features of every image of one pool for one backbone setting.
+
+    ``key`` holds everything that determines the stored values (backbone config and weights identity,
+    preprocessing, layers, pool identity); its hash names the directory and the manifest repeats it, so a
+    store is only ever read by a run that asks for exactly the same thing.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        key: dict[str, Any],
+        n_images: int,
+        shard_size: int,
+        mode: StoreMode = "full",
+        clusters: dict[str, Any] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.key = key
+        self.n_images = int(n_images)
+        self.shard_size = int(shard_size)
+        self.mode: StoreMode = mode
+        #: clusters-only stores: the knowledge-cluster settings the shards hold (None: no clusters)
+        self.clusters = clusters
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls,
+        cache_dir: Path,
+        key: dict[str, Any],
+        n_images: int,
+        shard_size: int,
+        label: str,
+        mode: StoreMode = "full",
+        clusters: dict[str, Any] | None = None,
+    ) -> FeatureStore:
+        """Open (or create) the store for ``key`` under ``cache_dir/features``; check its manifest.
+
+        ``mode``/``clusters``: a clusters-only store and the cluster settings it is filled with (recorded in
+        the manifest when the store is created; an existing store keeps the ones it was created with).
+        """
+        if n_images <= 0:
+            raise ValueError("cannot build a feature store for an empty pool")
+        safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+        directory = Path(cache_dir).expanduser() / "features" / f"{safe_label}-{stable_hash(key)}"
+        manifest = directory / "manifest.json"
+        expected = {"version": STORE_VERSION, "key": key, "n_images": n_images}
+        if manifest.exists():
+            try:
+                found = json.loads(manifest.read_text())
+            except json.JSONDecodeError as err:
+                raise StoreMismatchError(
+                    f"Feature store manifest {manifest} is unreadable ({err}); "
+                    f"delete {directory} to rebuild it."
+                ) from err
+            # round-trip the expectation through JSON so tuples/lists compare equal
+            want = json.loads(json.dumps(expected, default=str))
+            got = {k: found.get(k) for k in want}
+            if got != want:
+                diff = sorted(k for k in want if got[k] != want[k])
+                raise StoreMismatchError(
+                    f"Feature store {directory} was written for something else "
+                    f"(differs in: {', '.join(diff)}; "
+                    f"store version {found.get('version')} vs {STORE_VERSION}). Delete that directory to "
+                    f"re-extract, or point paths.cache_dir somewhere else."
+                )
+            shard_size = int(found["shard_size"])
+            mode = found.get("mode", "full")
+            clusters = found.get("clusters")
+        else:
+            atomic_write_json(
+                manifest,
+                {**expected, "shard_size": shard_size, "label": label, "mode": mode, "clusters": clusters},
+            )
+        return cls(directory, key, n_images, shard_size, mode, clusters)
+
+    def lock(self, what: str = "extracting features") -> contextlib.AbstractContextManager[None]:
+        """The store's cross-process lock (see :func:`file_lock`)."""
+        return file_lock(self.directory / ".extract.lock", f"{what} into {self.directory}")
+
+    # ------------------------------------------------------------------ shards
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_images // self.shard_size)
+
+    def shard_range(self, shard: int) -> tuple[int, int]:
+        start = shard * self.shard_size
+        return start, min(start + self.shard_size, self.n_images)
+
+    def shard_dir(self, shard: int) -> Path:
+        return self.directory / f"shard_{shard:05d}"
+
+    def missing_shards(self) -> list[int]:
+        return [s for s in range(self.n_shards) if not (self.shard_dir(s) / "meta.json").exists()]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing_shards()
+
+    @property
+    def array_names(self) -> tuple[str, ...]:
+        if self.mode == "full":
+            return ARRAYS
+        return CLUSTER_ARRAYS if self.clusters is not None else ("global", "valid")
+
+    def write_shard(self, shard: int, data: ShardData) -> None:
+        """Write one complete shard atomically (temporary directory renamed into place)."""
+        start, stop = self.shard_range(shard)
+        n = stop - start
+        given = {
+            "tokens": data.tokens,
+            "attention": data.attention,
+            "global": data.global_feature,
+            "valid": data.valid,
+            "clusters": data.clusters,
+            "cluster_valid": data.cluster_valid,
+        }
+        for name in self.array_names:
+            arr = given[name]
+            if arr is None:
+                raise ValueError(f"shard {shard}: a {self.mode} store needs '{name}', which is missing")
+            if arr.shape[0] != n:
+                raise ValueError(f"shard {shard}: {name} has {arr.shape[0]} rows, expected {n}")
+        convert = {
+            "tokens": fp16_if_in_range,
+            "attention": lambda a: a.astype(np.float32),
+            "global": lambda a: a.astype(np.float32),
+            "valid": lambda a: a.astype(bool),
+            "clusters": fp16_if_in_range,
+            "cluster_valid": lambda a: a.astype(bool),
+        }
+        arrays = {name: convert[name](given[name]) for name in self.array_names}
+        final = self.shard_dir(shard)
+        tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{final.name}.", suffix=".tmp"))
+        try:
+            for name, arr in arrays.items():
+                np.save(tmp / f"{name}.npy", arr)
+            meta = {
+                "start": start,
+                "stop": stop,
+                "skipped": data.skipped,
+                "arrays": list(arrays),
+                "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
+            }
+            # meta.json last: its presence marks the shard complete
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if (final / "meta.json").exists():  # another process finished the same shard first
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._cache.pop(shard, None)
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete temporary shard directories left by an interrupted run."""
+        for tmp in self.directory.glob(".shard_*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # ------------------------------------------------------------------ reading
+    def _shard_arrays(self, shard: int, keep: bool = True) -> dict[str, np.ndarray]:
+        """The memory-mapped arrays of one shard; ``keep=False`` does not keep the maps open afterwards
+        (a pass over a large store then never holds more than one shard's pages resident)."""
+        if shard in self._cache:
+            return self._cache[shard]
+        directory = self.shard_dir(shard)
+        if not (directory / "meta.json").exists():
+            raise FileNotFoundError(f"shard {directory} is missing: the store is incomplete (run extraction)")
+        start, stop = self.shard_range(shard)
+        meta = json.loads((directory / "meta.json").read_text())
+        names = meta.get("arrays", ARRAYS)
+        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names}
+        for name, arr in arrays.items():
+            if arr.shape[0] != stop - start:
+                raise StoreMismatchError(
+                    f"{directory / (name + '.npy')} has {arr.shape[0]} rows, expected {stop - start}: "
+                    f"the store is damaged; delete {self.directory} to re-extract."
+                )
+        if keep:
+            self._cache[shard] = arrays
+        return arrays
+
+    def iter_shards(self) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Yield (start, stop, memory-mapped arrays) per shard, in global-id order (the maps of a shard are
+        released when the next one is read)."""
+        for shard in range(self.n_shards):
+            start, stop = self.shard_range(shard)
+            yield start, stop, self._shard_arrays(shard, keep=False)
+
+    def _concat(self, name: str) -> np.ndarray:
+        return np.concatenate([arrays[name] for _, _, arrays in self.iter_shards()], axis=0)
+
+    @property
+    def token_dim(self) -> int:
+        arrays = self._shard_arrays(0)
+        return int(arrays["tokens" if "tokens" in arrays else "clusters"].shape[-1])
+
+    def global_features(self) -> np.ndarray:
+        """(n_images, D') float32 global features."""
+        return self._concat("global")
+
+    def valid(self) -> np.ndarray:
+        """(n_images,) bool: False for images skipped as unreadable."""
+        return self._concat("valid")
+
+    def skipped(self) -> list[dict[str, str]]:
+        """The unreadable images recorded during extraction (global id, source, error)."""
+        out: list[dict[str, str]] = []
+        for shard in range(self.n_shards):
+            out.extend(json.loads((self.shard_dir(shard) / "meta.json").read_text())["skipped"])
+        return out
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())

@@ -1,0 +1,162 @@
+"""Struct-mode schemas for the settings that are not instantiated objects (a misspelled key fails at once).
+
+The instantiated groups (``data``, ``backbone``, ``selector``) are checked against their ``_target_``'s
+constructor signature instead (:func:`check_target_kwargs`), before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig
+
+#: keys of the ``data`` group that are not the pool's constructor arguments: how the run treats unreadable
+#: images, and the dataset's test split (a pool config of its own, used by geal-run's task)
+POOL_RUN_KEYS = ("on_error", "test")
+#: keys of the ``task`` group read by the run, not passed to the task's constructor
+TASK_RUN_KEYS = ("test_data",)
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = MISSING
+    cache_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class ExtractionConfig:
+    batch_size: int = 32
+    num_workers: Any = "auto"  # auto | int >= 0 (Any: OmegaConf has no Union of int and str)
+    amp: str = "auto"  # auto | bf16 | fp16 | none
+    shard_size: int = 512
+    progress: bool = True
+    cache_mode: str = "full"  # full | clusters_only (keep only the selector's knowledge clusters)
+    # workers | device (JPEGs decoded batched on the GPU: geal.features.device_decode) | auto
+    decode: str = "workers"
+
+
+@dataclass
+class OutputConfig:
+    split_name: str = "${selector.name}_${budget}"
+    write_dataset_split: bool = False  # True: write the native split file inside the dataset folder
+    summary: bool = True
+
+
+@dataclass
+class SelectConfig:
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    budget: int = 100
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    labeled: str | None = None  # file of already-labeled image ids (.txt, or a selection.json)
+    task_name: str = "select"
+
+
+@dataclass
+class RunOutputConfig:
+    write_dataset_split: bool = False
+    summary: bool = True
+    resume: bool = True  # a rerun into the same run dir skips the budgets already in metrics.jsonl
+
+
+@dataclass
+class CyclesConfig:
+    """geal-run's active-learning schedule (``conf/cycles/``; see geal.run.loop.CycleSchedule).
+
+    initial: auto | draw | selector | labeled — how cycle 0's set is chosen (auto: the run's selector when it
+    can pick from nothing, i.e. one-pass selectors, else ``initial_draw``); initial_size null with
+    n_cycles 0 = the one-pass schedule (select max(budgets) once, train every budget on its prefix).
+    """
+
+    name: str = "cycles"
+    initial: str = "auto"
+    initial_size: int | None = 1000
+    step: int = 1000
+    n_cycles: int = 9
+    reinit: bool = True  # false: warm-start each training from the previous one (task must support it)
+    initial_draw: Any = None  # a selector config (_target_) that draws the initial set (random by default)
+
+
+@dataclass
+class RunConfig:
+    """geal-run: select (or load a selection) → train the task per budget → evaluate → metrics.json."""
+
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    task: Any = MISSING
+    logger: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    output: RunOutputConfig = field(default_factory=RunOutputConfig)
+    budgets: list[int] = field(default_factory=lambda: [100])
+    seed: int = 0
+    device: str = "auto"
+    labeled: str | None = None
+    selection_file: str | None = None  # a selection.json of an earlier run: train on it, select nothing
+    cycles: CyclesConfig | None = None  # null: select once, train per budget; else the AL cycle schedule
+    task_name: str = "run"
+
+
+@dataclass
+class ContactSheetConfig:
+    max_images: int = 100  # the first ones of the selection
+    columns: int = 10
+    thumb_size: int = 112  # pixels per tile
+
+
+@dataclass
+class VisualizeConfig:
+    """geal-visualize: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+
+    data: Any = MISSING
+    backbone: Any = MISSING
+    selector: Any = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
+    figures: list[str] = field(default_factory=lambda: ["clusters", "contact_sheet", "histograms"])
+    selection: str | None = None  # a selection.json of this pool (geal-select / geal-run)
+    compare: list[str] = field(default_factory=list)  # more selection.json files for the histograms
+    images: list[str] = field(default_factory=list)  # image ids for the cluster figure
+    n_images: int = 6  # without images: the first n of the selection (else of the pool)
+    seed: int = 0  # the random draw the histograms compare with
+    device: str = "auto"
+    task_name: str = "visualize"
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="select_schema", node=SelectConfig)
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
+
+
+def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:
+    """Fail now, with the group's name, if a config node has keys its ``_target_`` does not accept."""
+    target = node.get("_target_")
+    if target is None:
+        raise ValueError(f"config group '{group}' has no _target_: pick one of the files in conf/{group}/")
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{group}._target_={target} cannot be imported: {err}") from err
+    params = inspect.signature(obj).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(k for k in node if not str(k).startswith("_") and k not in params and k not in ignore)
+    if unknown:
+        raise ValueError(
+            f"{group} config has key(s) {unknown} that {target} does not take; "
+            f"valid keys: {sorted(k for k in params if k != 'self')}"
+        )
