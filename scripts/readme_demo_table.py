@@ -54,7 +54,7 @@ def main() -> None:
     args = ap.parse_args()
     results = args.output_dir / "results.md"
     if not results.is_file():
-        raise SystemExit(f"{results} does not exist: run `make demo` (or geal-report {args.output_dir}) first")
+        raise SystemExit(f"{results} does not exist: run `make demo` (or geal-report {args.output_dir})")
     table = metric_table(results.read_text(encoding="utf-8"), args.metric)
     text = replace_block(args.readme.read_text(encoding="utf-8"), table)
     fd, tmp = tempfile.mkstemp(dir=args.readme.parent, prefix=".readme-")
