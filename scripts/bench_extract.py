@@ -28,7 +28,7 @@ Usage: python scripts/bench_extract.py [--device cpu] [--images 192] [--batch-si
        [--loader-workers 1 2] [--memory-workers 2]
        [--decodes auto workers device] [--memory-images 100000] [--threads N]
        [--rounds 2] [--loader-rounds 3] [--loader-images 1024]
-       [--skip throughput loader disk memory]
+       [--skip throughput loader disk memory] [--out FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_record import BenchRecorder, add_out_argument
 from PIL import Image
 
 from geal.api.pool import ImagePool
@@ -150,7 +151,7 @@ def peak_rss_mb() -> tuple[float, float]:
     return own, children
 
 
-def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+def bench_throughput(rec: BenchRecorder, args: argparse.Namespace, device: torch.device, work: Path) -> None:
     model = vit_s16().to(device).eval()
     pool = JpegFolderPool(work / "jpegs", args.images)
     res = model.preprocessing.resolution
@@ -174,7 +175,7 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
     runs = [(workers, decode) for workers in args.workers for decode in args.decodes]
     pipelines: dict[tuple[Workers, str], list[float]] = {run: [] for run in runs}
     # rounds of (bare forward, each pipeline), the best of each over the rounds: the same number of tries
-    # for both sides of the ratio (this machine's speed varies by ±15 % from one second to the next)
+    # for both sides of the ratio (a shared machine's speed can vary by ±15 % from one second to the next)
     for r in range(args.rounds):
         bares.append(bare_rate())
         for workers, decode in runs:
@@ -201,21 +202,38 @@ def bench_throughput(args: argparse.Namespace, device: torch.device, work: Path)
             )
             pipelines[workers, decode].append(len(pool) / (time.perf_counter() - t0))
             stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.stage_seconds.items())
-            print(
+            rec.emit(
+                "extract_round",
                 f"  round {r + 1}, workers={workers}, decode={decode}: main loop {report.seconds:.2f} s: "
                 f"{stages}",
-                flush=True,
+                round=r + 1,
+                workers=workers,
+                decode=decode,
+                main_loop_s=report.seconds,
+                stage_seconds=dict(report.stage_seconds),
             )
     bare = max(bares)
     for (workers, decode), rates in pipelines.items():
         pipeline = max(rates)
-        print(
+        rec.emit(
+            "extract_throughput",
             f"extract throughput ViT-S/16@224 {args.amp} batch {args.batch_size}, "
             f"{workers_text(workers, device)}, "
             f"decode={decode} ({resolve_decode(decode, device)}), {args.images} JPEGs of VOC sizes "
             f"on {device_name(device)}: pipeline {pipeline:.1f} img/s, bare forward {bare:.1f} img/s "
             f"(best of {args.rounds} alternated rounds each), ratio {pipeline / bare:.2f}",
-            flush=True,
+            model="ViT-S/16@224",
+            amp=args.amp,
+            batch_size=args.batch_size,
+            workers=workers,
+            loader_workers=resolve_workers(workers, device),
+            decode=decode,
+            decode_resolved=resolve_decode(decode, device),
+            images=args.images,
+            pipeline_img_s=pipeline,
+            bare_forward_img_s=bare,
+            rounds=args.rounds,
+            ratio=pipeline / bare,
         )
 
 
@@ -259,7 +277,7 @@ class _Premade(PreprocessedPool):
         return self.image.to(self.dtype, copy=True), ""
 
 
-def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+def bench_loader(rec: BenchRecorder, args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = JpegFolderPool(work / "jpegs_loader", args.loader_images)
     pre = vit_s16().preprocessing
     normalize = normalize_transform(pre)
@@ -303,25 +321,41 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
             ours[w].append(rate(uint8, on_device=True, workers=w)[0])
         ref_ms.append(worker_ms(float32))
         ours_ms.append(worker_ms(uint8))
-    print(
+    rec.emit(
+        "extract_worker_cost",
         f"extract worker cost per image ({min(len(pool), 256)} JPEGs of VOC sizes -> {pre.resolution}px, "
         "one thread): "
         f"libjpeg-turbo + uint8 handover {min(ours_ms):.2f} ms, PIL + float32 handover {min(ref_ms):.2f} ms, "
         "ratio "
         f"{min(ref_ms) / min(ours_ms):.2f}x (best of {args.loader_rounds})",
-        flush=True,
+        images=min(len(pool), 256),
+        resolution=pre.resolution,
+        ours_ms=min(ours_ms),
+        reference_ms=min(ref_ms),
+        ratio=min(ref_ms) / min(ours_ms),
+        rounds=args.loader_rounds,
     )
     for w in args.loader_workers:
         # one worker decoding at the cost above would deliver 1000 / ms images/s: the scaling shows whether
         # the workers, the main process (collation, pinning, copy) or the host's cores are the limit
-        print(
+        rec.emit(
+            "extract_loader",
             f"extract loader {len(pool)} JPEGs of VOC sizes -> {pre.resolution}px, batch {args.batch_size}, "
             f"{w} workers, to {device_name(device)}: libjpeg-turbo + uint8 handover + normalise on the "
             f"device {max(ours[w]):.0f} img/s ({max(ours[w]) / max(w, 1):.0f} per worker; one worker's cost "
             f"alone: {1e3 / min(ours_ms):.0f} img/s), PIL + float32 handover (normalised in the workers) "
             f"{max(ref[w]):.0f} img/s, ratio {max(ours[w]) / max(ref[w]):.2f}x (best of {args.loader_rounds} "
             "alternated rounds each)",
-            flush=True,
+            images=len(pool),
+            resolution=pre.resolution,
+            batch_size=args.batch_size,
+            workers=w,
+            ours_img_s=max(ours[w]),
+            ours_img_s_per_worker=max(ours[w]) / max(w, 1),
+            one_worker_cost_img_s=1e3 / min(ours_ms),
+            reference_img_s=max(ref[w]),
+            ratio=max(ours[w]) / max(ref[w]),
+            rounds=args.loader_rounds,
         )
     # the handover alone (no decoding), at the most workers: the ceiling the main process sets
     w = args.loader_workers[-1]
@@ -332,23 +366,36 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
                 ceiling[dtype], rate(_Premade(pool, pre, dtype), on_device=False, workers=w)[0]
             )
     u8, f32 = ceiling[torch.uint8], ceiling[torch.float32]
-    print(
+    rec.emit(
+        "extract_handover",
         f"extract loader handover alone (no decoding: copies of one made-up image), {len(pool)} images, "
         f"batch {args.batch_size}, {w} workers, to {device_name(device)}: uint8 {u8:.0f} img/s, float32 "
         f"{f32:.0f} img/s, ratio {u8 / f32:.2f}x (best of {args.loader_rounds} alternated rounds each)",
-        flush=True,
+        images=len(pool),
+        batch_size=args.batch_size,
+        workers=w,
+        uint8_img_s=u8,
+        float32_img_s=f32,
+        ratio=u8 / f32,
+        rounds=args.loader_rounds,
     )
     # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
     short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
     short_rate, first = rate(short, on_device=True, workers=w)  # type: ignore[arg-type]
-    print(
+    rec.emit(
+        "extract_loader_startup",
         f"extract loader start-up, {w} workers: first batch after {first:.2f} s; {len(short)} of the images "
         f"at {short_rate:.0f} img/s vs all {len(pool)} at {max(ours[w]):.0f} img/s (ours)",
-        flush=True,
+        workers=w,
+        first_batch_s=first,
+        short_images=len(short),
+        short_img_s=short_rate,
+        images=len(pool),
+        img_s=max(ours[w]),
     )
 
 
-def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+def bench_disk(rec: BenchRecorder, args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = JpegFolderPool(work / "jpegs", args.images)
     clusters = ClusterSettings(tau=0.5, k=25)
     sizes = {}
@@ -366,16 +413,22 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
         # a full store alone: given cluster settings it would also cache those clusters beside the tokens
         wanted = clusters if mode == "clusters_only" else None
         sizes[mode] = provider.store(clusters=wanted).disk_bytes() / len(pool)
-    print(
+    rec.emit(
+        "extract_disk",
         f"extract disk ViT-S/16@224 (196 tokens x 384): full store {sizes['full'] / 1e3:.1f} kB/img "
         f"(1,000,000 images ≈ {sizes['full'] * 1e6 / 1e9:.0f} GB), clusters-only (K=25) "
         f"{sizes['clusters_only'] / 1e3:.1f} kB/img (≈ {sizes['clusters_only'] * 1e6 / 1e9:.0f} GB), "
         f"ratio {sizes['full'] / sizes['clusters_only']:.1f}x",
-        flush=True,
+        model="ViT-S/16@224",
+        images=len(pool),
+        k=25,
+        full_bytes_per_image=sizes["full"],
+        clusters_only_bytes_per_image=sizes["clusters_only"],
+        ratio=sizes["full"] / sizes["clusters_only"],
     )
 
 
-def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> None:
+def bench_memory(rec: BenchRecorder, args: argparse.Namespace, device: torch.device, work: Path) -> None:
     pool = GeneratedPool(args.memory_images)
     settings = ExtractionSettings(
         batch_size=256, num_workers=args.memory_workers, amp="none", shard_size=512, progress=False
@@ -388,13 +441,21 @@ def bench_memory(args: argparse.Namespace, device: torch.device, work: Path) -> 
     )
     seconds = time.perf_counter() - t0
     own, children = peak_rss_mb()
-    print(
+    rec.emit(
+        "extract_memory",
         f"extract memory tiny ViT, {len(pool)} generated 48 px images, shards of 512, batch 256, "
         f"{workers_text(args.memory_workers, device)}: {seconds:.0f} s ({len(pool) / seconds:.0f} img/s), "
         "store "
         f"{store.disk_bytes() / 1e6:.0f} MB, peak RSS main process {own:.0f} MB (before extraction "
         f"{before:.0f} MB), largest loader worker {children:.0f} MB",
-        flush=True,
+        images=len(pool),
+        workers=args.memory_workers,
+        seconds=seconds,
+        img_s=len(pool) / seconds,
+        store_bytes=store.disk_bytes(),
+        peak_rss_main_mb=own,
+        rss_before_mb=before,
+        peak_rss_largest_worker_mb=children,
     )
 
 
@@ -427,6 +488,7 @@ def main() -> None:
     ap.add_argument("--loader-rounds", type=int, default=3, help="alternated rounds of the loader line")
     ap.add_argument("--loader-images", type=int, default=1024, help="JPEGs of the loader line")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    add_out_argument(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -437,16 +499,17 @@ def main() -> None:
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}",
         flush=True,
     )
+    rec = BenchRecorder("bench_extract", args.out, device=str(device), torch_threads=torch.get_num_threads())
     work = Path(tempfile.mkdtemp(prefix="geal-bench-extract-"))
     try:
         if "memory" not in args.skip and args.memory_images:  # first: peak RSS is a high-water mark
-            bench_memory(args, device, work)
+            bench_memory(rec, args, device, work)
         if "throughput" not in args.skip:
-            bench_throughput(args, device, work)
+            bench_throughput(rec, args, device, work)
         if "loader" not in args.skip:
-            bench_loader(args, device, work)
+            bench_loader(rec, args, device, work)
         if "disk" not in args.skip:
-            bench_disk(args, device, work)
+            bench_disk(rec, args, device, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

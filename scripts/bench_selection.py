@@ -24,7 +24,7 @@ parts (70%) or from any component (30%, background), plus an image-level offset 
 per-cluster noise — and ``random`` (i.i.d. Gaussian vectors: no structure, the worst case for any bound).
 
 Usage: python scripts/bench_selection.py [--device cpu] [--sizes 2000] [--ref-steps 100] [--voc]
-       [--kinds clustered random] [--real-store DIR] [--threads N] [--seed 0]
+       [--kinds clustered random] [--real-store DIR] [--threads N] [--seed 0] [--out FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_record import BenchRecorder, add_out_argument
 
 from geal.features.provider import ClusterSettings, compute_knowledge_clusters
 from geal.features.store import FeatureStore
@@ -120,7 +121,14 @@ def run(fn, points, groups, budget, distance, seed, pruning):
 
 
 def bench_kcenter(
-    kind: str, n: int, distance: str, ref_steps: int, budget_frac: float, seed: int, device: torch.device
+    rec: BenchRecorder,
+    kind: str,
+    n: int,
+    distance: str,
+    ref_steps: int,
+    budget_frac: float,
+    seed: int,
+    device: torch.device,
 ) -> None:
     clusters = make_clusters(kind, n, 25, 384, seed).to(device)
     points = clusters.reshape(-1, clusters.shape[-1])
@@ -134,17 +142,35 @@ def bench_kcenter(
     ref, t_ref = timed(lambda: broadcast_reference(clusters, ref_steps, distance, seed), device)
     full, t_full = timed(lambda: run(kcenter_greedy, points, groups, budget, distance, seed, "none"), device)
     same_ref = prefix.order == ref and ours.order[:ref_steps] == ref
-    print(
+    same_full = agreement(ours, full)
+    rec.emit(
+        "kcenter",
         f"kcenter {kind:9s} {distance:9s} {n:6d} img x 25 x 384: first {ref_steps} picks: ours "
         f"{1e3 * t_prefix / ref_steps:.1f} ms/pick, broadcast reference {1e3 * t_ref / ref_steps:.1f} "
         f"ms/pick, ratio {t_ref / t_prefix:.1f}x | budget {budget}: ours {t_ours:.1f} s, full scan "
         f"{t_full:.1f} s, ratio {t_full / t_ours:.1f}x | same picks as the reference: {same_ref}, as the "
-        f"full scan: {agreement(ours, full)}",
-        flush=True,
+        f"full scan: {same_full}",
+        kind=kind,
+        distance=distance,
+        images=n,
+        clusters_per_image=25,
+        dim=384,
+        ref_steps=ref_steps,
+        ours_ms_per_pick=1e3 * t_prefix / ref_steps,
+        reference_ms_per_pick=1e3 * t_ref / ref_steps,
+        ratio_vs_reference=t_ref / t_prefix,
+        budget=budget,
+        ours_s=t_ours,
+        full_scan_s=t_full,
+        ratio_vs_full_scan=t_full / t_ours,
+        same_as_reference=same_ref,
+        same_as_full_scan=same_full == "True",
     )
 
 
-def bench_voc(kind: str, budget: int, ref_steps: int, seed: int, device: torch.device) -> None:
+def bench_voc(
+    rec: BenchRecorder, kind: str, budget: int, ref_steps: int, seed: int, device: torch.device
+) -> None:
     n = 16551
     clusters = make_clusters(kind, n, 25, 384, seed).to(device)
     points = clusters.reshape(-1, 384)
@@ -154,29 +180,56 @@ def bench_voc(kind: str, budget: int, ref_steps: int, seed: int, device: torch.d
         lambda: run(kcenter_greedy, points, groups, ref_steps, "cosine", seed, "none"), device
     )
     per_full, per_ours = t_full / ref_steps, t_ours / budget
-    print(
+    same = agreement(ours, full, ref_steps)
+    rec.emit(
+        "voc",
         f"VOC     {kind:9s} cosine    {n} img x 25 x 384, budget {budget}: ours {t_ours:.1f} s "
         f"({1e3 * per_ours:.1f} ms/pick) | full scan {1e3 * per_full:.1f} ms/pick over its first "
         f"{ref_steps} picks (whole budget ≈ {per_full * budget:.0f} s), per-pick ratio "
-        f"{per_full / per_ours:.1f}x | same picks: {agreement(ours, full, ref_steps)}",
-        flush=True,
+        f"{per_full / per_ours:.1f}x | same picks: {same}",
+        kind=kind,
+        distance="cosine",
+        images=n,
+        clusters_per_image=25,
+        dim=384,
+        budget=budget,
+        ours_s=t_ours,
+        ours_ms_per_pick=1e3 * per_ours,
+        full_scan_ms_per_pick=1e3 * per_full,
+        full_scan_steps=ref_steps,
+        full_scan_budget_estimate_s=per_full * budget,
+        per_pick_ratio=per_full / per_ours,
+        same_picks=same == "True",
     )
 
 
-def bench_d2(kind: str, n: int, budget: int, seed: int, device: torch.device) -> None:
+def bench_d2(rec: BenchRecorder, kind: str, n: int, budget: int, seed: int, device: torch.device) -> None:
     clusters = make_clusters(kind, n, 25, 384, seed).to(device)
     points = clusters.reshape(-1, 384)
     groups = torch.arange(n, device=device).repeat_interleave(25)
     ours, t_ours = timed(lambda: run(d2_sampling, points, groups, budget, "cosine", seed, "auto"), device)
     full, t_full = timed(lambda: run(d2_sampling, points, groups, budget, "cosine", seed, "none"), device)
-    print(
+    same = agreement(ours, full)
+    rec.emit(
+        "d2",
         f"d2      {kind:9s} cosine    {n:6d} img x 25 x 384, budget {budget}: ours {t_ours:.1f} s, full "
-        f"scan {t_full:.1f} s, ratio {t_full / t_ours:.1f}x | same draws: {agreement(ours, full)}",
-        flush=True,
+        f"scan {t_full:.1f} s, ratio {t_full / t_ours:.1f}x | same draws: {same}",
+        kind=kind,
+        distance="cosine",
+        images=n,
+        clusters_per_image=25,
+        dim=384,
+        budget=budget,
+        ours_s=t_ours,
+        full_scan_s=t_full,
+        ratio_vs_full_scan=t_full / t_ours,
+        same_draws=same == "True",
     )
 
 
-def bench_real(store_dir: Path, budgets: list[int], seed: int, device: torch.device) -> None:
+def bench_real(
+    rec: BenchRecorder, store_dir: Path, budgets: list[int], seed: int, device: torch.device
+) -> None:
     manifest = json.loads((store_dir / "manifest.json").read_text())
     store = FeatureStore(store_dir, manifest["key"], manifest["n_images"], manifest["shard_size"])
     settings = ClusterSettings(tau=0.5, k=25)
@@ -192,12 +245,25 @@ def bench_real(store_dir: Path, budgets: list[int], seed: int, device: torch.dev
         full, t_full = timed(
             lambda b=budget: run(kcenter_greedy, points, groups, b, "cosine", seed, "none"), device
         )
-        print(
+        same = agreement(ours, full)
+        rec.emit(
+            "real",
             f"real    {manifest.get('label', store_dir.name)}: {store.n_images} img, {points.shape[0]} "
             f"clusters x {points.shape[1]} (τ=0.5, K=25, computed in {t_cl:.1f} s), budget {budget}: ours "
             f"{t_ours:.2f} s, full scan {t_full:.2f} s, ratio {t_full / t_ours:.1f}x | same picks: "
-            f"{agreement(ours, full)}",
-            flush=True,
+            f"{same}",
+            store=str(manifest.get("label", store_dir.name)),
+            images=store.n_images,
+            clusters=points.shape[0],
+            dim=points.shape[1],
+            tau=0.5,
+            k=25,
+            clusters_s=t_cl,
+            budget=budget,
+            ours_s=t_ours,
+            full_scan_s=t_full,
+            ratio_vs_full_scan=t_full / t_ours,
+            same_picks=same == "True",
         )
 
 
@@ -219,6 +285,7 @@ def main() -> None:
     ap.add_argument("--real-budgets", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--seed", type=int, default=0)
+    add_out_argument(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,17 +296,21 @@ def main() -> None:
         f"{', '.join(f'{v:.1f}' for v in os.getloadavg())}, seed {args.seed}",
         flush=True,
     )
+    rec = BenchRecorder(
+        "bench_selection", args.out, device=str(device), torch_threads=torch.get_num_threads(), seed=args.seed
+    )
     for kind in args.kinds:
         for n in args.sizes:
             for distance in args.distances:
-                bench_kcenter(kind, n, distance, args.ref_steps, args.budget_frac, args.seed, device)
+                bench_kcenter(rec, kind, n, distance, args.ref_steps, args.budget_frac, args.seed, device)
         if args.d2_images:
-            bench_d2(kind, args.d2_images, math.ceil(args.budget_frac * args.d2_images), args.seed, device)
+            d2_budget = math.ceil(args.budget_frac * args.d2_images)
+            bench_d2(rec, kind, args.d2_images, d2_budget, args.seed, device)
     if args.voc:
         for kind in args.kinds:
-            bench_voc(kind, args.voc_budget, args.voc_ref_steps, args.seed, device)
+            bench_voc(rec, kind, args.voc_budget, args.voc_ref_steps, args.seed, device)
     if args.real_store is not None:
-        bench_real(args.real_store, args.real_budgets, args.seed, device)
+        bench_real(rec, args.real_store, args.real_budgets, args.seed, device)
 
 
 if __name__ == "__main__":

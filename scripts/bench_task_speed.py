@@ -14,6 +14,7 @@ and prints images/s of both and their ratio (the share of the bare model's speed
 
 Usage: python scripts/bench_task_speed.py [--device cpu] [--batch-size-ssd 8] [--batch-size-seg 2]
        [--steps 2] [--amp auto|bf16|none] [--tasks voc_detection cityscapes_segmentation]
+       [--out FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_record import BenchRecorder, add_out_argument
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -83,7 +85,7 @@ def bare_model_speed(
     return steps * batch_size / (time.perf_counter() - t0)
 
 
-def bench_detection(root: Path, args: argparse.Namespace, device: torch.device) -> None:
+def bench_detection(rec: BenchRecorder, root: Path, args: argparse.Namespace, device: torch.device) -> None:
     cfg = task_config("voc_detection", "voc0712")
     n = args.batch_size_ssd * args.steps
     synthetic.make_voc(root, n07=n, n12=0, n07_test=1, width_range=(500, 500), height_range=(375, 375))
@@ -125,13 +127,25 @@ def bench_detection(root: Path, args: argparse.Namespace, device: torch.device) 
         return losses["bbox_regression"] + losses["classification"]
 
     bare = bare_model_speed(model, step, args.batch_size_ssd, args.steps, task.amp_dtype, device)
-    print(
+    rec.emit(
+        "task_speed",
         f"voc_detection SSD300-VGG16 300x300 batch {args.batch_size_ssd} amp {task.amp_dtype} on {device}: "
-        f"task {ours:.3g} img/s | bare model {bare:.3g} img/s | ratio {ours / bare:.2f}"
+        f"task {ours:.3g} img/s | bare model {bare:.3g} img/s | ratio {ours / bare:.2f}",
+        task="voc_detection",
+        model="SSD300-VGG16",
+        input_size=[300, 300],
+        batch_size=args.batch_size_ssd,
+        steps=args.steps,
+        amp=str(task.amp_dtype),
+        task_img_s=ours,
+        bare_model_img_s=bare,
+        ratio=ours / bare,
     )
 
 
-def bench_segmentation(root: Path, args: argparse.Namespace, device: torch.device) -> None:
+def bench_segmentation(
+    rec: BenchRecorder, root: Path, args: argparse.Namespace, device: torch.device
+) -> None:
     cfg = task_config("cityscapes_segmentation", "cityscapes")
     n = args.batch_size_seg * args.steps
     synthetic.make_cityscapes(root / "cityscapes", n_train=n, n_val=1, size=(2048, 1024))
@@ -167,10 +181,20 @@ def bench_segmentation(root: Path, args: argparse.Namespace, device: torch.devic
         return ce(out["out"].float(), y, ignore_index=255) + 0.4 * ce(out["aux"].float(), y, ignore_index=255)
 
     bare = bare_model_speed(model, step, args.batch_size_seg, args.steps, task.amp_dtype, device)
-    print(
+    rec.emit(
+        "task_speed",
         f"cityscapes_segmentation DeepLabV3-ResNet50 crop {crop[0]}x{crop[1]} batch {args.batch_size_seg} "
         f"amp {task.amp_dtype} on {device}: task {ours:.3g} img/s | bare model {bare:.3g} img/s | "
-        f"ratio {ours / bare:.2f}"
+        f"ratio {ours / bare:.2f}",
+        task="cityscapes_segmentation",
+        model="DeepLabV3-ResNet50",
+        input_size=crop,
+        batch_size=args.batch_size_seg,
+        steps=args.steps,
+        amp=str(task.amp_dtype),
+        task_img_s=ours,
+        bare_model_img_s=bare,
+        ratio=ours / bare,
     )
 
 
@@ -182,17 +206,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="timed steps (one epoch) per measurement")
     parser.add_argument("--amp", default=None, help="override the configs' amp (auto, bf16, none)")
     parser.add_argument("--tasks", nargs="+", default=["voc_detection", "cityscapes_segmentation"])
+    add_out_argument(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = torch.device(args.device)
     resolve_amp(device, args.amp or "auto")  # fail early on an impossible amp
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}")
+    threads = torch.get_num_threads()
+    rec = BenchRecorder("bench_task_speed", args.out, device=str(device), torch_threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         if "voc_detection" in args.tasks:
-            bench_detection(Path(tmp) / "voc", args, device)
+            bench_detection(rec, Path(tmp) / "voc", args, device)
         if "cityscapes_segmentation" in args.tasks:
-            bench_segmentation(Path(tmp) / "seg", args, device)
+            bench_segmentation(rec, Path(tmp) / "seg", args, device)
 
 
 if __name__ == "__main__":

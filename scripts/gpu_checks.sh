@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The GPU checks and figures of issue 7 in one bounded run: each step has its own time limit (570 s in all,
+# The GPU checks and benchmark figures in one bounded run: each step has its own time limit (570 s in all,
 # under one 600 s device call); a failed or timed-out step is reported and the next one runs. Logs go to
-# OUT_DIR/<step>.log.
+# OUT_DIR/<step>.log; every benchmark line is also appended to OUT_DIR/records.jsonl (the scripts' --out:
+# one JSON record per line, with the figures, the GPU, the CPU and the versions), for BENCHMARKS.md.
 #
 # Usage: scripts/gpu_checks.sh OUT_DIR [CHECKPOINT]
 #   CHECKPOINT: a timm vit_small_patch14_dinov2 state dict for the end-to-end line (e.g. an fp16 copy of
@@ -16,6 +17,7 @@ py=${PYTHON:-python3}
 cores=$(nproc)
 workers=$((cores > 2 ? cores - 2 : 1))
 mkdir -p "$out"
+records="$out/records.jsonl"
 export PYTHONUNBUFFERED=1
 if [ "${DRY_RUN:-0}" = 1 ]; then
     device=cpu images=200 budget=50 batch=32 extract_images=128 loader_images=128 kmeans_images=200
@@ -42,17 +44,18 @@ usable_cores; print(sys.version.split()[0], 'torch', torch.__version__, 'torchvi
 'cpus', os.cpu_count(), 'usable', usable_cores(), 'cgroup quota', cgroup_cpu_quota())"
 step pytest_gpu 70 "$py" -m pytest -q -p no:cacheprovider -m gpu tests/test_device_decode.py \
     tests/test_kcenter.py tests/test_kmeans.py tests/test_store.py
-step selection 100 "$py" scripts/bench_selection.py --device $device "${selection_sizes[@]}" --distances cosine
+step selection 100 "$py" scripts/bench_selection.py --device $device "${selection_sizes[@]}" --distances cosine \
+    --out "$records"
 e2e=(--device $device --images $images --budget $budget --batch-size $batch --workers "$workers"
-    --work "${TMPDIR:-/tmp}/geal_e2e")
+    --work "${TMPDIR:-/tmp}/geal_e2e" --out "$records")
 [ -n "$checkpoint" ] && e2e+=(--checkpoint "$checkpoint")
 step end_to_end 180 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --startup-runs 1
 # the loader lines at 1 and all workers, with one worker's cost in-process, and the handover alone (no
-# decoding): is the host's decoding slow, do the workers not scale, or does the main process's receiving
-# and pinning cap the loader (the H100 run's loader gave ~70 img/s per worker, unexplained)?
+# decoding): is the decoding slow, do the workers not scale, or does the main process's receiving and
+# pinning cap the loader?
 step extract 110 "$py" scripts/bench_extract.py --device $device --images $extract_images --batch-size $batch \
     --workers "$workers" --decodes workers device --skip memory disk --rounds 2 --loader-rounds 1 \
-    --loader-workers 1 "$workers" --loader-images $loader_images
-step kmeans 40 "$py" scripts/bench_kmeans.py --device $device --images $kmeans_images
+    --loader-workers 1 "$workers" --loader-images $loader_images --out "$records"
+step kmeans 40 "$py" scripts/bench_kmeans.py --device $device --images $kmeans_images --out "$records"
 step end_to_end_device_decode 50 "$py" scripts/bench_end_to_end.py "${e2e[@]}" --modes full \
     --startup-runs 0 --override extraction.decode=device

@@ -361,8 +361,8 @@ def test_bounds_with_duplicate_points_and_float64(distance):
     order, in float32 and float64. The parallel copies are scaled by a power of two, so that for cosine
     they normalise to the same bits as the originals: copies ×3 differ from them in the last bit, and which
     of two such near-equal points a path picks depends on how each product rounds, which differs between
-    product shapes and CPUs (an AMD EPYC host picked the other copy of such a pair, an Intel Xeon host did
-    not): near-ties within rounding are not defined."""
+    product shapes and CPUs (one CPU picked the other copy of such a pair, another did not): near-ties
+    within rounding are not defined."""
     x, g = random_set(4, 120, dim=6)
     x = np.concatenate([x, x[:80], x[:40] * 4.0])  # exact duplicates (and, for cosine, parallel copies)
     g = np.concatenate([g, g[:80] + 120, np.arange(40) % 25 + 200])

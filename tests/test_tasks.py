@@ -39,7 +39,7 @@ def test_linear_probe_separable_features_and_standardisation() -> None:
     means = rng.normal(0, 1, (4, 32))
     x, y = probe_features(rng, 400, means)
     xt, yt = probe_features(rng, 200, means)
-    assert (x @ x.T).mean() > 0.99  # nearly identical directions: the hard case of DESIGN §4
+    assert (x @ x.T).mean() > 0.99  # nearly identical directions: the hard case of docs/design.md §6.6
     # an imbalanced labeled set: 10 of class 0, 3 of each other class
     ids = np.concatenate([np.flatnonzero(y == 0)[:10], *[np.flatnonzero(y == k)[:3] for k in (1, 2, 3)]])
     probe = LinearProbeTask(x, y, xt, yt)

@@ -38,7 +38,7 @@ class LinearProbeTask(Task):
 
     Features are standardised with a scaler fitted on the **whole pool** (labels unused; the pool is what
     an annotator sees), not on the few labeled images: on L2-normalised ViT features an unscaled C=1 probe
-    hardly leaves its intercept and predicts the majority class (shared/DESIGN.md §4).
+    hardly leaves its intercept and predicts the majority class (docs/design.md §6.6).
     ``evaluate`` reports ``top1``, ``mean_class_acc`` (mean per-class recall over the test classes) and
     ``n_test``. A fit on a single class predicts that class everywhere.
     """

@@ -1,20 +1,19 @@
 """JPEG decoding on the extraction device: DataLoader workers only read file bytes, the main process decodes
 a whole batch at once with ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA) and resizes on the device.
 
-Why: on a GPU the ViT-S forward runs at ~16,700 img/s (H100, bf16, batch 256), far more than CPU workers
-decode. Measured on the H100 machine lent here (16 host cores, ``scripts/bench_extract.py``, 4,096
-VOC-sized JPEGs): 14 PIL workers gave 714–913 img/s (≈ 14 ms per image per worker on that host), this
-path 726–927 img/s — its batched ``decode_jpeg`` call (Huffman decoding on the host, in the main process)
-ran at ≈ 2,100 img/s, and its main loop waited on the workers' file reads at start-up. Neither was
-consistently faster, so it is an option (``extraction.decode=device``), not the default.
+Why: on a GPU the ViT-S forward runs far faster (bf16, batch 256) than CPU workers decode. Measured with
+``scripts/bench_extract.py`` (BENCHMARKS.md), this path and the CPU workers were both bound near the same
+rate — the batched ``decode_jpeg`` call still does the Huffman decoding on the CPU, in the main process,
+and the main loop waits on the workers' file reads at start-up. Neither was consistently faster, so it is
+an option (``extraction.decode=device``), not the default (docs/design.md §6.3).
 Semantics follow :func:`geal.util.imageio.load_rgb`: EXIF orientation is applied (read from the
 header in the worker: the CUDA decoder ignores it), grey JPEGs become RGB; anything the batched decoder
 cannot take (CMYK/YCCK JPEGs, other formats, a file that fails to decode) goes through the pool's own
 ``load`` — in the worker when the header already says so, else in the main process — so a corrupt file
 still fails naming the file (or is skipped with ``on_error=skip``).
 
-torchvision 0.29 marks its decoders deprecated in favour of TorchCodec (not on this project's package index
-yet); they still work, and the device image's torchvision (0.26) has them without the warning.
+torchvision 0.29 marks its decoders deprecated in favour of TorchCodec; they still work (older torchvision
+releases have them without the warning).
 """
 
 from __future__ import annotations

@@ -58,8 +58,8 @@ class ExtractionSettings:
     :mod:`geal.features.device_decode`), ``"auto"`` (device on CUDA, workers elsewhere). nvJPEG and
     libjpeg-turbo
     differ by a few grey levels (chroma upsampling), so the choice is part of the store key. Default
-    ``"workers"``: on the H100 machine measured here neither was consistently faster (both bound by the
-    16-core host, see README), and workers decode exactly like every other code path.
+    ``"workers"``: measured on a GPU neither was consistently faster (both bound by the host's cores, see
+    docs/design.md §6.3), and workers decode exactly like every other code path.
 
     ``num_workers``: DataLoader worker processes. ``"auto"`` (default): none on a CPU device, where the main
     process decodes each batch with ``torch.get_num_threads()`` threads between forwards (see
@@ -101,8 +101,8 @@ def resolve_workers(num_workers: Workers, device: torch.device) -> int:
     ``"auto"`` on a CPU gives 0: the forward already runs on every core, so a worker can only take a core
     from it, and each time one does, the forward's other threads wait at the next barrier. Decoding each
     batch in the main process with all threads between forwards (:class:`PreprocessedPool`'s
-    ``decode_threads``) keeps the two apart: on 2 cores bf16 extraction ran at 0.87–0.91 of the bare
-    forward this way against 0.80–0.81 with 2 workers (``scripts/bench_extract.py``). On an accelerator
+    ``decode_threads``) keeps the two apart: on 2 cores it is faster than 2 workers (docs/design.md §6.1;
+    ``scripts/bench_extract.py``, figures in BENCHMARKS.md). On an accelerator
     the host's cores are free for decoding: one worker per usable core (affinity mask and cgroup CPU quota,
     :func:`geal.util.cores.usable_cores`) but two (the main process and the shard writer), at most 16.
     """

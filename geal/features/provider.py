@@ -57,7 +57,7 @@ class ClustersNotStoredError(RuntimeError):
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """Everything that determines the knowledge clusters of an image (DESIGN §1 steps 2–4)."""
+    """Everything that determines the knowledge clusters of an image (docs/design.md §1.2–1.4)."""
 
     tau: float = 0.5
     k: int = 25

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 class GEALSelector(Selector):
-    """GEAL (DESIGN §1): one inference pass → attention-filtered knowledge clusters → k-center over clusters.
+    """GEAL (docs/design.md §1): one inference pass → attention-filtered knowledge clusters → k-center.
 
     Every hyperparameter is a constructor argument (so a config key): the layers read by the pass
     (``feature_layer``, ``attention_layer``), the filter (``head_reduction``, ``tau``, ``empty_fallback``),

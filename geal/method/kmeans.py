@@ -1,7 +1,7 @@
 """Batched k-means: every image's point set clustered separately, all images at once.
 
 Point sets are padded to a common length ``P`` and masked, so one call clusters thousands of images with
-batched matrix products on the points' device (DESIGN §5: never a Python loop of tiny k-means calls).
+batched matrix products on the points' device (docs/design.md §4.1: never a loop of tiny k-means calls).
 
 Algorithm (per image, identical in the batched code and in the plain per-image reference
 :func:`per_image_kmeans`):
@@ -191,7 +191,7 @@ def _seeds(x: Tensor, mask: Tensor, k: int, metric: str, init: str, draws: Tenso
 
 
 # kmeans++ takes all point-to-point distances of an image at once (one batched GEMM of P² D) while P is at
-# most this many times k, else one matrix-vector product per seed (k P D, memory-bound). On this machine's
+# most this many times k, else one matrix-vector product per seed (k P D, memory-bound). On a 2-core AVX-512
 # CPU the GEMM runs ~20x more multiply-adds per second than the products (57 vs 2.8 GMAC/s at P=100,
 # D=384), so the Gram route is faster up to P ≈ 20 k; 8 leaves a margin for other hardware.
 _GRAM_MAX_POINTS_PER_SEED = 8

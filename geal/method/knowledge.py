@@ -1,4 +1,4 @@
-"""Knowledge clusters (DESIGN §1 steps 2–4): importance map → τ-mass filter → per-image k-means.
+"""Knowledge clusters (docs/design.md §1.2–1.4): importance map → τ-mass filter → per-image k-means.
 
 * :func:`reduce_heads` turns the last block's CLS→patch attention (B,H,N) into one importance map (B,N) per
   image, renormalised to sum 1 over patches.

@@ -1,6 +1,6 @@
 """A selection run with plain typed arguments: select, then write every output file of the run dir.
 
-Outputs (DESIGN §3): ``selection.json`` (ordered global ids, image ids, per-pick distance),
+Outputs (docs/design.md §2): ``selection.json`` (ordered global ids, image ids, per-pick distance),
 ``selected_ids.txt`` (one image id per line, selection order), the dataset-native split file when the pool
 has a format for it (under ``splits/`` in the run dir), and ``run_info.json`` (git sha,
 versions, device, derived values, timings of each stage). Every file is written atomically.

@@ -2,8 +2,8 @@
 
 Every torch op above a small size runs an OpenMP parallel region; when the loop's tensors are small
 (a k-means chunk of ~2 MB, the lazy k-center's few rows), the region's wake-up and join cost more than the
-work, and on a busy machine they cost milliseconds (measured here: 2 threads, ~12 ms per small op at load
-7 on 2 cores, ~40× slower batched k-means than with 1 thread). Such loops run on one thread and switch
+work, and on a busy machine they cost milliseconds (2 threads on 2 busy cores: ~12 ms per small op,
+~40× slower batched k-means than with 1 thread). Such loops run on one thread and switch
 back to the caller's setting for their few large matrix products.
 """
 
