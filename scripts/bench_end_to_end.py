@@ -202,10 +202,10 @@ def startup_breakdown(args: argparse.Namespace) -> str:
 def cpu_name() -> str:
     """The CPU's model name (Linux), else the platform's processor string."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
-        return re.search(r"model name\s*:\s*(.*)", text).group(1).strip()  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        return platform.processor() or "cpu"
+        found = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text())
+    except OSError:
+        found = None
+    return found.group(1).strip() if found else platform.processor() or "cpu"
 
 
 def main() -> None:

@@ -264,7 +264,9 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     pre = vit_s16().preprocessing
     normalize = normalize_transform(pre)
 
-    def rate(dataset: PreprocessedPool, on_device: bool, workers: int) -> tuple[float, float]:
+    def rate(
+        dataset: PreprocessedPool | torch.utils.data.Subset, on_device: bool, workers: int
+    ) -> tuple[float, float]:
         """Images/s through the DataLoader, and the seconds until its first batch (worker start-up)."""
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -340,7 +342,7 @@ def bench_loader(args: argparse.Namespace, device: torch.device, work: Path) -> 
     )
     # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
     short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
-    short_rate, first = rate(short, on_device=True, workers=w)  # type: ignore[arg-type]
+    short_rate, first = rate(short, on_device=True, workers=w)
     print(
         f"extract loader start-up, {w} workers: first batch after {first:.2f} s; {len(short)} of the images "
         f"at {short_rate:.0f} img/s vs all {len(pool)} at {max(ours[w]):.0f} img/s (ours)",
@@ -359,7 +361,7 @@ def bench_disk(args: argparse.Namespace, device: torch.device, work: Path) -> No
             amp=args.amp,
             shard_size=64,
             progress=False,
-            cache_mode=mode,  # type: ignore[arg-type]
+            cache_mode=mode,
         )
         cache = work / f"disk_{mode}"
         provider = FeatureProvider(pool, vit_s16, {"bench": "vits16"}, cache, settings, device)

@@ -63,7 +63,8 @@ def normalise(error_line: str) -> str:
 def read_baseline(path: Path) -> Counter[str]:
     if not path.is_file():
         raise SystemExit(
-            f"type ratchet: baseline {path} is missing; create it with `python scripts/type_ratchet.py --update`"
+            f"type ratchet: baseline {path} is missing; "
+            "create it with `python scripts/type_ratchet.py --update`"
         )
     lines = path.read_text(encoding="utf-8").splitlines()
     return Counter(line for line in lines if line.strip() and not line.startswith("#"))
@@ -89,7 +90,9 @@ def compare(current_lines: list[str], baseline: Counter[str]) -> tuple[list[str]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--update", action="store_true", help="rewrite the baseline with mypy's current errors")
+    parser.add_argument(
+        "--update", action="store_true", help="rewrite the baseline with mypy's current errors"
+    )
     parser.add_argument("--baseline", type=Path, default=DEFAULT_BASELINE, help="baseline file")
     args = parser.parse_args(argv)
 
@@ -105,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     baseline = read_baseline(args.baseline)
     new, gone = compare(error_lines, baseline)
     if gone:
-        print(f"type ratchet: {len(gone)} baseline entries no longer occur; tighten the baseline with "
-              "`python scripts/type_ratchet.py --update`:")
+        print(
+            f"type ratchet: {len(gone)} baseline entries no longer occur; tighten the baseline with "
+            "`python scripts/type_ratchet.py --update`:"
+        )
         print("".join(f"  {entry}\n" for entry in gone), end="")
     if new:
         print(f"type ratchet: {len(new)} mypy errors not in the baseline ({args.baseline.name}); fix them:")
