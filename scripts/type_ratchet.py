@@ -109,12 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     new, gone = compare(error_lines, baseline)
     if gone:
         print(
-            f"type ratchet: {len(gone)} baseline entries no longer occur; tighten the baseline with "
+            f"type ratchet: {len(gone)} baseline entry(ies) no longer occur; tighten the baseline with "
             "`python scripts/type_ratchet.py --update`:"
         )
         print("".join(f"  {entry}\n" for entry in gone), end="")
     if new:
-        print(f"type ratchet: {len(new)} mypy errors not in the baseline ({args.baseline.name}); fix them:")
+        print(f"type ratchet: {len(new)} mypy error(s) not in the baseline ({args.baseline.name}); fix them:")
         print("".join(f"  {line}\n" for line in new), end="")
         return 1
     print(f"type ratchet: ok ({len(error_lines)} known errors, baseline {sum(baseline.values())})")
