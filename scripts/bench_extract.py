@@ -98,7 +98,7 @@ def write_voc_sized_jpeg(i: int, path: Path) -> None:
     w, h = VOC_SIZES[i % len(VOC_SIZES)]
     rng = np.random.default_rng(i)
     small = rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)
-    Image.fromarray(small).resize((w, h), Image.BICUBIC).save(path, quality=90)
+    Image.fromarray(small).resize((w, h), Image.Resampling.BICUBIC).save(path, quality=90)
 
 
 class JpegFolderPool(ImagePool):
@@ -282,7 +282,9 @@ def bench_loader(rec: BenchRecorder, args: argparse.Namespace, device: torch.dev
     pre = vit_s16().preprocessing
     normalize = normalize_transform(pre)
 
-    def rate(dataset: PreprocessedPool, on_device: bool, workers: int) -> tuple[float, float]:
+    def rate(
+        dataset: PreprocessedPool | torch.utils.data.Subset, on_device: bool, workers: int
+    ) -> tuple[float, float]:
         """Images/s through the DataLoader, and the seconds until its first batch (worker start-up)."""
         loader = torch.utils.data.DataLoader(
             dataset,
@@ -381,7 +383,7 @@ def bench_loader(rec: BenchRecorder, args: argparse.Namespace, device: torch.dev
     )
     # steady state vs start-up: a quarter of the images shows how much of a short run is worker start-up
     short = torch.utils.data.Subset(uint8, range(max(1, len(pool) // 4)))
-    short_rate, first = rate(short, on_device=True, workers=w)  # type: ignore[arg-type]
+    short_rate, first = rate(short, on_device=True, workers=w)
     rec.emit(
         "extract_loader_startup",
         f"extract loader start-up, {w} workers: first batch after {first:.2f} s; {len(short)} of the images "
@@ -406,7 +408,7 @@ def bench_disk(rec: BenchRecorder, args: argparse.Namespace, device: torch.devic
             amp=args.amp,
             shard_size=64,
             progress=False,
-            cache_mode=mode,  # type: ignore[arg-type]
+            cache_mode=mode,
         )
         cache = work / f"disk_{mode}"
         provider = FeatureProvider(pool, vit_s16, {"bench": "vits16"}, cache, settings, device)

@@ -43,7 +43,7 @@ def resolve_decode(decode: str, device: torch.device) -> Literal["workers", "dev
         raise ValueError(f"extraction.decode must be one of {DECODES}, got {decode!r}")
     if decode == "auto":
         return "device" if device.type == "cuda" else "workers"
-    return decode  # type: ignore[return-value]
+    return "device" if decode == "device" else "workers"
 
 
 @dataclass
@@ -108,22 +108,24 @@ def decode_batch(
     """
     out: list[torch.Tensor | None] = [None] * len(items)
     positions = [p for p, item in enumerate(items) if isinstance(item, EncodedImage)]
-    encoded = [items[p] for p in positions]
+    encoded = [item for item in items if isinstance(item, EncodedImage)]  # in the order of positions
     if positions:
         try:
             decoded: list[torch.Tensor | None] = list(
-                decode_jpeg([e.data for e in encoded], mode=ImageReadMode.RGB, device=device)  # type: ignore[union-attr]
+                decode_jpeg([e.data for e in encoded], mode=ImageReadMode.RGB, device=device)
             )
         except RuntimeError as err:
             log.debug("batched JPEG decode failed (%s); decoding the batch one by one", err)
-            decoded = [_decode_one(e.data, device) for e in encoded]  # type: ignore[union-attr]
+            decoded = [_decode_one(e.data, device) for e in encoded]
         for p, e, img in zip(positions, encoded, decoded, strict=True):
             if img is not None:
-                out[p] = transform(apply_orientation(img, e.orientation))  # type: ignore[union-attr]
-    for p, item in enumerate(items):
-        if out[p] is None:
-            out[p] = fallback(p) if isinstance(item, EncodedImage) else item
-    return torch.stack([t.to(device, non_blocking=True) for t in out])  # type: ignore[union-attr]
+                out[p] = transform(apply_orientation(img, e.orientation))
+    batch: list[torch.Tensor] = []
+    for p, (item, img) in enumerate(zip(items, out, strict=True)):
+        if img is None:
+            img = fallback(p) if isinstance(item, EncodedImage) else item
+        batch.append(img)
+    return torch.stack([t.to(device, non_blocking=True) for t in batch])
 
 
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | None:

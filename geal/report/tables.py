@@ -436,8 +436,9 @@ def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> Effi
     out = []
     for row in sorted(groups, key=lambda row: tuple(_sort_key(v) for v in row)):
         members = groups[row]
-        sel = [float(_selection_seconds(r)) for r in members]  # type: ignore[arg-type]
-        acq = [float(_acquisition_seconds(r)) for r in members]  # type: ignore[arg-type]
+        # every member has a selection time (the grouping above), hence an acquisition time
+        sel = [float(s) for r in members if (s := _selection_seconds(r)) is not None]
+        acq = [float(a) for r in members if (a := _acquisition_seconds(r)) is not None]
         stages = {
             k: summarize(
                 [
@@ -589,7 +590,7 @@ def push_to_wandb(
         group=group,
         name=name,
         job_type="report",
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,  # type: ignore[arg-type]  # a plain str here; wandb.init checks it
         dir=str(save_dir) if save_dir else None,
         config=config or {},
         reinit="finish_previous",

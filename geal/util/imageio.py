@@ -63,8 +63,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()  # decode everything now so truncated/corrupt data fails here, naming the file
-            img = _exif_transpose(img, path)
-            return to_rgb(img)
+            return to_rgb(_exif_transpose(img, path))
     except ImageLoadError:
         raise
     except FileNotFoundError as e:

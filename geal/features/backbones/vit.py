@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,12 @@ def unwrap_state_dict(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 def _abbrev(keys: list[str], n: int = 5) -> str:
     shown = ", ".join(keys[:n])
     return shown + (f", … ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _rgb(values: Iterable[float]) -> tuple[float, float, float]:
+    """A per-channel mean/std of timm's data config as :class:`Preprocessing`'s (R, G, B) triple."""
+    r, g, b = (float(v) for v in values)
+    return r, g, b
 
 
 def load_checkpoint_into(model: nn.Module, path: str | os.PathLike[str], model_name: str) -> None:
@@ -191,8 +197,8 @@ class TimmViT(Backbone):
         interp = str(cfg.get("interpolation", "bicubic"))
         self.preprocessing = Preprocessing(
             resolution=int(resolution),
-            mean=tuple(float(m) for m in cfg["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(s) for s in cfg["std"]),  # type: ignore[arg-type]
+            mean=_rgb(cfg["mean"]),
+            std=_rgb(cfg["std"]),
             interpolation=interp if interp in _INTERPOLATIONS else "bicubic",
         )
         self.embed_dim = int(self.model.embed_dim)

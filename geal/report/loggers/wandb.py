@@ -83,7 +83,7 @@ class WandbLogger(RunLogger):
             entity=entity,
             group=group,
             tags=list(tags),
-            mode=mode,  # type: ignore[arg-type]
+            mode=mode,  # type: ignore[arg-type]  # a str checked above; wandb wants a Literal
             name=name,
             job_type=job_type,
             dir=str(self.directory),
