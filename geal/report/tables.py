@@ -76,7 +76,7 @@ def summarize(values: Sequence[float], seeds: Sequence[int | None] = ()) -> Cell
 class BudgetTable:
     """Rows (settings) × budgets of one metric.
 
-    row_keys: what identifies a row, e.g. ``["method"]`` or ``["selector.tau"]``
+    row_keys: what identifies a row, e.g. ``["method"]`` or ``["selector.clusters.tau"]``
     rows:     the rows in order, each the tuple of its ``row_keys`` values as printed
     cells:    (row, budget) → Cell; absent = gap
     """
