@@ -35,7 +35,7 @@ class CoreSetSelector(Selector):
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
-        pool_features = ctx.features.global_features()  # any stored pass serves them (GEAL's too)
+        pool_features = ctx.features.global_features()  # from the store GEAL reads too: one extraction
         points = torch.from_numpy(pool_features.features).to(ctx.device)
         eligible = eligible_mask(len(pool), ctx, ctx.device, pool_features.valid, budget)
         result = kcenter_greedy(

@@ -71,7 +71,7 @@ class ExtractionSettings:
 
     ``cache_mode``: ``"full"`` keeps the dense tokens and attention maps (any τ/K later without the
     network); ``"clusters_only"`` keeps only the global features and validity, plus the knowledge clusters
-    of the selector that triggers the extraction (computed during it, :mod:`geal.features.clusters`): ~7×
+    of the selector that triggers the extraction (computed during it, :mod:`geal.features.clusters`): about 7×
     less disk for ViT-S/16 at K = 25, but another τ/K needs a new pass.
     """
 

@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import inspect
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ class ExtractionConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | none
     shard_size: int = 512
     progress: bool = True
-    cache_mode: str = "full"  # full | clusters_only (keep only the selector's knowledge clusters)
+    cache_mode: str = "full"  # full | clusters_only (global features + the selector's clusters, no tokens)
     # workers | device (JPEGs decoded batched on the GPU: geal.features.device_decode) | auto
     decode: str = "workers"
 
@@ -169,20 +170,20 @@ def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, 
         value = node.get(name)
         if not isinstance(value, (DictConfig, dict)) or "_target_" in value:
             continue
-        valid = [f.name for f in dataclasses.fields(schema)]
-        unknown = sorted(str(k) for k in value if k not in valid)
-        if unknown:
+        fields = [f.name for f in dataclasses.fields(schema)]
+        nested_unknown = sorted(str(k) for k in value if k not in fields)
+        if nested_unknown:
             raise ValueError(
-                f"{group}.{name} config has key(s) {unknown} that {schema.__module__}.{schema.__qualname__} "
-                f"does not take; valid keys: {valid}"
+                f"{group}.{name} config has key(s) {nested_unknown} that "
+                f"{schema.__module__}.{schema.__qualname__} does not take; valid keys: {fields}"
             )
 
 
-def _dataclass_params(obj: Any) -> dict[str, type]:
+def _dataclass_params(obj: Callable[..., Any]) -> dict[str, type]:
     """The parameters of ``obj`` (a class: of its constructor) whose annotation names a dataclass (alone or
     in a union, e.g. ``ClusterSettings | Mapping[str, Any] | None``)."""
     try:
-        hints = typing.get_type_hints(obj.__init__ if isinstance(obj, type) else obj)
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
     except Exception:  # an annotation that does not resolve at run time: no nested check
         return {}
     out: dict[str, type] = {}
