@@ -25,24 +25,19 @@ class CoreSetSelector(Selector):
         self,
         name: str = "coreset",
         distance: Literal["cosine", "euclidean"] = "cosine",
-        feature_layer: int = -2,
-        attention_layer: int = -1,
         chunk_size: int = 65536,
     ) -> None:
         if distance not in ("cosine", "euclidean"):
             raise ValueError(f"selector.distance must be 'cosine' or 'euclidean', got {distance!r}")
         self.name = name
         self.distance = distance
-        # the global feature does not depend on these, but sharing GEAL's store needs the same key
-        self.feature_layer = feature_layer
-        self.attention_layer = attention_layer
         self.chunk_size = chunk_size
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
-        store = ctx.features.store(self.feature_layer, self.attention_layer)
-        points = torch.from_numpy(store.global_features()).to(ctx.device)
-        eligible = eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget)
+        pool_features = ctx.features.global_features()  # from the store GEAL reads too: one extraction
+        points = torch.from_numpy(pool_features.features).to(ctx.device)
+        eligible = eligible_mask(len(pool), ctx, ctx.device, pool_features.valid, budget)
         result = kcenter_greedy(
             points,
             torch.arange(len(pool), device=ctx.device),

@@ -130,7 +130,7 @@ def timed_run(args: argparse.Namespace, jpeg_dir: Path, run_dir: Path, mode: str
         f"budget={args.budget}",
         f"device={args.device}",
         "selector=geal",
-        "selector.k=25",
+        "selector.clusters.k=25",
         *backbone,
         f"extraction.batch_size={args.batch_size}",
         f"extraction.num_workers={args.workers}",

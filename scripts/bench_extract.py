@@ -49,6 +49,7 @@ import torch
 from bench_record import BenchRecorder, add_out_argument
 from PIL import Image
 
+from geal.api.features import FeatureRequest
 from geal.api.pool import ImagePool
 from geal.features.backbones.base import Preprocessing
 from geal.features.backbones.vit import TimmViT
@@ -64,8 +65,9 @@ from geal.features.extract import (
     normalize_transform,
     resolve_workers,
 )
-from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.features.provider import FeatureProvider
 from geal.features.store import FeatureStore
+from geal.method.knowledge import ClusterSettings
 from geal.util.cores import usable_cores
 from geal.util.threads import intra_op_threads
 
@@ -412,9 +414,11 @@ def bench_disk(rec: BenchRecorder, args: argparse.Namespace, device: torch.devic
         )
         cache = work / f"disk_{mode}"
         provider = FeatureProvider(pool, vit_s16, {"bench": "vits16"}, cache, settings, device)
-        # a full store alone: given cluster settings it would also cache those clusters beside the tokens
-        wanted = clusters if mode == "clusters_only" else None
-        sizes[mode] = provider.store(clusters=wanted).disk_bytes() / len(pool)
+        # a full store alone (its cluster caches would sit beside the tokens); a clusters-only store keeps
+        # global features and the clusters of the selector that extracts it, in its cluster cache
+        if mode == "clusters_only":
+            provider.knowledge_clusters(FeatureRequest.dense(), clusters)
+        sizes[mode] = provider.store(FeatureRequest.dense()).disk_bytes() / len(pool)
     rec.emit(
         "extract_disk",
         f"extract disk ViT-S/16@224 (196 tokens x 384): full store {sizes['full'] / 1e3:.1f} kB/img "

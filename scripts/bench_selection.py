@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from bench_record import BenchRecorder, add_out_argument
 
-from geal.features.provider import ClusterSettings, compute_knowledge_clusters
+from geal.features.clusters import compute_knowledge_clusters
 from geal.features.store import FeatureStore
 from geal.method.kcenter.greedy import d2_sampling, kcenter_greedy
+from geal.method.knowledge import ClusterSettings
 from geal.util.cores import usable_cores
 
 

@@ -60,7 +60,10 @@ def test_voc_selection_and_cache_hit(tmp: Path) -> None:
     sel = read_selection(out)
     assert sel["pool"] == "voc0712" and sel["selector"] == "geal" and sel["budget"] == 6
     assert len(sel["global_ids"]) == 6 == len(set(sel["global_ids"]))
-    assert sel["config"]["selector"]["tau"] == 0.5 and sel["config"]["backbone"]["name"] == "tiny_vit"
+    assert (
+        sel["config"]["selector"]["clusters"]["tau"] == 0.5
+        and sel["config"]["backbone"]["name"] == "tiny_vit"
+    )
     ids = (out / "selected_ids.txt").read_text().split()
     assert ids == sel["image_ids"]
     # the VOC split files, one per year, list exactly the selected ids of that year in selection order
@@ -80,7 +83,9 @@ def test_voc_selection_and_cache_hit(tmp: Path) -> None:
     assert "knowledge clusters: computed during extraction" in first.stdout
 
     # only τ / K / sampler / budget change: the network does not run again
-    second = geal_select("data=voc0712", "budget=4", "selector.tau=0.7", "selector.sampler=d2", tmp=tmp)
+    second = geal_select(
+        "data=voc0712", "budget=4", "selector.clusters.tau=0.7", "selector.sampler=d2", tmp=tmp
+    )
     info2 = json.loads((run_dir(second) / "run_info.json").read_text())
     assert info2["features"]["extraction_cache_hit"] is True
     assert "extracted_images" not in info2["features"] or info2["features"]["extracted_images"] == 0
@@ -125,6 +130,7 @@ def test_labeled_ids_are_never_picked_again(tmp: Path) -> None:
         (["data=voc0712", "budget=21"], "lower the budget to at most 20"),
         (["data=voc0712", "data.root=/nonexistent/VOCdevkit"], "does not exist"),
         (["data=voc0712", "selector.tua=0.3"], "tua"),
+        (["data=voc0712", "+selector.clusters.tua=0.3"], "selector.clusters config has key(s) ['tua']"),
         (["data=voc0712", "extraction.batchsize=3"], "batchsize"),
         (["data=image_folder"], "data.root"),
     ],

@@ -120,6 +120,14 @@ def test_target_key_typos_fail(group: str, key: str) -> None:
         check_target_kwargs(cfg[group], group, ignore=INSTANTIATED["select"][group])
 
 
+def test_cluster_setting_typos_fail_naming_the_nested_key() -> None:
+    """selector.clusters is a ClusterSettings: an unknown key under it fails before anything runs."""
+    cfg = compose_select("+selector.clusters.tua=0.3")
+    with pytest.raises(ValueError, match=r"selector\.clusters config has key\(s\) \['tua'\].*'tau'"):
+        check_target_kwargs(cfg.selector, "selector")
+    check_target_kwargs(compose_select("selector.clusters.tau=0.3").selector, "selector")
+
+
 def test_config_dir_is_the_repository_conf() -> None:
     assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
     assert (CONFIG_DIR / "select.yaml").is_file()

@@ -17,11 +17,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from geal.api.features import FeatureRequest
+from geal.features.clusters import ClusterCache
 from geal.features.distributed import extract_distributed
 from geal.features.extract import ExtractionSettings
-from geal.features.provider import ClusterSettings, FeatureProvider
+from geal.features.provider import FeatureProvider
 from geal.method.kcenter.greedy import kcenter_greedy
 from geal.method.kcenter.sharded import kcenter_greedy_sharded
+from geal.method.knowledge import ClusterSettings
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 SETTINGS = ExtractionSettings(batch_size=4, num_workers=0, amp="none", shard_size=8, progress=False)
@@ -96,7 +99,15 @@ def _worker(rank: int, world: int, init_file: str, cache_dir: str, out_dir: str)
         store = extract_distributed(p)
         out["rerun_images"] = again.images
         out["complete"] = store.complete
-        # 3. sharded k-center over each rank's slice of the points
+        # 3. GEAL's request under torchrun, on a fresh cache: each rank clusters the shards it extracts
+        clustered = provider(Path(cache_dir) / "geal", CountingFactory())
+        clusters = clustered.knowledge_clusters(FeatureRequest.dense(), CLUSTERS)
+        out["clusters_in_extraction"] = clustered.timings.clusters_in_extraction
+        out["clusters_extracted_shards"] = (
+            clustered.timings.extraction.shards_written if clustered.timings.extraction else []
+        )
+        out["cluster_owners"] = clusters.owners.tolist()
+        # 4. sharded k-center over each rank's slice of the points
         out["picks"] = []
         for case in selection_cases():
             part = _split(len(case["groups"]), rank, world)
@@ -139,11 +150,23 @@ def test_distributed_extraction_equals_one_process_and_survives_a_failed_rank(tw
         for name in ("tokens", "attention", "global", "valid"):
             assert np.asarray(a[name]).tobytes() == np.asarray(b[name]).tobytes(), name
     p = provider(cache, CountingFactory())
-    got = p.knowledge_clusters(p.store(), CLUSTERS)
+    got = p.knowledge_clusters(FeatureRequest.dense(), CLUSTERS)
     q = provider(tmp_path / "single", CountingFactory())
-    want = q.knowledge_clusters(q.store(), CLUSTERS)
+    want = q.knowledge_clusters(FeatureRequest.dense(), CLUSTERS)
     np.testing.assert_array_equal(got.owners, want.owners)
     np.testing.assert_array_equal(got.features, want.features)
+    # the clusters computed by each rank during its share of the extraction: the single process's, bit for bit
+    geal = provider(cache / "geal", CountingFactory())
+    assert sorted(outs[0]["clusters_extracted_shards"] + outs[1]["clusters_extracted_shards"]) == list(
+        range(5)
+    )
+    assert all(out["clusters_in_extraction"] for out in outs)
+    assert all(out["cluster_owners"] == want.owners.tolist() for out in outs)
+    in_extraction = geal.knowledge_clusters(FeatureRequest.dense(), CLUSTERS)
+    assert geal.timings.clusters_cache_hit is True  # read from the cache the ranks wrote
+    np.testing.assert_array_equal(in_extraction.owners, want.owners)
+    np.testing.assert_array_equal(in_extraction.features, want.features)
+    assert ClusterCache.of(geal.store(FeatureRequest.dense()), CLUSTERS).complete
 
 
 def test_sharded_kcenter_equals_one_process(two_ranks):

@@ -13,7 +13,7 @@ from hypothesis.extra.numpy import arrays
 
 import geal.method.knowledge as knowledge
 from geal.method.kmeans import batched_kmeans
-from geal.method.knowledge import importance_mask, knowledge_clusters, reduce_heads
+from geal.method.knowledge import ClusterSettings, importance_mask, knowledge_clusters, reduce_heads
 
 
 def gen(seed: int) -> torch.Generator:
@@ -111,7 +111,7 @@ def test_empty_mask_fallback_picks_the_max_norm_patch():
     tokens[0, 6] *= 50  # the largest feature norm of image 0
     att = torch.rand(2, 3, 10, generator=gen(1))
     att[0, 1, 2] = math.nan  # broken attention (e.g. fp16 overflow): the filter keeps nothing
-    cents, valid = knowledge_clusters(tokens.half(), att, tau=0.5, k=3)
+    cents, valid = knowledge_clusters(tokens.half(), att, ClusterSettings(tau=0.5, k=3))
     assert valid[0].tolist() == [True, False, False]
     torch.testing.assert_close(cents[0, 0], tokens[0, 6].half().float())
     assert valid[1].sum() >= 1
@@ -127,7 +127,7 @@ def test_every_fallback(monkeypatch, fallback, expected_kept):
     att[0, :, 3] = 0.5
     nothing_kept = lambda imp, tau: torch.zeros_like(imp, dtype=torch.bool)  # noqa: E731
     monkeypatch.setattr(knowledge, "importance_mask", nothing_kept)
-    cents, valid = knowledge_clusters(tokens, att, k=10, empty_fallback=fallback)
+    cents, valid = knowledge_clusters(tokens, att, ClusterSettings(k=10, empty_fallback=fallback))
     assert valid[0].sum() == len(expected_kept)
     torch.testing.assert_close(cents[0, : len(expected_kept)], tokens[0, expected_kept])
 
@@ -137,7 +137,7 @@ def test_images_keeping_at_most_k_patches_get_their_patches():
     att = torch.full((2, 4, 16), 1e-4)
     att[0, :, [2, 9, 11]] = 1.0  # image 0: three patches hold almost all attention
     att[1] = torch.rand(4, 16, generator=gen(3))
-    cents, valid = knowledge_clusters(tokens, att, tau=0.5, k=4)
+    cents, valid = knowledge_clusters(tokens, att, ClusterSettings(tau=0.5, k=4))
     kept0 = importance_mask(reduce_heads(att[:1]), 0.5)[0].nonzero().squeeze(1).tolist()
     assert set(kept0) <= {2, 9, 11} and len(kept0) >= 2
     assert valid[0].sum() == len(kept0)
@@ -149,7 +149,8 @@ def test_same_as_batched_kmeans_on_the_kept_patches():
     tokens = torch.randn(5, 64, 8, generator=gen(4))
     att = torch.rand(5, 6, 64, generator=gen(5)) ** 4
     for metric in ("euclidean", "cosine"):
-        cents, valid = knowledge_clusters(tokens, att, tau=0.7, k=4, kmeans_metric=metric, generator=gen(6))
+        settings = ClusterSettings(tau=0.7, k=4, kmeans_metric=metric)
+        cents, valid = knowledge_clusters(tokens, att, settings, generator=gen(6))
         keep = importance_mask(reduce_heads(att), 0.7)
         ref = batched_kmeans(tokens, keep, 4, metric=metric, generator=gen(6))
         torch.testing.assert_close(cents, ref.centroids)
@@ -166,7 +167,7 @@ def test_recovers_blobs_among_the_attended_patches():
     att = torch.full((1, 2, 100), 1e-5)
     att[0, :, :40] = 1.0
     # τ = 0.999: the background holds ~1.5e-5 of the mass, so exactly the 40 blob patches are kept
-    cents, valid = knowledge_clusters(tokens, att, tau=0.999, k=2, generator=gen(0))
+    cents, valid = knowledge_clusters(tokens, att, ClusterSettings(tau=0.999, k=2), generator=gen(0))
     assert valid.all()
     got = cents[0][cents[0][:, 0].argsort(descending=True)]
     torch.testing.assert_close(got, torch.stack([tokens[0, :20].mean(0), tokens[0, 20:40].mean(0)]))
@@ -175,12 +176,12 @@ def test_recovers_blobs_among_the_attended_patches():
 def test_shapes_dtypes_and_validation():
     tokens = torch.randn(3, 20, 6).half()
     att = torch.rand(3, 2, 20).half()
-    cents, valid = knowledge_clusters(tokens, att, k=5, generator=gen(0))
+    cents, valid = knowledge_clusters(tokens, att, ClusterSettings(k=5), generator=gen(0))
     assert cents.shape == (3, 5, 6) and cents.dtype == torch.float32 and valid.shape == (3, 5)
     assert cents.device == tokens.device
     with pytest.raises(ValueError, match="tau"):
-        knowledge_clusters(tokens, att, tau=0.0)
+        knowledge_clusters(tokens, att, ClusterSettings(tau=0.0))
     with pytest.raises(ValueError, match="attention must be"):
         knowledge_clusters(tokens, att[:, :, :5])
     with pytest.raises(ValueError, match="empty_fallback"):
-        knowledge_clusters(tokens, att.float() * math.nan, empty_fallback="none")  # type: ignore[arg-type]
+        knowledge_clusters(tokens, att.float() * math.nan, ClusterSettings(empty_fallback="none"))  # type: ignore[arg-type]

@@ -185,20 +185,26 @@ def test_not_started_jobs_of_a_multirun_are_found_from_multirun_yaml(tmp_path: P
     assert "[not started]" in md and "selector=random" in md
 
 
-def test_ablation_rows_come_from_the_varied_config_keys(tmp_path: Path) -> None:
+@pytest.mark.parametrize("nested", [True, False], ids=["selector.clusters", "flat_before_clusters_node"])
+def test_ablation_rows_come_from_the_varied_config_keys(tmp_path: Path, nested: bool) -> None:
+    """τ and K live under selector.clusters (runs recorded before that, directly under selector, read the
+    same)."""
+    prefix = "selector.clusters." if nested else "selector."
     for i, (tau, seed, v) in enumerate([(0.4, 0, 0.30), (0.4, 1, 0.32), (0.5, 0, 0.40), (0.6, 0, 0.35)]):
-        sel = {"tau": tau, "k": 25, "distance": "cosine"}
+        sel: dict = {"tau": tau, "k": 25, "distance": "cosine"}
+        if nested:
+            sel = {"clusters": {"tau": tau, "k": 25}, "distance": "cosine"}
         write_run(tmp_path, str(i), "geal", seed, {3000: v, 5000: v + 0.1}, selector=sel)
     runs = collect(tmp_path).trained
-    assert varying_settings(runs) == ["selector.tau"]  # seed and paths never define a row
+    assert varying_settings(runs) == [f"{prefix}tau"]  # seed and paths never define a row
     auto = budget_table(runs, "top1")
-    assert auto.row_keys == ["selector.tau"] and auto.rows == [("0.4",), ("0.5",), ("0.6",)]
+    assert auto.row_keys == [f"{prefix}tau"] and auto.rows == [("0.4",), ("0.5",), ("0.6",)]
     assert to_markdown(auto).splitlines()[:3] == [
         "| τ | 3000 | 5000 |",
         "|---|---:|---:|",
         "| 0.4 | 31.0 ± 1.4 (2) | 41.0 ± 1.4 (2) |",
     ]
-    paper = budget_table(runs, "top1", rows=["selector.tau", "selector.k", "selector.distance"])
+    paper = budget_table(runs, "top1", rows=[f"{prefix}tau", f"{prefix}k", "selector.distance"])
     assert to_markdown(paper).splitlines()[0] == "| τ | K | distance | 3000 | 5000 |"
     assert paper.rows[1] == ("0.5", "25", "cosine") and paper.cell(("0.5", "25", "cosine"), 5000).mean == 0.5
     assert to_latex(paper).splitlines()[2] == r"$\tau$ & $K$ & distance & 3000 & 5000 \\"

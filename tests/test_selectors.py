@@ -11,11 +11,13 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from geal.api.features import FeatureRequest
 from geal.api.pool import ImagePool
 from geal.api.selector import SelectionContext, SelectionError, Selector
 from geal.features.extract import ExtractionSettings
 from geal.features.provider import FeatureProvider
 from geal.features.store import ShardData
+from geal.method.knowledge import ClusterSettings
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
@@ -41,9 +43,9 @@ def provider(pool: ImagePool, cache_dir: Path, factory: CountingFactory | None =
 
 # ------------------------------------------------------------------ the contract, for every selector
 SELECTORS = {
-    "geal_kcenter": ("geal", {"k": 3, "kmeans_iters": 10}),
-    "geal_d2": ("geal", {"k": 3, "kmeans_iters": 10, "sampler": "d2"}),
-    "geal_euclidean": ("geal", {"k": 2, "kmeans_iters": 10, "distance": "euclidean"}),
+    "geal_kcenter": ("geal", {"clusters": {"k": 3, "kmeans_iters": 10}}),
+    "geal_d2": ("geal", {"clusters": {"k": 3, "kmeans_iters": 10}, "sampler": "d2"}),
+    "geal_euclidean": ("geal", {"clusters": {"k": 2, "kmeans_iters": 10}, "distance": "euclidean"}),
     "random": ("random", {}),
     "coreset_cos": ("coreset_cos", {}),
     "coreset_euc": ("coreset_euc", {}),
@@ -143,7 +145,7 @@ def test_geal_skips_unreadable_images(tmp_path: Path) -> None:
         "tiny",
     )
     ctx = SelectionContext(seed=0, features=prov)
-    sel = make_selector("geal", k=2, kmeans_iters=5).select(pool, 10, ctx)
+    sel = make_selector("geal", clusters={"k": 2, "kmeans_iters": 5}).select(pool, 10, ctx)
     assert sorted(sel.global_ids) == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]
     with pytest.raises(SelectionError, match="skipped as unreadable"):
         make_selector("coreset_cos").select(pool, 11, SelectionContext(seed=0, features=prov))
@@ -201,7 +203,7 @@ def concept_features(seed: int = 0) -> tuple[ShardData, np.ndarray]:
 def filled_provider(pool: ImagePool, cache: Path, factory: CountingFactory, data: ShardData):
     """A provider whose store already holds ``data`` (so the network never runs)."""
     prov = provider(pool, cache, factory)
-    store = prov.open_store(-2, -1)
+    store = prov.open_store(FeatureRequest.dense())  # the store GEAL's request (default layers) reads
     for shard in range(store.n_shards):
         a, b = store.shard_range(shard)
         store.write_shard(
@@ -231,7 +233,9 @@ def concept_ctx(tmp_path: Path):
 def test_geal_covers_every_concept_first(concept_ctx, sampler: str, seed: int) -> None:
     """With τ = 0.5 only the object patches survive the filter: the first 3 picks cover the 3 concepts."""
     pool, ctx, concept = concept_ctx
-    sel = make_selector("geal", k=2, kmeans_iters=20, sampler=sampler).select(pool, 3, ctx(seed))
+    sel = make_selector("geal", clusters={"k": 2, "kmeans_iters": 20}, sampler=sampler).select(
+        pool, 3, ctx(seed)
+    )
     if sampler == "kcenter":
         assert sorted(concept[sel.global_ids]) == [0, 1, 2]
         assert np.isnan(sel.scores[0]) and sel.scores[1] > 0.9 and sel.scores[2] > 0.9
@@ -242,7 +246,7 @@ def test_geal_covers_every_concept_first(concept_ctx, sampler: str, seed: int) -
 def test_geal_starts_from_labeled_set(concept_ctx) -> None:
     pool, ctx, concept = concept_ctx
     labeled = [0, 7]  # concepts 0 and 1 already labeled
-    sel = make_selector("geal", k=2, kmeans_iters=20).select(pool, 1, ctx(0, labeled))
+    sel = make_selector("geal", clusters={"k": 2, "kmeans_iters": 20}).select(pool, 1, ctx(0, labeled))
     assert concept[sel.global_ids[0]] == 2 and sel.scores[0] > 0.9
 
 
@@ -250,7 +254,7 @@ def test_without_the_attention_filter_background_drives_the_picks(concept_ctx) -
     """τ = 1 keeps the per-image background clusters; Core-Set on the background-dominated global feature
     likewise: neither is guaranteed to cover the concepts first — over seeds they miss at least once."""
     pool, ctx, concept = concept_ctx
-    geal_all = make_selector("geal", k=2, kmeans_iters=20, tau=1.0)
+    geal_all = make_selector("geal", clusters={"k": 2, "kmeans_iters": 20, "tau": 1.0})
     coreset = make_selector("coreset_cos")
     missed = {"geal_tau1": 0, "coreset": 0}
     for seed in range(10):
@@ -288,7 +292,18 @@ def test_coreset_picks_one_image_per_blob_first(tmp_path: Path, name: str, seed:
 def test_selector_configs_validate_values() -> None:
     with pytest.raises(InstantiationException, match="sampler"):
         make_selector("geal", sampler="kmeans")
-    with pytest.raises(InstantiationException, match="tau"):
-        make_selector("geal", tau=0.0)
+    with pytest.raises(InstantiationException, match=r"selector\.clusters\.tau"):
+        make_selector("geal", clusters={"tau": 0.0})
+    with pytest.raises(InstantiationException, match=r"selector\.clusters has unknown key\(s\) \['taux'\]"):
+        make_selector("geal", clusters={"taux": 0.5})
     with pytest.raises(InstantiationException, match="distance"):
         make_selector("coreset_cos", distance="manhattan")
+
+
+def test_geal_takes_its_cluster_settings_as_one_value() -> None:
+    """``selector.clusters`` is ClusterSettings: the YAML's values, merged overrides and all, as is."""
+    geal = make_selector("geal", clusters={"tau": 0.4, "k": 5})
+    assert geal.clusters == ClusterSettings(tau=0.4, k=5)
+    assert make_selector("geal").clusters == ClusterSettings()  # the YAML's defaults are the dataclass's
+    assert geal.request == FeatureRequest.dense(-2, -1)
+    assert not hasattr(make_selector("coreset_cos"), "feature_layer")  # Core-Set asks for global features

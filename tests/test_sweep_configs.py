@@ -72,7 +72,7 @@ def test_every_sweep_choice_composes_and_its_targets_accept_their_keys(name: str
     assert params, f"{name} sweeps nothing"
     assert str(cfg.hydra.sweep.dir).endswith(f"/{name}") and cfg.task_name == name  # one dir per experiment
     # every config-group choice (a different selector file...) composes and fits its _target_; the other
-    # swept keys (seed, selector.tau...) are plain values: their last values are set together
+    # swept keys (seed, selector.clusters.tau...) are plain values: their last values are set together
     plain = [f"{k}={v[-1]}" for k, v in params.items() if k not in INSTANTIATED]
     choices = [[f"{k}={v}"] for k, values in params.items() if k in INSTANTIATED for v in values] or [[]]
     for choice in choices:
@@ -112,13 +112,17 @@ def test_the_paper_grids() -> None:
         "backbone.layer1"
     )
     for name, key, values in (
-        ("ablation_tau", "selector.tau", ["0.4", "0.5", "0.6"]),
-        ("ablation_k", "selector.k", ["5", "15", "25"]),
+        ("ablation_tau", "selector.clusters.tau", ["0.4", "0.5", "0.6"]),
+        ("ablation_k", "selector.clusters.k", ["5", "15", "25"]),
         ("ablation_distance", "selector.distance", ["cosine", "euclidean"]),
     ):
         cfg = compose_experiment(name)
         assert sweep_params(cfg)[key] == values and list(cfg.budgets) == [3000, 5000, 7000]
-        assert (cfg.selector.tau, cfg.selector.k, cfg.selector.distance) == (0.5, 25, "cosine")
+        assert (cfg.selector.clusters.tau, cfg.selector.clusters.k, cfg.selector.distance) == (
+            0.5,
+            25,
+            "cosine",
+        )
     assert sweep_params(compose_experiment("offshelf_coreset"))["selector"] == [
         "coreset_cos",
         "coreset_euc",
@@ -144,8 +148,8 @@ DEMOS = {
     ),
     "paper_pets_demo": ("pets", ["seed=0", "selector=geal,coreset_euc"]),
     "offshelf_coreset_demo": ("mnist", ["seed=0", "selector=coreset_euc,random"]),
-    "ablation_tau_demo": ("mnist", ["seed=0", "selector.tau=0.4,0.6"]),
-    "ablation_k_demo": ("mnist", ["seed=0", "selector.k=5,15"]),
+    "ablation_tau_demo": ("mnist", ["seed=0", "selector.clusters.tau=0.4,0.6"]),
+    "ablation_k_demo": ("mnist", ["seed=0", "selector.clusters.k=5,15"]),
     "ablation_distance_demo": ("mnist", ["seed=0"]),
     "efficiency_demo": ("mnist", ["selector=geal,entropy", "task.train.epochs=1", "cycles.n_cycles=1"]),
 }
@@ -209,3 +213,6 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
     assert report.returncode == 0, report.stderr[-3000:]
     summary = json.loads((sweep / "report.json").read_text())
     assert {c["n"] for c in summary["cells"]} == {"1"}  # one seed per setting, no gap
+    swept = {"ablation_tau_demo": "selector.clusters.tau", "ablation_k_demo": "selector.clusters.k"}
+    if name in swept:  # the rows are the swept cluster setting, as `--rows selector.clusters.tau` asks
+        assert {c[swept[name]] for c in summary["cells"]} == set(overrides[1].split("=")[1].split(","))

@@ -20,10 +20,11 @@ from PIL import Image
 from baselines.random import RandomSelector
 from downstream.datasets import synthetic
 from downstream.datasets.voc import VOCPool
+from geal.api.features import FeatureRequest
 from geal.api.selector import SelectionContext
 from geal.features.extract import ExtractionSettings
-from geal.features.provider import ClusterSettings, FeatureProvider
-from geal.method.knowledge import importance_mask, reduce_heads
+from geal.features.provider import FeatureProvider
+from geal.method.knowledge import ClusterSettings, importance_mask, reduce_heads
 from geal.report.visualize import (
     cluster_figure,
     cluster_panels,
@@ -54,14 +55,14 @@ def features(tmp_path_factory: pytest.TempPathFactory):
         torch.device("cpu"),
         "tiny",
     )
-    store = provider.store()
-    return pool, store, provider.knowledge_clusters(store, CLUSTERS), provider
+    store = provider.store(FeatureRequest.dense())
+    return pool, store, provider.knowledge_clusters(FeatureRequest.dense(), CLUSTERS), provider
 
 
 @pytest.mark.parametrize("settings", [CLUSTERS, ClusterSettings(tau=0.3, k=16)], ids=["k3", "k16"])
 def test_image_clusters_are_the_selectors_clusters(features, settings: ClusterSettings) -> None:
     pool, store, _, provider = features
-    clusters = provider.knowledge_clusters(store, settings)  # what GEALSelector(tau, k) selects over
+    clusters = provider.knowledge_clusters(FeatureRequest.dense(), settings)  # what GEAL selects over
     ids = [0, 5, 17]
     items = image_clusters(store, clusters, ids, settings, pool.ids)
     rows = {
@@ -226,9 +227,9 @@ def test_imgfocus_attention_on_the_packaged_horse_photo(tmp_path: Path) -> None:
         torch.device("cpu"),
         "imgfocus",
     )
-    store = provider.store()
     settings = ClusterSettings(tau=0.5, k=25)
-    clusters = provider.knowledge_clusters(store, settings)
+    clusters = provider.knowledge_clusters(FeatureRequest.dense(), settings)
+    store = provider.store(FeatureRequest.dense())
     horse = pool.ids.index("skimage/horse")
     [item] = image_clusters(store, clusters, [horse], settings, pool.ids)
     # share of horse (dark) pixels in each of the 16 × 16 patches the whole image is resized into

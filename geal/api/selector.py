@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from geal.api.features import FeatureSource
+
 if TYPE_CHECKING:
     from geal.api.pool import ImagePool
-    from geal.features.provider import FeatureProvider
 
 
 class SelectionError(ValueError):
@@ -53,7 +54,8 @@ class SelectionContext:
     labeled:  global ids already labeled (never returned again; k-center starts from them).
     seed:     the run's seed; selectors draw randomness only from ``generator()``.
     device:   where tensor work runs.
-    features: the pool's feature store handle (present when the selector requires "features").
+    features: the pool's features (present when the selector requires "features"), see
+              :mod:`geal.api.features`.
     excluded: global ids that must never be picked (e.g. images skipped as unreadable).
     task:     the task model handle, for traditional methods.
     progress: show progress bars for long selection work (``extraction.progress`` in the config).
@@ -62,7 +64,7 @@ class SelectionContext:
     labeled: Sequence[int] = ()
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    features: FeatureProvider | None = None
+    features: FeatureSource | None = None
     excluded: Sequence[int] = ()
     task: Any = None
     progress: bool = True
@@ -148,7 +150,7 @@ def eligible_mask(
     n_images: int, ctx: SelectionContext, device: torch.device, valid: np.ndarray, budget: int
 ) -> torch.Tensor:
     """(n_images,) bool: False for excluded ids and for images the store skipped as unreadable
-    (``valid`` (n_images,) from the feature store). Labeled ids stay True: the sampler's ``initial``
+    (``valid`` (n_images,) from the feature source). Labeled ids stay True: the sampler's ``initial``
     handles them. Raises SelectionError when fewer than ``budget`` new images remain pickable."""
     mask = torch.from_numpy(np.asarray(valid, dtype=bool).copy()).to(device)
     if len(ctx.excluded):

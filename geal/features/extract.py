@@ -1,13 +1,15 @@
 """One inference pass over a pool into a :class:`~geal.features.store.FeatureStore`, streamed shard by shard.
 
-Memory stays bounded by one shard whatever the pool size: the batch outputs are copied into one
-preallocated shard buffer on the device, then written (on a GPU the writer thread transforms the shard and
-copies it to the host, so the main loop never waits for a copy). DataLoader workers decode and resize while
-the model runs on an accelerator; on a CPU the main process decodes each batch with all its threads between
+Memory stays bounded by one shard whatever the pool size: the batch outputs are copied into one preallocated
+shard buffer on the device, then written (on a GPU the writer thread passes the shard to the sink and copies
+it to the host, so the main loop never waits for a copy). DataLoader workers decode and resize while the
+model runs on an accelerator; on a CPU the main process decodes each batch with all its threads between
 forwards. Batches never straddle a shard, so each finished shard is written (atomically) at once and an
 interrupted run resumes at the first missing shard. ``shards`` restricts a call to some shards (one rank's
-share in a distributed extraction, see :mod:`geal.features.distributed`); ``shard_transform`` turns a finished
-shard into what the store keeps (knowledge clusters instead of dense tokens for a clusters-only store).
+share in a distributed extraction, see :mod:`geal.features.distributed`); ``shard_sink`` derives something
+from each finished shard while it is on the device (its knowledge clusters,
+:class:`geal.features.clusters.ClusterShardWriter`) and hands the writer thread what to write; the store
+then keeps what its contents say (a store of global features only never copies tokens to the host).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import numpy as np
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
+from geal.api.features import ExtractionReport
 from geal.api.pool import ImagePool
 from geal.features.backbones.base import Backbone, Preprocessing
 from geal.features.device_decode import (
@@ -67,8 +70,9 @@ class ExtractionSettings:
     the main process with threads on any device.
 
     ``cache_mode``: ``"full"`` keeps the dense tokens and attention maps (any τ/K later without the
-    network); ``"clusters_only"`` keeps only the knowledge clusters of the selector that triggers the
-    extraction (plus global features): ~13× less disk for ViT-S at K = 25, but another τ/K needs a new pass.
+    network); ``"clusters_only"`` keeps only the global features and validity, plus the knowledge clusters
+    of the selector that triggers the extraction (computed during it, :mod:`geal.features.clusters`): about 7×
+    less disk for ViT-S/16 at K = 25, but another τ/K needs a new pass.
     """
 
     batch_size: int = 32
@@ -111,19 +115,6 @@ def resolve_workers(num_workers: Workers, device: torch.device) -> int:
     if device.type == "cpu":
         return 0
     return max(1, min(16, usable_cores() - 2))
-
-
-@dataclass
-class ExtractionReport:
-    images: int = 0
-    seconds: float = 0.0
-    shards_written: list[int] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    #: where the main loop's time went: waiting for the loader, decoding on the device, forward + copy into
-    #: the shard buffer, the shard transform (on a CPU; in the writer on a GPU), waiting for the shard
-    #: writer. On a GPU the loop only queues work (decode, forward and copy are launch times): the GPU's
-    #: own time shows up in ``writer_wait``, as the writer waits for each shard's last forward
-    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def build_transform(pre: Preprocessing) -> v2.Compose:
@@ -329,9 +320,23 @@ def _side_stream(ready: torch.cuda.Event | None, stream: torch.cuda.Stream | Non
 
 
 def _transform_in_writer(device: torch.device) -> bool:
-    """Whether the shard transform runs in the writer thread: on a GPU yes; on a CPU no, as its k-means sets
+    """Whether the shard sink runs in the writer thread: on a GPU yes; on a CPU no, as its k-means sets
     the process's torch thread count for its small ops, which would throttle the forward beside it."""
     return device.type != "cpu"
+
+
+#: ``sink(shard, data)``: derives something from a finished shard (``data``: the dense arrays in the store's
+#: dtypes, on the extraction device) and returns the write of it, which the writer thread runs before it
+#: writes the store's shard
+ShardSink = Callable[[int, ShardData], Callable[[], None]]
+
+
+@dataclass
+class _PreparedShard:
+    """A finished shard as the store keeps it, and the write of what the sink derived from it."""
+
+    data: ShardData
+    derived: Callable[[], None] | None
 
 
 def extract_to_store(
@@ -344,11 +349,10 @@ def extract_to_store(
     feature_layer: int,
     attention_layer: int,
     shards: Sequence[int] | None = None,
-    shard_transform: Callable[[int, ShardData], ShardData] | None = None,
+    shard_sink: ShardSink | None = None,
 ) -> ExtractionReport:
     """Fill the missing shards of ``store`` (those of ``shards`` only, when given); the backbone is built
-    only if a shard is missing. ``shard_transform(start, data)`` maps each finished shard (dense arrays,
-    images ``start...``) to what is written."""
+    only if a shard is missing. ``shard_sink`` (see :data:`ShardSink`) sees each finished dense shard."""
     report = ExtractionReport()
     store.remove_stale_temporaries()
     missing = store.missing_shards()
@@ -398,26 +402,30 @@ def extract_to_store(
     transform_in_writer = _transform_in_writer(device)
     writer_stream = torch.cuda.Stream(device=device) if device.type == "cuda" else None
 
-    def prepare(start: int, buffer: _ShardBuffer, skipped: list[dict[str, str]]) -> ShardData:
-        """A finished shard in the store's dtypes, transformed (on its device)."""
+    def prepare(shard: int, buffer: _ShardBuffer, skipped: list[dict[str, str]]) -> _PreparedShard:
+        """A finished shard in the store's dtypes, passed to the sink (on its device); then only the arrays
+        the store keeps."""
         data = buffer.shard(skipped)
-        return shard_transform(start, data) if shard_transform is not None else data
+        derived = shard_sink(shard, data) if shard_sink is not None else None
+        return _PreparedShard(store.kept(data), derived)
 
     def finish_shard(
         shard: int,
-        start: int,
-        shard_in: ShardData | _ShardBuffer,
+        shard_in: _PreparedShard | _ShardBuffer,
         skipped: list[dict[str, str]],
         ready: torch.cuda.Event | None,
     ) -> None:
-        """In the writer thread: prepare the shard if the main loop did not, bring it to the host, write."""
+        """In the writer thread: prepare the shard if the main loop did not, bring it to the host, write
+        what the sink derived, then the store's shard (whose presence marks both done)."""
         with _side_stream(ready, writer_stream):
-            data = prepare(start, shard_in, skipped) if isinstance(shard_in, _ShardBuffer) else shard_in
-            data = _host_arrays(data)
+            prepared = prepare(shard, shard_in, skipped) if isinstance(shard_in, _ShardBuffer) else shard_in
+            data = _host_arrays(prepared.data)
+        if prepared.derived is not None:
+            prepared.derived()
         store.write_shard(shard, data)
 
-    # One writer thread: shard i is (transformed and) written (np.save releases the GIL) while shard i+1 is
-    # extracted; waiting for it before handing over the next keeps at most two shards in memory.
+    # One writer thread: shard i (and its sink's part) is written (np.save releases the GIL) while shard
+    # i+1 is extracted; waiting for it before handing over the next keeps at most two shards in memory.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer") as writer:
         writing: Future[None] | None = None
         stage = dict.fromkeys(
@@ -458,10 +466,10 @@ def extract_to_store(
                     )
             bar.update(len(indices))
             if indices[-1] == stop - 1:
-                shard_in: ShardData | _ShardBuffer = buffer
+                shard_in: _PreparedShard | _ShardBuffer = buffer
                 ready = None
                 if not transform_in_writer:
-                    shard_in = prepare(start, buffer, skipped)
+                    shard_in = prepare(shard, buffer, skipped)
                     lap("shard_transform")
                 elif device.type == "cuda":
                     ready = torch.cuda.Event()
@@ -469,7 +477,7 @@ def extract_to_store(
                 if writing is not None:
                     writing.result()  # re-raises a failed write here
                 lap("writer_wait")
-                writing = writer.submit(finish_shard, shard, start, shard_in, skipped, ready)
+                writing = writer.submit(finish_shard, shard, shard_in, skipped, ready)
                 report.shards_written.append(shard)
                 report.skipped.extend(skipped)
                 skipped = []

@@ -1,9 +1,9 @@
-"""On-disk feature store: sharded, memory-mapped on read, written atomically, resumable.
+"""The token store (first feature stage): sharded, memory-mapped on read, written atomically, resumable.
 
 Layout of one store (a directory under the cache dir, never inside a dataset folder)::
 
     <cache_dir>/features/<backbone>-<pool>-<key hash>/
-        manifest.json           what the store holds (key fields, version, sizes); checked on open
+        manifest.json           what the store holds (key fields, version, sizes, contents); checked on open
         shard_00000/            images [0, shard_size)
             tokens.npy          (n, N, D) fp16 dense tokens (fp32 if fp16 would overflow)
             attention.npy       (n, H, N) fp32 per-head importance, rows sum to 1
@@ -11,17 +11,22 @@ Layout of one store (a directory under the cache dir, never inside a dataset fol
             valid.npy           (n,)      bool, False for images skipped as unreadable
             meta.json           range, arrays, dtypes, skipped files
         shard_00001/ ...
-        clusters/<hash>.npz     second stage: knowledge clusters for one (τ, K, k-means...) setting
         .extract.lock           held by the job (or rank 0 of the distributed job) filling the store
 
-A ``clusters_only`` store (``mode`` in the manifest; for pools too large to keep dense tokens) holds per
-shard ``clusters.npy`` (n, K, D) fp16 knowledge clusters and ``cluster_valid.npy`` (n, K) bool instead of
-tokens and attention, for the one cluster setting recorded in the manifest.
+``contents`` says which arrays a store keeps: ``dense`` (all four) or ``global`` (only ``global.npy`` and
+``valid.npy``: for pools too large to keep dense tokens, ``extraction.cache_mode=clusters_only``). A
+``global`` store has ``"contents": "global"`` in its key, so it never shares a directory with a dense one;
+a dense store's key is what it always was (STORE_VERSION is unchanged: a dense store's layout and meaning
+are those of version 1, and version-1 stores of the old ``clusters_only`` mode had a ``cache_mode`` key
+field, so this code never opens them).
+
+The store knows nothing of what is derived from it: the second stage (knowledge clusters) keeps its own
+cache in a ``clusters/`` folder of the store's directory, see :mod:`geal.features.clusters`.
 
 A shard directory is written under a temporary name and renamed into place when complete, so a shard
 that exists is complete; an interrupted extraction resumes at the first missing shard. Jobs that share a
-cache dir (sweeps, several nodes on one file system) take a file lock before filling a store or computing
-a cluster cache, so each is written once; the others wait and then read it.
+cache dir (sweeps, several nodes on one file system) take the store's file lock before filling it, so it is
+written once; the others wait and then read it.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -48,11 +53,14 @@ log = logging.getLogger(__name__)
 
 #: bump when the meaning of stored data changes (old stores are then ignored, not misread)
 STORE_VERSION = 1
-ARRAYS = ("tokens", "attention", "global", "valid")  # a dense shard's arrays
-CLUSTER_ARRAYS = ("clusters", "cluster_valid", "global", "valid")  # a clusters-only shard's arrays
 FP16_MAX = 65504.0
 
-StoreMode = Literal["full", "clusters_only"]
+StoreContents = Literal["dense", "global"]
+#: the arrays each kind of store keeps per shard
+ARRAYS: dict[str, tuple[str, ...]] = {
+    "dense": ("tokens", "attention", "global", "valid"),
+    "global": ("global", "valid"),
+}
 
 
 class StoreMismatchError(RuntimeError):
@@ -66,24 +74,21 @@ ShardArray = np.ndarray | torch.Tensor
 
 @dataclass(frozen=True)
 class ShardData:
-    """Arrays of one shard: tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,); or, in a
-    clusters-only store, clusters (n,K,D) and cluster_valid (n,K) instead of tokens and attention. What
-    :meth:`FeatureStore.write_shard` takes is numpy; between the forward and the writer (the shard
-    transforms) tokens, attention and global may still be tensors on the extraction device."""
+    """Arrays of one shard: tokens (n,N,D), attention (n,H,N), global (n,D'), valid (n,) (tokens and
+    attention None where not kept). What :meth:`FeatureStore.write_shard` takes is numpy; between the
+    forward and the writer tokens, attention and global may still be tensors on the extraction device."""
 
     tokens: ShardArray | None
     attention: ShardArray | None
     global_feature: ShardArray
     valid: np.ndarray
     skipped: list[dict[str, str]]
-    clusters: np.ndarray | None = None
-    cluster_valid: np.ndarray | None = None
 
 
 def fp16_if_in_range(arr: ShardArray) -> ShardArray:
-    """How tokens and clusters are stored: fp16 unless a value is non-finite or beyond fp16's range (then
-    fp32). A tensor stays on its device: one min/max pass, no temporary, one wait for the result; a bf16
-    or fp32 tensor in range is rounded to fp16 as numpy would round its float32 values."""
+    """How tokens (and compact knowledge clusters) are stored: fp16 unless a value is non-finite or beyond
+    fp16's range (then fp32). A tensor stays on its device: one min/max pass, no temporary, one wait for
+    the result; a bf16 or fp32 tensor in range is rounded to fp16 as numpy would round its float32 values."""
     if isinstance(arr, torch.Tensor):
         if arr.numel() == 0:
             return arr.half()
@@ -101,11 +106,12 @@ def fp16_if_in_range(arr: ShardArray) -> ShardArray:
 
 
 class FeatureStore:
-    """Dense tokens, importance maps and global features of every image of one pool for one backbone setting.
+    """Dense tokens, importance maps and global features (or, ``contents="global"``, only the global
+    features) of every image of one pool for one backbone setting.
 
     ``key`` holds everything that determines the stored values (backbone config and weights identity,
-    preprocessing, layers, pool identity); its hash names the directory and the manifest repeats it, so a
-    store is only ever read by a run that asks for exactly the same thing.
+    preprocessing, layers, pool identity, and the contents when not dense); its hash names the directory and
+    the manifest repeats it, so a store is only ever read by a run that asks for exactly the same thing.
     """
 
     def __init__(
@@ -114,16 +120,13 @@ class FeatureStore:
         key: dict[str, Any],
         n_images: int,
         shard_size: int,
-        mode: StoreMode = "full",
-        clusters: dict[str, Any] | None = None,
+        contents: StoreContents = "dense",
     ) -> None:
         self.directory = Path(directory)
         self.key = key
         self.n_images = int(n_images)
         self.shard_size = int(shard_size)
-        self.mode: StoreMode = mode
-        #: clusters-only stores: the knowledge-cluster settings the shards hold (None: no clusters)
-        self.clusters = clusters
+        self.contents: StoreContents = contents
         self._cache: dict[int, dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ opening
@@ -135,16 +138,16 @@ class FeatureStore:
         n_images: int,
         shard_size: int,
         label: str,
-        mode: StoreMode = "full",
-        clusters: dict[str, Any] | None = None,
+        contents: StoreContents = "dense",
     ) -> FeatureStore:
-        """Open (or create) the store for ``key`` under ``cache_dir/features``; check its manifest.
-
-        ``mode``/``clusters``: a clusters-only store and the cluster settings it is filled with (recorded in
-        the manifest when the store is created; an existing store keeps the ones it was created with).
-        """
+        """Open (or create) the store for ``key`` (and ``contents``) under ``cache_dir/features``; check its
+        manifest. ``label`` starts the directory's name (backbone and pool, for people)."""
         if n_images <= 0:
             raise ValueError("cannot build a feature store for an empty pool")
+        if contents not in ARRAYS:
+            raise ValueError(f"store contents must be one of {list(ARRAYS)}, got {contents!r}")
+        if contents != "dense":  # a different store: what it holds is not what a dense store holds
+            key = {**key, "contents": contents}
         safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
         directory = Path(cache_dir).expanduser() / "features" / f"{safe_label}-{stable_hash(key)}"
         manifest = directory / "manifest.json"
@@ -169,14 +172,11 @@ class FeatureStore:
                     f"re-extract, or point paths.cache_dir somewhere else."
                 )
             shard_size = int(found["shard_size"])
-            mode = found.get("mode", "full")
-            clusters = found.get("clusters")
         else:
             atomic_write_json(
-                manifest,
-                {**expected, "shard_size": shard_size, "label": label, "mode": mode, "clusters": clusters},
+                manifest, {**expected, "shard_size": shard_size, "label": label, "contents": contents}
             )
-        return cls(directory, key, n_images, shard_size, mode, clusters)
+        return cls(directory, key, n_images, shard_size, contents)
 
     def lock(self, what: str = "extracting features") -> contextlib.AbstractContextManager[None]:
         """The store's cross-process lock (see :func:`file_lock`)."""
@@ -203,12 +203,20 @@ class FeatureStore:
 
     @property
     def array_names(self) -> tuple[str, ...]:
-        if self.mode == "full":
-            return ARRAYS
-        return CLUSTER_ARRAYS if self.clusters is not None else ("global", "valid")
+        return ARRAYS[self.contents]
+
+    @property
+    def keeps_tokens(self) -> bool:
+        """Whether the store keeps dense tokens and attention maps (a ``dense`` store)."""
+        return "tokens" in self.array_names
+
+    def kept(self, data: ShardData) -> ShardData:
+        """``data`` without the arrays this store does not keep (so they are never copied to the host)."""
+        return data if self.keeps_tokens else replace(data, tokens=None, attention=None)
 
     def write_shard(self, shard: int, data: ShardData) -> None:
-        """Write one complete shard atomically (temporary directory renamed into place)."""
+        """Write one complete shard atomically (temporary directory renamed into place); arrays the store
+        does not keep are ignored."""
         start, stop = self.shard_range(shard)
         n = stop - start
         given = {
@@ -216,13 +224,11 @@ class FeatureStore:
             "attention": data.attention,
             "global": data.global_feature,
             "valid": data.valid,
-            "clusters": data.clusters,
-            "cluster_valid": data.cluster_valid,
         }
         for name in self.array_names:
             arr = given[name]
             if arr is None:
-                raise ValueError(f"shard {shard}: a {self.mode} store needs '{name}', which is missing")
+                raise ValueError(f"shard {shard}: a {self.contents} store needs '{name}', which is missing")
             if arr.shape[0] != n:
                 raise ValueError(f"shard {shard}: {name} has {arr.shape[0]} rows, expected {n}")
         convert = {
@@ -230,8 +236,6 @@ class FeatureStore:
             "attention": lambda a: a.astype(np.float32),
             "global": lambda a: a.astype(np.float32),
             "valid": lambda a: a.astype(bool),
-            "clusters": fp16_if_in_range,
-            "cluster_valid": lambda a: a.astype(bool),
         }
         arrays = {name: convert[name](given[name]) for name in self.array_names}
         final = self.shard_dir(shard)
@@ -276,7 +280,7 @@ class FeatureStore:
             raise FileNotFoundError(f"shard {directory} is missing: the store is incomplete (run extraction)")
         start, stop = self.shard_range(shard)
         meta = json.loads((directory / "meta.json").read_text())
-        names = meta.get("arrays", ARRAYS)
+        names = meta.get("arrays", ARRAYS["dense"])
         arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names}
         for name, arr in arrays.items():
             if arr.shape[0] != stop - start:
@@ -288,10 +292,12 @@ class FeatureStore:
             self._cache[shard] = arrays
         return arrays
 
-    def iter_shards(self) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
-        """Yield (start, stop, memory-mapped arrays) per shard, in global-id order (the maps of a shard are
-        released when the next one is read)."""
-        for shard in range(self.n_shards):
+    def iter_shards(
+        self, shards: Sequence[int] | None = None
+    ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+        """Yield (start, stop, memory-mapped arrays) per shard (of ``shards`` only, when given), in
+        global-id order (the maps of a shard are released when the next one is read)."""
+        for shard in range(self.n_shards) if shards is None else sorted(shards):
             start, stop = self.shard_range(shard)
             yield start, stop, self._shard_arrays(shard, keep=False)
 
@@ -300,8 +306,8 @@ class FeatureStore:
 
     @property
     def token_dim(self) -> int:
-        arrays = self._shard_arrays(0)
-        return int(arrays["tokens" if "tokens" in arrays else "clusters"].shape[-1])
+        """D of the dense tokens (a dense store)."""
+        return int(self._shard_arrays(0)["tokens"].shape[-1])
 
     def global_features(self) -> np.ndarray:
         """(n_images, D') float32 global features."""

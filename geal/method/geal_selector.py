@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import ClassVar, Literal
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
+from geal.api.features import FeatureRequest
 from geal.api.pool import ImagePool
 from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
-from geal.features.provider import ClusterSettings
 from geal.method.kcenter.greedy import d2_sampling, kcenter_greedy
 from geal.method.kcenter.sharded import kcenter_greedy_sharded
+from geal.method.knowledge import ClusterSettings
 from geal.util.distributed import is_distributed, rank_and_world
 
 log = logging.getLogger(__name__)
@@ -22,8 +24,9 @@ class GEALSelector(Selector):
     """GEAL (docs/design.md §1): one inference pass → attention-filtered knowledge clusters → k-center.
 
     Every hyperparameter is a constructor argument (so a config key): the layers read by the pass
-    (``feature_layer``, ``attention_layer``), the filter (``head_reduction``, ``tau``, ``empty_fallback``),
-    the per-image k-means (``k``, ``kmeans_*``), and the sampler (``sampler``, ``distance``).
+    (``feature_layer``, ``attention_layer``: the dense tokens this selector requests), the knowledge clusters
+    (``clusters``: a :class:`~geal.method.knowledge.ClusterSettings`, the ``selector.clusters`` config node —
+    filter, per-image k-means), and the sampler (``sampler``, ``distance``, ``chunk_size``).
     The starting point is the already-labeled set when the context has one, else one seeded random image.
     """
 
@@ -35,15 +38,7 @@ class GEALSelector(Selector):
         name: str = "geal",
         feature_layer: int = -2,
         attention_layer: int = -1,
-        head_reduction: Literal["mean", "max"] = "mean",
-        tau: float = 0.5,
-        empty_fallback: Literal["max_norm", "max_attention", "all"] = "max_norm",
-        k: int = 25,
-        kmeans_metric: Literal["euclidean", "cosine"] = "euclidean",
-        kmeans_iters: int = 100,
-        kmeans_tol: float = 1e-4,
-        kmeans_init: Literal["kmeans++", "random"] = "kmeans++",
-        kmeans_seed: int = 0,
+        clusters: ClusterSettings | Mapping[str, Any] | None = None,
         sampler: Literal["kcenter", "d2"] = "kcenter",
         distance: Literal["cosine", "euclidean"] = "cosine",
         chunk_size: int = 65536,
@@ -52,35 +47,23 @@ class GEALSelector(Selector):
             raise ValueError(f"selector.sampler must be 'kcenter' or 'd2', got {sampler!r}")
         if distance not in ("cosine", "euclidean"):
             raise ValueError(f"selector.distance must be 'cosine' or 'euclidean', got {distance!r}")
-        if not 0.0 < tau <= 1.0:
-            raise ValueError(f"selector.tau must be in (0, 1], got {tau}")
-        if k < 1:
-            raise ValueError(f"selector.k must be ≥ 1, got {k}")
         self.name = name
-        self.feature_layer = feature_layer
-        self.attention_layer = attention_layer
-        self.clusters = ClusterSettings(
-            tau=tau,
-            k=k,
-            head_reduction=head_reduction,
-            empty_fallback=empty_fallback,
-            kmeans_metric=kmeans_metric,
-            kmeans_iters=kmeans_iters,
-            kmeans_tol=kmeans_tol,
-            kmeans_init=kmeans_init,
-            kmeans_seed=kmeans_seed,
-        )
+        #: what this selector asks of the feature source: the dense tokens of these layers
+        self.request = FeatureRequest.dense(feature_layer, attention_layer)
+        try:
+            self.clusters = ClusterSettings.from_config(clusters)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"selector.{err}") from err
         self.sampler = sampler
         self.distance = distance
         self.chunk_size = chunk_size
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
-        store = ctx.features.store(self.feature_layer, self.attention_layer, clusters=self.clusters)
-        clusters = ctx.features.knowledge_clusters(store, self.clusters)
+        clusters = ctx.features.knowledge_clusters(self.request, self.clusters)
         points = torch.from_numpy(clusters.features).to(ctx.device)
         groups = torch.from_numpy(clusters.owners).to(ctx.device)
-        eligible = eligible_mask(len(pool), ctx, ctx.device, store.valid(), budget)
+        eligible = eligible_mask(len(pool), ctx, ctx.device, clusters.valid, budget)
         if self.sampler == "kcenter" and is_distributed():
             # under torchrun: each rank keeps a slice of the clusters; every rank gets the same picks
             rank, world = rank_and_world()

@@ -6,24 +6,93 @@
   (sort ascending, cumulative sum, keep where cumsum > 1 − τ).
 * :func:`knowledge_clusters` applies both, falls back to one patch when nothing is kept, and clusters each
   image's kept patch features with :func:`geal.method.kmeans.batched_kmeans` (all images at once).
+* :class:`ClusterSettings` is every setting of those steps in one value: the GEAL selector's
+  ``selector.clusters`` config node, passed as is to :func:`knowledge_clusters`, and (with the algorithm's
+  version) the key of the knowledge-cluster cache (:mod:`geal.features.clusters`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from geal.method.kmeans import batched_kmeans
 
-__all__ = ["importance_mask", "knowledge_clusters", "reduce_heads"]
+__all__ = ["ClusterSettings", "importance_mask", "knowledge_clusters", "reduce_heads"]
 
 log = logging.getLogger(__name__)
 
 HeadReduction = Literal["mean", "max"]
 EmptyFallback = Literal["max_norm", "max_attention", "all"]
+KMeansMetric = Literal["euclidean", "cosine"]
+KMeansInit = Literal["kmeans++", "random"]
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Everything that determines the knowledge clusters of an image (docs/design.md, the method's steps
+    2–4): the GEAL selector's ``selector.clusters`` config node (conf/selector/geal.yaml says why each key is
+    what it is).
+
+    tau:            keep the most attended patches holding this fraction of the attention mass, in (0, 1]
+    k:              knowledge clusters per image (≥ 1)
+    head_reduction: ``mean`` | ``max`` over attention heads
+    empty_fallback: what an image keeps when the filter keeps nothing: ``max_norm`` | ``max_attention`` |
+                    ``all``
+    kmeans_*:       the per-image k-means (metric ``euclidean`` | ``cosine``, init ``kmeans++`` | ``random``);
+                    ``kmeans_seed`` seeds every chunk's generator (with the chunk's first global id)
+    batch_images:   images clustered together; part of the key, as it orders the random draws
+    """
+
+    tau: float = 0.5
+    k: int = 25
+    head_reduction: HeadReduction = "mean"
+    empty_fallback: EmptyFallback = "max_norm"
+    kmeans_metric: KMeansMetric = "euclidean"
+    kmeans_iters: int = 100
+    kmeans_tol: float = 1e-4
+    kmeans_init: KMeansInit = "kmeans++"
+    kmeans_seed: int = 0
+    batch_images: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.tau) <= 1.0:
+            raise ValueError(
+                f"clusters.tau must lie in (0, 1] (fraction of attention mass kept), got {self.tau}"
+            )
+        for name in ("k", "kmeans_iters", "batch_images"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"clusters.{name} must be ≥ 1, got {getattr(self, name)}")
+        choices = {
+            "head_reduction": HeadReduction,
+            "empty_fallback": EmptyFallback,
+            "kmeans_metric": KMeansMetric,
+            "kmeans_init": KMeansInit,
+        }
+        for name, kind in choices.items():
+            if getattr(self, name) not in get_args(kind):
+                raise ValueError(
+                    f"clusters.{name} must be one of {list(get_args(kind))}, got {getattr(self, name)!r}"
+                )
+
+    @classmethod
+    def from_config(cls, node: ClusterSettings | Mapping[str, Any] | None) -> ClusterSettings:
+        """``node`` as settings: a ClusterSettings as is, a mapping (a config node) checked key by key, None:
+        the defaults. An unknown key is an error naming it and the valid ones."""
+        if node is None:
+            return cls()
+        if isinstance(node, ClusterSettings):
+            return node
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in node if k not in valid)
+        if unknown:
+            raise ValueError(f"clusters has unknown key(s) {unknown}; valid keys: {valid}")
+        return cls(**{str(k): v for k, v in node.items()})
 
 
 def reduce_heads(attention: Tensor, how: HeadReduction = "mean") -> Tensor:
@@ -98,27 +167,23 @@ def _fallback(keep: Tensor, tokens: Tensor, importance: Tensor, how: EmptyFallba
 def knowledge_clusters(
     tokens: Tensor,
     attention: Tensor,
-    *,
-    tau: float = 0.5,
-    k: int = 25,
-    head_reduction: HeadReduction = "mean",
-    empty_fallback: EmptyFallback = "max_norm",
-    kmeans_metric: Literal["euclidean", "cosine"] = "euclidean",
-    kmeans_iters: int = 100,
-    kmeans_tol: float = 1e-4,
-    kmeans_init: Literal["kmeans++", "random"] = "kmeans++",
+    settings: ClusterSettings | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Knowledge clusters of a batch of images: tokens (B,N,D), attention (B,H,N) → (B,k,D) f32, (B,k) bool.
 
-    Filters each image's patches with :func:`importance_mask` on :func:`reduce_heads` (``tau``,
-    ``head_reduction``); an image that keeps nothing keeps ``empty_fallback`` ("max_norm": its patch with
-    the largest feature norm; "max_attention": its most attended patch; "all": every patch). The kept
-    patch features of every image are then clustered separately (batched k-means, ``k`` clusters); an
-    image keeping ≤ k patches gets its kept patches as clusters, and ``valid`` marks the real clusters.
-    Computed in float32 whatever the input dtype (e.g. fp16 memory-mapped stores), on the tokens' device.
-    With ``kmeans_metric="cosine"`` (spherical k-means) the centroids are unit vectors.
+    With ``settings`` (default: :class:`ClusterSettings`'s defaults), filters each image's patches with
+    :func:`importance_mask` on :func:`reduce_heads` (``tau``, ``head_reduction``); an image that keeps nothing
+    keeps ``empty_fallback`` ("max_norm": its patch with the largest feature norm; "max_attention": its most
+    attended patch; "all": every patch). The kept patch features of every image are then clustered
+    separately (batched k-means, ``k`` clusters, ``kmeans_*``, random draws from ``generator``); an image
+    keeping ≤ k patches gets its kept patches as clusters, and ``valid`` marks the real clusters. Computed in
+    float32 whatever the input dtype (e.g. fp16 memory-mapped stores), on the tokens' device. With
+    ``kmeans_metric="cosine"`` (spherical k-means) the centroids are unit vectors. (``kmeans_seed`` and
+    ``batch_images`` are the caller's: they say how a pool is split into batches and seeded, see
+    :func:`geal.features.clusters.shard_knowledge_clusters`.)
     """
+    s = settings if settings is not None else ClusterSettings()
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (B, N, D), got shape {tuple(tokens.shape)}")
     if attention.ndim != 3 or attention.shape[0] != tokens.shape[0] or attention.shape[2] != tokens.shape[1]:
@@ -127,8 +192,8 @@ def knowledge_clusters(
             f"got shape {tuple(attention.shape)}"
         )
     x = tokens.to(torch.float32)
-    importance = reduce_heads(attention.to(device=x.device, dtype=torch.float32), head_reduction)
-    keep = _fallback(importance_mask(importance, tau), x, importance, empty_fallback)
+    importance = reduce_heads(attention.to(device=x.device, dtype=torch.float32), s.head_reduction)
+    keep = _fallback(importance_mask(importance, s.tau), x, importance, s.empty_fallback)
     B, _, D = x.shape
     # compact the kept patches to the front so k-means works on P = max kept count, not N
     order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
@@ -139,11 +204,11 @@ def knowledge_clusters(
     res = batched_kmeans(
         pts,
         msk,
-        k,
-        iters=kmeans_iters,
-        tol=kmeans_tol,
-        metric=kmeans_metric,
-        init=kmeans_init,
+        s.k,
+        iters=s.kmeans_iters,
+        tol=s.kmeans_tol,
+        metric=s.kmeans_metric,
+        init=s.kmeans_init,
         generator=generator,
     )
     return res.centroids.to(torch.float32), res.valid

@@ -75,7 +75,8 @@ class RunRecord:
         return [b for b in self.planned if b not in self.values]
 
     def setting(self, key: str) -> Any:
-        """The value of a dotted config key (``selector.tau``), ``method`` or ``seed``; None when absent."""
+        """The value of a dotted config key (``selector.clusters.tau``), ``method`` or ``seed``; None when
+        absent."""
         if key == "method":
             return self.method
         if key == "seed":

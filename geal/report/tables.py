@@ -32,7 +32,14 @@ from geal.util.io import atomic_write_bytes, atomic_write_json
 log = logging.getLogger(__name__)
 
 #: how a setting's key is printed in a table header (the paper's symbols)
-HEADER_NAMES = {"selector.tau": "τ", "selector.k": "K", "selector.distance": "distance", "method": "method"}
+HEADER_NAMES = {
+    "selector.clusters.tau": "τ",
+    "selector.clusters.k": "K",
+    "selector.tau": "τ",  # (runs written before the cluster settings moved to selector.clusters)
+    "selector.k": "K",
+    "selector.distance": "distance",
+    "method": "method",
+}
 LATEX_HEADER_NAMES = {"τ": r"$\tau$", "K": r"$K$"}
 
 
@@ -69,7 +76,7 @@ def summarize(values: Sequence[float], seeds: Sequence[int | None] = ()) -> Cell
 class BudgetTable:
     """Rows (settings) × budgets of one metric.
 
-    row_keys: what identifies a row, e.g. ``["method"]`` or ``["selector.tau"]``
+    row_keys: what identifies a row, e.g. ``["method"]`` or ``["selector.clusters.tau"]``
     rows:     the rows in order, each the tuple of its ``row_keys`` values as printed
     cells:    (row, budget) → Cell; absent = gap
     """

@@ -30,10 +30,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from geal.api.features import KnowledgeClusterSet
 from geal.api.pool import ImagePool
-from geal.features.provider import ClusterSettings, KnowledgeClusterSet
 from geal.features.store import FeatureStore
-from geal.method.knowledge import importance_mask, reduce_heads
+from geal.method.knowledge import ClusterSettings, importance_mask, reduce_heads
 
 log = logging.getLogger(__name__)
 

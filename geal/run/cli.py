@@ -568,14 +568,14 @@ def visualize_main(cfg: DictConfig) -> None:
         settings = getattr(selector, "clusters", None)
         if settings is None:
             raise ValueError(
-                f"the cluster figure shows GEAL's knowledge clusters: use selector=geal (its tau, k, k-means "
-                f"settings), not {cfg.selector.get('name')}"
+                f"the cluster figure shows GEAL's knowledge clusters: use selector=geal (its "
+                f"selector.clusters settings), not {cfg.selector.get('name')}"
             )
         ids = pool.index_of(list(cfg.images)) if cfg.images else (selected or list(range(len(pool))))
         ids = ids if cfg.images else ids[: cfg.n_images]
         provider = feature_provider(cfg, pool, device)
-        store = provider.store(selector.feature_layer, selector.attention_layer)
-        clusters = provider.knowledge_clusters(store, settings)
+        clusters = provider.knowledge_clusters(selector.request, settings)
+        store = provider.store(selector.request)
         items = visualize.image_clusters(store, clusters, ids, settings, pool.ids)
         title = f"{pool.name}, {cfg.backbone.name}: τ={settings.tau:g}, K={settings.k}"
         files["clusters"] = str(
@@ -638,8 +638,9 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         nargs="+",
         default=None,
         metavar="KEY",
-        help="what a row is: 'method' and/or dotted config keys (e.g. selector.tau selector.k "
-        "selector.distance, the ablation layout); default: method + the settings the sweep varied",
+        help="what a row is: 'method' and/or dotted config keys (e.g. selector.clusters.tau "
+        "selector.clusters.k selector.distance, the ablation layout); default: method + the settings the "
+        "sweep varied",
     )
     parser.add_argument("--methods", nargs="+", default=None, help="order (and subset) of the methods")
     parser.add_argument(

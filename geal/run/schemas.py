@@ -1,13 +1,17 @@
 """Struct-mode schemas for the settings that are not instantiated objects (a misspelled key fails at once).
 
 The instantiated groups (``data``, ``backbone``, ``selector``) are checked against their ``_target_``'s
-constructor signature instead (:func:`check_target_kwargs`), before anything runs.
+constructor signature instead (:func:`check_target_kwargs`), before anything runs; a nested node that a
+constructor takes as a dataclass (``selector.clusters``) against that dataclass's fields.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +39,7 @@ class ExtractionConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | none
     shard_size: int = 512
     progress: bool = True
-    cache_mode: str = "full"  # full | clusters_only (keep only the selector's knowledge clusters)
+    cache_mode: str = "full"  # full | clusters_only (global features + the selector's clusters, no tokens)
     # workers | device (JPEGs decoded batched on the GPU: geal.features.device_decode) | auto
     decode: str = "workers"
 
@@ -142,7 +146,9 @@ def register_schemas() -> None:
 
 
 def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:
-    """Fail now, with the group's name, if a config node has keys its ``_target_`` does not accept."""
+    """Fail now, with the group's name, if a config node has keys its ``_target_`` does not accept; a
+    nested node passed to a parameter typed with a dataclass (``selector.clusters``: ClusterSettings) is
+    checked against that dataclass's fields."""
     target = node.get("_target_")
     if target is None:
         raise ValueError(f"config group '{group}' has no _target_: pick one of the files in conf/{group}/")
@@ -160,3 +166,30 @@ def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, 
             f"{group} config has key(s) {unknown} that {target} does not take; "
             f"valid keys: {sorted(k for k in params if k != 'self')}"
         )
+    for name, schema in _dataclass_params(obj).items():
+        value = node.get(name)
+        if not isinstance(value, (DictConfig, dict)) or "_target_" in value:
+            continue
+        fields = [f.name for f in dataclasses.fields(schema)]
+        nested_unknown = sorted(str(k) for k in value if k not in fields)
+        if nested_unknown:
+            raise ValueError(
+                f"{group}.{name} config has key(s) {nested_unknown} that "
+                f"{schema.__module__}.{schema.__qualname__} does not take; valid keys: {fields}"
+            )
+
+
+def _dataclass_params(obj: Callable[..., Any]) -> dict[str, type]:
+    """The parameters of ``obj`` (a class: of its constructor) whose annotation names a dataclass (alone or
+    in a union, e.g. ``ClusterSettings | Mapping[str, Any] | None``)."""
+    try:
+        hints = typing.get_type_hints(obj.__init__ if inspect.isclass(obj) else obj)
+    except Exception:  # an annotation that does not resolve at run time: no nested check
+        return {}
+    out: dict[str, type] = {}
+    for name, hint in hints.items():
+        for option in (hint, *typing.get_args(hint)):
+            if isinstance(option, type) and dataclasses.is_dataclass(option):
+                out[name] = option
+                break
+    return out
