@@ -299,7 +299,14 @@ def test_warm_start_resume_replays_the_chain(probe_setup, tmp_path: Path) -> Non
     x, y = blobs(240, 0)
     xt, yt = blobs(90, 1)
     with pytest.raises(KeyboardInterrupt):
-        run(pool, Cut.from_arrays(x, y, xt, yt, max_iter=300), EntropySelector(), tmp_path / "cut", schedule, seed=2)
+        run(
+            pool,
+            Cut.from_arrays(x, y, xt, yt, max_iter=300),
+            EntropySelector(),
+            tmp_path / "cut",
+            schedule,
+            seed=2,
+        )
     run(pool, make_task(), EntropySelector(), tmp_path / "cut", schedule, seed=2)
     full = json.loads((tmp_path / "full" / "label_state.json").read_text())
     cut = json.loads((tmp_path / "cut" / "label_state.json").read_text())
