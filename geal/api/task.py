@@ -88,7 +88,6 @@ class Task(ABC):
     the run loop then points it at one sub-folder per training, so a rerun finds each fit's checkpoint.
     """
 
-    name: str = "task"
     needs: ClassVar[frozenset[str]] = frozenset()
     provides: ClassVar[frozenset[str]] = frozenset()
     work_dir: Path | None = None
@@ -96,36 +95,37 @@ class Task(ABC):
     def check_context(self, ctx: TaskContext) -> None:
         """Raise a TaskError naming the fix when ``ctx`` lacks something this task needs (cheap: no images
         are read). The run calls it before any selection work; :meth:`setup` calls it again."""
+        name = str(getattr(self, "name", type(self).__name__))
         unknown = sorted(self.needs - set(NEEDS))
         if unknown:
-            raise TaskError(f"task {self.name} declares unknown needs {unknown}; known: {sorted(NEEDS)}")
+            raise TaskError(f"task {name} declares unknown needs {unknown}; known: {sorted(NEEDS)}")
         if "test_split" in self.needs:
             if ctx.test_pool is None:
-                raise TaskError(f"task {self.name} needs a test split: set task.test_data (a pool config)")
+                raise TaskError(f"task {name} needs a test split: set task.test_data (a pool config)")
             if len(ctx.test_pool) == 0:
-                raise TaskError(f"the test split of task {self.name} ({ctx.test_pool.name}) is empty")
+                raise TaskError(f"the test split of task {name} ({ctx.test_pool.name}) is empty")
         pools = [("train", ctx.pool), *([("test", ctx.test_pool)] if ctx.test_pool is not None else [])]
         for role, pool in pools:
             if "labels" in self.needs and pool.labels is None:
                 raise TaskError(
-                    f"task {self.name} needs labels, but pool '{pool.name}' has none: use a labeled dataset "
+                    f"task {name} needs labels, but pool '{pool.name}' has none: use a labeled dataset "
                     "(class folders, MNIST, Pets) or another task"
                 )
             if "boxes" in self.needs and not isinstance(pool, BoxAnnotatedPool):
                 raise TaskError(
-                    f"{self.name}: the {role} pool '{pool.name}' ({type(pool).__name__}) has no box "
+                    f"{name}: the {role} pool '{pool.name}' ({type(pool).__name__}) has no box "
                     "annotations: use a VOC pool (data=voc0712)"
                 )
             if "label_maps" in self.needs and not isinstance(pool, LabelMapPool):
                 raise TaskError(
-                    f"{self.name}: the {role} pool '{pool.name}' ({type(pool).__name__}) has no label maps: "
+                    f"{name}: the {role} pool '{pool.name}' ({type(pool).__name__}) has no label maps: "
                     "use a Cityscapes pool (data=cityscapes)"
                 )
         if "features" in self.needs and (
             ctx.features is None or (ctx.test_pool is not None and ctx.test_features is None)
         ):
             raise TaskError(
-                f"task {self.name} needs the backbone's features of its pools; the context has none"
+                f"task {name} needs the backbone's features of its pools; the context has none"
             )
 
     def setup(self, ctx: TaskContext) -> None:

@@ -59,7 +59,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain data (every interpolation resolved), as written into its outputs."""
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
-    return config
+    return {str(k): v for k, v in config.items()}
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")

@@ -34,6 +34,9 @@ Files written into ``out_dir`` (all atomically, rewritten as the run goes):
 cycle, plus — for selectors that use the task model (``Selector.requires`` has ``task.*``) — the trainings
 of the earlier cycles whose models made those selections. Evaluation-only trainings are not counted; the
 time an interrupted run spends refitting a lost model on resume is recorded as ``recovery_s``.
+
+(The schedule and its plan live in geal.run.schedule, the resume file in geal.run.label_state; what is left
+here is the loop itself, one class whose steps share the run's state, hence the module's length.)
 """
 
 from __future__ import annotations

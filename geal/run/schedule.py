@@ -154,9 +154,8 @@ def plan_cycles(
     n_given:          the number of given ids when ``initial == "labeled"``.
     n_labeled_before: ids labeled before the run that the one-pass selection starts from (``labeled=``).
     """
-    initial = schedule.initial
-    if initial == "auto":
-        initial = "selector" if selector.cold_start else "draw"
+    auto: Draw = "selector" if selector.cold_start else "draw"
+    initial: Draw = auto if schedule.initial == "auto" else schedule.initial
     if initial == "selector":
         check_first_pick(selector, initial, schedule.one_pass, n_labeled_before)
     if initial == "labeled" and not n_given:
@@ -170,7 +169,7 @@ def plan_cycles(
         if initial == "selector" and not selector.nested and len(wanted) > 1:
             plans = [CyclePlan(k, "selector", b, (b,), restart=True) for k, b in enumerate(wanted)]
         else:
-            plans = [CyclePlan(0, initial, wanted[-1], tuple(wanted))]  # type: ignore[arg-type]
+            plans = [CyclePlan(0, initial, wanted[-1], tuple(wanted))]
     else:
         size = schedule.initial_size
         assert size is not None
@@ -179,7 +178,7 @@ def plan_cycles(
                 f"cycles.initial_size={size} but the labeled file holds {n_given} images: set "
                 f"cycles.initial_size={n_given}"
             )
-        plans = [CyclePlan(0, initial, size, (size,))]  # type: ignore[arg-type]
+        plans = [CyclePlan(0, initial, size, (size,))]
         for k in range(1, schedule.n_cycles + 1):
             plans.append(CyclePlan(k, "selector", schedule.step, (size + k * schedule.step,)))
     total = max(p.eval_budgets[-1] for p in plans)
