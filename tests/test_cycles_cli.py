@@ -207,7 +207,7 @@ def test_geal_as_a_single_cycle(tmp: Path) -> None:
     [
         (["selector=entropy", "budgets=[10]"], "run it in active-learning cycles"),
         (["selector=learn_loss", *SHORT_CYCLES], r"needs task method\(s\) \['add_plugin'\]"),
-        (["selector=entropy", "cycles=demo", "budgets=[100,200]"], r"drop budgets=\.\.\. .* or drop cycles=demo"),
+        (["selector=entropy", "cycles=demo", "budgets=[100,200]"], r"drop budgets.* or drop cycles=demo"),
         (["selector=entropy", "cycles=demo", "cycles.initial=selector"], "cannot pick from nothing"),
         (["selector=entropy", "cycles=demo", "cycles.n_cycles=100"], "the pool has 80"),
     ],
