@@ -124,9 +124,7 @@ class Task(ABC):
         if "features" in self.needs and (
             ctx.features is None or (ctx.test_pool is not None and ctx.test_features is None)
         ):
-            raise TaskError(
-                f"task {name} needs the backbone's features of its pools; the context has none"
-            )
+            raise TaskError(f"task {name} needs the backbone's features of its pools; the context has none")
 
     def setup(self, ctx: TaskContext) -> None:
         """Receive the run's context, once, before the first fit. Subclasses extend it (calling this first)
