@@ -9,11 +9,12 @@ fed to the module are detached, so its gradient no longer reaches the task model
 reference protocol). Selection: the ``budget`` images of highest predicted loss among a random subset of
 ``candidates`` (M = 10,000) unlabeled images.
 
-It runs as a plugin of the torch training engine (:class:`downstream.tasks.engine.TrainingPlugin`): the
-selector attaches the module to the task once (``bind_task``, called by the cycle runner), the engine
-trains it with the task model in every ``fit`` (same optimizer and checkpoint, reset each fit), and the
-task's ``predict_loss`` evaluates it. It works with every engine task whose ``training_step`` returns
-per-image losses (``StepOutput.per_sample_loss``): the classifiers (``small_cnn``: hooks
+It runs as a training plugin (:class:`geal.api.training.TrainingPlugin`) of a task that hosts plugins
+(:class:`geal.api.training.PluginHost`: the torch engine's tasks, which provide ``add_plugin``): the
+selector attaches the module to the task once (``bind_task``, called by the run loop after the task is set
+up), the engine trains it with the task model in every ``fit`` (same optimizer and checkpoint, reset each
+fit), and the task's ``predict_loss`` evaluates it. It works with every engine task whose ``training_step``
+returns per-image losses (``StepOutput.per_sample_loss``): the classifiers (``small_cnn``: hooks
 ``block1..block3``; timm ResNets: ``layer1..layer4``) and a detector that exposes them.
 """
 
@@ -27,9 +28,9 @@ import torch
 from torch import nn
 
 from baselines.acquisition import top_uncertain, unlabeled_candidates
-from downstream.tasks.engine import StepOutput, TrainingPlugin, capture_outputs, move_to
 from geal.api.pool import ImagePool
 from geal.api.selector import Selection, SelectionContext, SelectionError, Selector
+from geal.api.training import PluginHost, StepOutput, TrainingPlugin
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +126,10 @@ class LossPredictionModule(TrainingPlugin):
         return self(captured)
 
 
-def hooked_channels(task: Any, hooks: Sequence[str]) -> list[int]:
-    """The channel count of each hooked module's output, read from one inference forward
-    (``task.forward``, what ``predict_loss`` runs) of a fresh model on two pool images — without gradients,
-    under a forked RNG so nothing the task does later changes."""
-    n = min(2, len(task.pool))
-    devices = [task.device] if task.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        model = task.build_model().to(task.device)
-        model.eval()
-        batch = move_to(next(iter(task.eval_loader(list(range(n))))), task.device)
-        with capture_outputs(model, hooks) as captured:
-            task.forward(model, batch)
+def hooked_channels(task: PluginHost, hooks: Sequence[str]) -> list[int]:
+    """The channel count of each hooked module's output, read from one inference forward of a fresh task
+    model on two pool images (:meth:`geal.api.training.PluginHost.hook_outputs`)."""
+    captured = task.hook_outputs(hooks, n_images=2)
     out = []
     for name in hooks:
         if name not in captured:
@@ -155,7 +148,8 @@ class LearnLossSelector(Selector):
     subset of unlabeled images scored per cycle (10,000; null: all).
     """
 
-    requires: ClassVar[frozenset[str]] = frozenset({"task.predict_loss"})
+    #: the task hosts the loss predictor (and then predicts losses with it)
+    requires: ClassVar[frozenset[str]] = frozenset({"task.add_plugin"})
     cold_start: ClassVar[bool] = False
 
     def __init__(
@@ -181,19 +175,19 @@ class LearnLossSelector(Selector):
         self.module: LossPredictionModule | None = None
 
     def bind_task(self, task: Any) -> None:
-        """Attach the loss-prediction module to the task's engine (once per task)."""
-        if self.module is not None and any(p is self.module for p in getattr(task, "plugins", [])):
-            return
-        if not hasattr(task, "add_plugin"):
+        """Attach the loss-prediction module to the (set-up) task's engine (once per task)."""
+        if not isinstance(task, PluginHost):
             raise ValueError(
                 f"selector {self.name} trains a loss predictor jointly with the task model, but task "
                 f"{getattr(task, 'name', type(task).__name__)} is not a torch-engine task (no add_plugin): "
                 "use small_cnn, pets_classification, or another TorchTask"
             )
+        if self.module is not None and any(p is self.module for p in task.plugins):
+            return
         channels = hooked_channels(task, self.hooks)
         devices = [task.device] if task.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # initial weights from the task's seed (every fit
-            torch.manual_seed(int(getattr(task, "seed", 0)))  # resets the module to them)
+            torch.manual_seed(int(task.seed))  # resets the module to them)
             self.module = LossPredictionModule(
                 self.hooks,
                 channels,

@@ -37,6 +37,7 @@ from downstream.datasets.voc import VOCPool
 from downstream.tasks.detection import VOCDetectionTask
 from downstream.tasks.engine import resolve_amp
 from downstream.tasks.segmentation import CityscapesSegmentationTask
+from geal.api.task import TaskContext
 from geal.run.cli import CONFIG_DIR
 
 log = logging.getLogger("bench_task_speed")
@@ -101,15 +102,9 @@ def bench_detection(rec: BenchRecorder, root: Path, args: argparse.Namespace, de
     }
     keys = ("photometric", "expand_max", "expand_p", "min_iou_crop", "flip_p", "warmup_iters")
     task = VOCDetectionTask(
-        pool,
-        test,
-        instantiate(cfg.task.model),
-        device=device,
-        progress=False,
-        train=train,
-        instance_stats=False,
-        **{k: cfg.task[k] for k in keys},
+        instantiate(cfg.task.model), train=train, instance_stats=False, **{k: cfg.task[k] for k in keys}
     )
+    task.setup(TaskContext(pool=pool, test_pool=test, device=device, progress=False))
     task.fit(list(range(n)))
     ours = n / task.history[-1]["epoch_s"]
     model = instantiate(cfg.task.model)(21)
@@ -160,14 +155,9 @@ def bench_segmentation(
     }
     keys = ("base_size", "crop_size", "scale_range", "flip_p", "photometric", "eval_size", "aux_weight")
     task = CityscapesSegmentationTask(
-        pool,
-        val,
-        instantiate(cfg.task.model),
-        device=device,
-        progress=False,
-        train=train,
-        **{k: cfg.task[k] for k in keys},
+        instantiate(cfg.task.model), train=train, **{k: cfg.task[k] for k in keys}
     )
+    task.setup(TaskContext(pool=pool, test_pool=val, device=device, progress=False))
     task.fit(list(range(n)))
     ours = n / task.history[-1]["epoch_s"]
     crop = list(cfg.task.crop_size)

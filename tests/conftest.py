@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from geal.api.pool import ImagePool
+from geal.api.task import Task, TaskContext
 from geal.features.backbones.base import Backbone
 from geal.features.backbones.vit import TimmViT
 
@@ -101,3 +103,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def set_up(task: Task, pool: ImagePool, test_pool: ImagePool | None = None, **context: Any) -> Any:
+    """``task`` after ``task.setup`` with a context of these pools (no progress bars unless asked)."""
+    task.setup(TaskContext(pool=pool, test_pool=test_pool, **{"progress": False, **context}))
+    return task

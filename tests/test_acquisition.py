@@ -48,7 +48,7 @@ class FixedClassifier(Task):
     def __init__(self, probs: list[list[float]], samples: torch.Tensor | None = None) -> None:
         self.probs, self.samples, self.asked = torch.tensor(probs), samples, []
 
-    def fit(self, train_ids):
+    def fit(self, train_ids, warm_start=False):
         return {}
 
     def evaluate(self):
@@ -131,7 +131,7 @@ def test_entropy_on_a_trained_linear_probe_picks_the_boundary() -> None:
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-2, 0.3, 20), rng.normal(2, 0.3, 20), [-0.05, 0.1, 0.02]])[:, None]
     y = np.array([0] * 20 + [1] * 20 + [0, 1, 1])
-    probe = LinearProbeTask(x, y, x, y, standardize=False)
+    probe = LinearProbeTask.from_arrays(x, y, x, y, standardize=False)
     labeled = list(range(0, 40, 4))
     probe.fit(labeled)
     probs = probe.predict_proba(range(43))
@@ -145,13 +145,13 @@ def test_entropy_on_a_trained_linear_probe_picks_the_boundary() -> None:
 def test_linear_probe_probabilities_cover_every_class_and_svm_scores() -> None:
     x = np.array([[0.0], [0.1], [5.0], [5.1], [10.0], [10.1]])
     y = np.array([0, 0, 1, 1, 2, 2])
-    probe = LinearProbeTask(x, y, x, y)
+    probe = LinearProbeTask.from_arrays(x, y, x, y)
     probe.fit([0, 1])  # one class seen: it gets probability 1, the others 0
     assert probe.predict_proba([4]).tolist() == [[1.0, 0.0, 0.0]]
     probe.fit([0, 2])  # classes 0 and 1 seen: class 2 gets 0
     p = probe.predict_proba([0, 4])
     assert p.shape == (2, 3) and p[:, 2].tolist() == [0.0, 0.0] and p[0, 0] > 0.5
-    svm = LinearProbeTask(x, y, x, y, classifier="linear_svm")
+    svm = LinearProbeTask.from_arrays(x, y, x, y, classifier="linear_svm")
     assert "warm_start" not in svm.provides and "predict_proba" in svm.provides
     svm.fit(range(6))
     ps = svm.predict_proba(range(6))
@@ -170,7 +170,7 @@ class SeededModel(Task):
         self.samples = torch.rand(4, n, 3, generator=gen).softmax(-1)
         self.loss = torch.rand(n, generator=gen)
 
-    def fit(self, train_ids):
+    def fit(self, train_ids, warm_start=False):
         return {}
 
     def evaluate(self):

@@ -55,7 +55,7 @@ def probe_setup():
     pool = LabelOnlyPool(y)
 
     def make_task() -> LinearProbeTask:
-        return LinearProbeTask(x, y, xt, yt, max_iter=300)
+        return LinearProbeTask.from_arrays(x, y, xt, yt, max_iter=300)
 
     return pool, make_task
 
@@ -68,11 +68,11 @@ class Interrupting(Task):
     def __init__(self, inner: LinearProbeTask, fail_at: int | None = None) -> None:
         self.inner, self.fail_at, self.fits = inner, fail_at, []
 
-    def fit(self, train_ids: Sequence[int]) -> dict[str, float]:
+    def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
         if self.fail_at is not None and len(self.fits) == self.fail_at:
             raise KeyboardInterrupt("simulated interruption")
         self.fits.append(list(train_ids))
-        return self.inner.fit(train_ids)
+        return self.inner.fit(train_ids, warm_start=warm_start)
 
     def evaluate(self) -> dict[str, float]:
         return self.inner.evaluate()
@@ -260,7 +260,7 @@ def test_start_up_errors_name_the_fix(probe_setup, tmp_path: Path) -> None:
     pool, make_task = probe_setup
 
     class NoProba(Task):
-        def fit(self, train_ids):
+        def fit(self, train_ids, warm_start=False):
             raise AssertionError("must fail before any training")
 
         def evaluate(self):
@@ -299,7 +299,14 @@ def test_warm_start_resume_replays_the_chain(probe_setup, tmp_path: Path) -> Non
     x, y = blobs(240, 0)
     xt, yt = blobs(90, 1)
     with pytest.raises(KeyboardInterrupt):
-        run(pool, Cut(x, y, xt, yt, max_iter=300), EntropySelector(), tmp_path / "cut", schedule, seed=2)
+        run(
+            pool,
+            Cut.from_arrays(x, y, xt, yt, max_iter=300),
+            EntropySelector(),
+            tmp_path / "cut",
+            schedule,
+            seed=2,
+        )
     run(pool, make_task(), EntropySelector(), tmp_path / "cut", schedule, seed=2)
     full = json.loads((tmp_path / "full" / "label_state.json").read_text())
     cut = json.loads((tmp_path / "cut" / "label_state.json").read_text())

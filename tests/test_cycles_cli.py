@@ -190,15 +190,24 @@ def test_geal_as_a_single_cycle(tmp: Path) -> None:
     assert [(r["budget"], r["cycle"]) for r in doc["results"]] == [(5, 0), (10, 0)]
     assert doc["results"][0]["acquisition_s"] == doc["results"][1]["acquisition_s"] > 0
     sel = read_json(out / "selection.json")
-    assert sel["selector"] == "geal" and len(sel["global_ids"]) == 10
-    assert read_json(out / "cycles" / "cycle_00" / "selection.json")["global_ids"] == sel["global_ids"]
+    assert sel["selector"] == "geal" and len(sel["global_ids"]) == 10 and sel["budget"] == 10
+    # cycles=one_pass is geal-run's default schedule: the same run, the same files
+    assert doc["pipeline"] == "one_pass" and set(doc["seconds"]) == {"selection", "fit", "total"}
+    assert read_json(out / "run_info.json")["timings"]["selection_total_s"] > 0
+    default = tmp / "out" / "geal_default"
+    run_in_process(tmp, default, "data=fashion_mnist", "selector=geal", "budgets=[5,10]")
+    assert read_json(default / "selection.json")["global_ids"] == sel["global_ids"]
+    assert [r["metrics"] for r in read_json(default / "metrics.json")["results"]] == [
+        r["metrics"] for r in doc["results"]
+    ]
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["selector=entropy", "budgets=[10]"], "run it in active-learning cycles"),
-        (["selector=learn_loss", *SHORT_CYCLES], "not a torch-engine task"),
+        (["selector=learn_loss", *SHORT_CYCLES], r"needs task method\(s\) \['add_plugin'\]"),
+        (["selector=entropy", "cycles=demo", "budgets=[100,200]"], r"drop budgets.* or drop cycles=demo"),
         (["selector=entropy", "cycles=demo", "cycles.initial=selector"], "cannot pick from nothing"),
         (["selector=entropy", "cycles=demo", "cycles.n_cycles=100"], "the pool has 80"),
     ],

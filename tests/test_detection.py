@@ -23,6 +23,7 @@ from downstream.tasks.detection_models import SSD300VGG16, SmallSSD
 from downstream.tasks.detection_transforms import SSDTransform
 from downstream.tasks.instance_stats import class_count_matrix, instance_statistics
 from geal.api.task import TaskError
+from tests.conftest import set_up
 from tests.test_configs import compose_root
 
 
@@ -186,7 +187,7 @@ def test_task_rejects_a_pool_without_boxes(tmp_path: Path) -> None:
     synthetic.make_cityscapes(tmp_path / "city", n_train=2, n_val=1)
     city = CityscapesPool(tmp_path / "city")
     with pytest.raises(TaskError, match=r"no box annotations.*data=voc0712"):
-        VOCDetectionTask(city, city, SmallSSD(), progress=False)
+        set_up(VOCDetectionTask(SmallSSD()), city, city)
 
 
 def small_task(shapes: synthetic.GeneratedDataset, **train: object) -> VOCDetectionTask:
@@ -196,9 +197,8 @@ def small_task(shapes: synthetic.GeneratedDataset, **train: object) -> VOCDetect
     pool = VOCPool(shapes.root, sets=[["2007", "trainval"]])
     test = VOCPool(shapes.root, sets=[["2007", "test"]], name="voc07_test")
     keys = ("photometric", "expand_max", "expand_p", "min_iou_crop", "flip_p", "warmup_iters", "ap_method")
-    return VOCDetectionTask(
-        pool, test, model, progress=False, train=settings, **{k: cfg.task[k] for k in keys}
-    )
+    task = VOCDetectionTask(model, train=settings, **{k: cfg.task[k] for k in keys})
+    return set_up(task, pool, test)
 
 
 def test_small_detector_learns_the_generated_shapes(shapes: synthetic.GeneratedDataset) -> None:
@@ -230,14 +230,8 @@ def test_real_ssd300_config_builds_and_trains_one_step(
     assert isinstance(builder, SSD300VGG16) and builder.size == 300
     train = {**dict(cfg.task.train), "epochs": 1, "batch_size": 2, "num_workers": 0, "amp": "none"}
     pool = VOCPool(voc.root)
-    task = VOCDetectionTask(
-        pool,
-        VOCPool(voc.root, sets=[["2007", "test"]]),
-        builder,
-        progress=False,
-        train=train,
-        warmup_iters=cfg.task.warmup_iters,
-    )
+    task = VOCDetectionTask(builder, train=train, warmup_iters=cfg.task.warmup_iters)
+    set_up(task, pool, VOCPool(voc.root, sets=[["2007", "test"]]))
     ids = [i for i in range(len(pool)) if len(pool.annotation(i))][:2]
     torch.manual_seed(0)
     before = {k: v.clone() for k, v in builder(21).state_dict().items()}
@@ -280,15 +274,9 @@ def test_warmup_is_counted_in_iterations_whatever_the_budget(
         "num_workers": 1,
     }
     task = VOCDetectionTask(
-        pool,
-        VOCPool(voc.root, sets=[["2007", "test"]]),
-        SmallSSD(size=64, widths=(8, 8, 8, 8)),
-        progress=False,
-        train=train,
-        warmup_iters=4,
-        instance_stats=False,
-        work_dir=tmp_path,
+        SmallSSD(size=64, widths=(8, 8, 8, 8)), train=train, warmup_iters=4, instance_stats=False
     )
+    set_up(task, pool, VOCPool(voc.root, sets=[["2007", "test"]]), work_dir=tmp_path)
     task.fit(list(range(6)))
     lrs = [h["lr"] for h in task.history]
     assert lrs == pytest.approx([1e-6 + 3 * (1e-3 - 1e-6) / 4, 1e-4, 1e-4])

@@ -13,11 +13,12 @@ from scipy.stats import spearmanr
 
 from baselines.learn_loss import LearnLossSelector, LossPredictionModule, margin_ranking_loss
 from downstream.datasets.mnist import Mnist5kPool
-from downstream.tasks.engine import StepOutput
 from downstream.tasks.small_cnn import SmallCNNTask
 from geal.api.pool import ImagePool
 from geal.api.selector import SelectionContext
 from geal.api.task import Task
+from geal.api.training import StepOutput
+from tests.conftest import set_up
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +93,7 @@ class KnownLosses(Task):
     def __init__(self, losses: Sequence[float]) -> None:
         self.losses, self.asked = torch.tensor(losses), []
 
-    def fit(self, train_ids):
+    def fit(self, train_ids, warm_start=False):
         return {}
 
     def evaluate(self):
@@ -139,14 +140,11 @@ def test_loss_predictor_learns_to_rank_true_losses_on_held_out_digits(tmp_path) 
     perm = np.random.default_rng(0).permutation(len(base))
     pool, test = Rows(base, perm[:1000], "train"), Rows(base, perm[4000:4100], "test")
     task = SmallCNNTask(
-        pool,
-        test,
         width=8,
         embed_dim=32,
-        progress=False,
-        work_dir=tmp_path,
         train={"epochs": 12, "batch_size": 32, "lr": 0.02, "eval_batch_size": 256, "amp": "none"},
     )
+    set_up(task, pool, test, work_dir=tmp_path)
     selector = LearnLossSelector(hooks=["block1", "block2", "block3"], hidden=32)
     selector.bind_task(task)
     assert "predict_loss" in task.provides
@@ -175,14 +173,11 @@ def test_learn_loss_reads_the_source_layers_of_an_ssd_detector(tmp_path) -> None
     pool = VOCPool(tmp_path / "VOCdevkit")
     test = VOCPool(tmp_path / "VOCdevkit", sets=[["2007", "test"]], name="voc07test")
     task = VOCDetectionTask(
-        pool=pool,
-        test_pool=test,
         model=SmallSSD(size=64, widths=(8, 16, 16, 16, 16)),
-        progress=False,
-        work_dir=tmp_path / "work",
         train={"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "amp": "none"},
         warmup_iters=2,
     )
+    set_up(task, pool, test, work_dir=tmp_path / "work")
     hooks = [f"backbone.levels.{k}" for k in range(3)]
     selector = LearnLossSelector(hooks=hooks, hidden=8, candidates=None)
     selector.bind_task(task)
@@ -209,14 +204,12 @@ def test_learn_loss_reads_the_resnet_stages_of_a_deeplab_segmenter(tmp_path) -> 
     city = synthetic.make_cityscapes(tmp_path / "city", n_train=12, n_val=2, seed=0)
     pool = CityscapesPool(city.root)
     task = CityscapesSegmentationTask(
-        pool,
-        CityscapesPool(city.root, "val"),
         SmallDeepLabV3(widths=(8, 8, 16, 16), aspp_channels=16, atrous_rates=(2, 4, 6)),
-        progress=False,
         train={"epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 3e-3, "amp": "none"},
         base_size=64,
         crop_size=(64, 96),
     )
+    set_up(task, pool, CityscapesPool(city.root, "val"))
     hooks = list(OmegaConf.load(CONFIG_DIR / "selector" / "learn_loss_deeplab.yaml").hooks)
     selector = LearnLossSelector(hooks=hooks, hidden=8, candidates=None)
     selector.bind_task(task)
@@ -238,7 +231,7 @@ def test_with_the_gradient_stopped_from_the_start_the_task_model_trains_exactly_
     settings = {"epochs": 2, "batch_size": 16, "lr": 0.05, "amp": "none", "checkpoint_every": 0}
 
     def trained(selector: LearnLossSelector | None) -> dict[str, torch.Tensor]:
-        task = SmallCNNTask(pool, test, width=4, embed_dim=8, progress=False, train=settings)
+        task = set_up(SmallCNNTask(width=4, embed_dim=8, train=settings), pool, test)
         if selector is not None:
             selector.bind_task(task)
         task.fit(list(range(64)))

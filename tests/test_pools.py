@@ -436,7 +436,7 @@ def test_data_configs_instantiate(
 ) -> None:
     from omegaconf import OmegaConf
 
-    from geal.run.cli import build_pool
+    from geal.run.builders import build_pool
 
     expected = {
         "voc0712": (VOCPool, VOC07_TRAINVAL + VOC12_TRAINVAL),

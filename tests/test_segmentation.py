@@ -19,6 +19,7 @@ from downstream.tasks.segmentation import CityscapesSegmentationTask, pixel_loss
 from downstream.tasks.segmentation_models import DeepLabV3ResNet50, SmallDeepLabV3
 from downstream.tasks.segmentation_transforms import SegmentationTransform
 from geal.api.task import TaskError
+from tests.conftest import set_up
 from tests.test_configs import compose_root
 
 
@@ -92,9 +93,11 @@ def test_task_rejects_pools_without_label_maps(tmp_path: Path, city: synthetic.G
     voc = synthetic.make_voc(tmp_path, n07=2, n12=1, n07_test=1)
     pool = VOCPool(voc.root)
     with pytest.raises(TaskError, match=r"no label maps.*data=cityscapes"):
-        CityscapesSegmentationTask(pool, pool, SmallDeepLabV3(), progress=False)
-    task = CityscapesSegmentationTask(
-        CityscapesPool(city.root), CityscapesPool(city.root, "val"), SmallDeepLabV3()
+        set_up(CityscapesSegmentationTask(SmallDeepLabV3()), pool, pool)
+    task = set_up(
+        CityscapesSegmentationTask(SmallDeepLabV3()),
+        CityscapesPool(city.root),
+        CityscapesPool(city.root, "val"),
     )
     with pytest.raises(TaskError, match="at least 2"):
         task.fit([0])
@@ -106,13 +109,9 @@ def test_small_segmenter_learns_the_generated_scenes(city: synthetic.GeneratedDa
     keys = ("base_size", "crop_size", "scale_range", "flip_p", "photometric", "eval_size", "aux_weight")
     pool, val = CityscapesPool(city.root), CityscapesPool(city.root, "val")
     task = CityscapesSegmentationTask(
-        pool,
-        val,
-        instantiate(cfg.task.model),
-        progress=False,
-        train=dict(cfg.task.train),
-        **{k: cfg.task[k] for k in keys},
+        instantiate(cfg.task.model), train=dict(cfg.task.train), **{k: cfg.task[k] for k in keys}
     )
+    set_up(task, pool, val)
     stats = task.fit(list(range(len(pool))))
     metrics = task.evaluate()
     labels = np.stack([val.train_ids(i) for i in range(len(val))])
@@ -136,10 +135,7 @@ def test_real_deeplabv3_config_builds_and_trains_one_step(city: synthetic.Genera
     train = {**dict(cfg.task.train), "epochs": 1, "batch_size": 2, "num_workers": 0, "amp": "none"}
     val = CityscapesPool(city.root, "val")
     task = CityscapesSegmentationTask(
-        CityscapesPool(city.root),
-        val,
         builder,
-        progress=False,
         train=train,
         base_size=64,
         crop_size=[64, 96],
@@ -147,6 +143,7 @@ def test_real_deeplabv3_config_builds_and_trains_one_step(city: synthetic.Genera
         photometric=cfg.task.photometric,
         aux_weight=cfg.task.aux_weight,
     )
+    set_up(task, CityscapesPool(city.root), val)
     torch.manual_seed(0)
     before = builder(19).state_dict()
     stats = task.fit([0, 1])

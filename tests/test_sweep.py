@@ -20,10 +20,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
-import geal.run.cli
+import geal.run.callbacks
 from downstream.datasets import synthetic
 from geal.report.results import DONE, FAILED, collect
-from geal.run.cli import CONFIG_DIR, DeviceLeaseCallback, FailureRecordCallback, report_main, resolve_device
+from geal.run.builders import resolve_device
+from geal.run.callbacks import DeviceLeaseCallback, FailureRecordCallback
+from geal.run.cli import CONFIG_DIR, report_main
 from geal.run.device_lease import DeviceSlot, current_lease, lease_device
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,7 +173,7 @@ def test_device_lease_callback_makes_auto_the_leased_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GEAL_DEVICE_LOCK_DIR", str(tmp_path))
-    monkeypatch.setattr(geal.run.cli, "cuda_slots", lambda: GPUS)
+    monkeypatch.setattr(geal.run.callbacks, "cuda_slots", lambda: GPUS)
     other_job = lease_device(GPUS, preferred=1, lock_dir=tmp_path)  # job 1 of the sweep holds cuda:1
     callback = DeviceLeaseCallback()
     job3 = OmegaConf.create({"device": "auto", "hydra": {"job": {"num": 3}}})  # prefers cuda:1 (3 % 2)

@@ -18,11 +18,12 @@ from downstream.datasets.mnist import Mnist5kPool
 from downstream.datasets.pets import PetsPool
 from downstream.datasets.synthetic import make_pets
 from downstream.tasks.classification import TimmClassifierTask
-from downstream.tasks.engine import StepOutput, TrainingPlugin, TrainSettings, resolve_amp
+from downstream.tasks.engine import TrainSettings, resolve_amp
 from downstream.tasks.linear_probe import LinearProbeTask
 from downstream.tasks.small_cnn import SmallCNNTask
 from geal.api.task import TaskError
-from tests.conftest import SquaresPool
+from geal.api.training import StepOutput, TrainingPlugin
+from tests.conftest import SquaresPool, set_up
 
 # ------------------------------------------------------------------------------------------ linear probe
 
@@ -42,13 +43,13 @@ def test_linear_probe_separable_features_and_standardisation() -> None:
     assert (x @ x.T).mean() > 0.99  # nearly identical directions: the hard case of docs/design.md §6.6
     # an imbalanced labeled set: 10 of class 0, 3 of each other class
     ids = np.concatenate([np.flatnonzero(y == 0)[:10], *[np.flatnonzero(y == k)[:3] for k in (1, 2, 3)]])
-    probe = LinearProbeTask(x, y, xt, yt)
+    probe = LinearProbeTask.from_arrays(x, y, xt, yt)
     stats = probe.fit(ids.tolist())
     result = probe.evaluate()
     assert result["top1"] >= 0.95 and result["mean_class_acc"] >= 0.95
     assert stats["n_train"] == 19 and stats["n_classes"] == 4
     # without standardisation the C=1 probe hardly leaves its intercept: majority class everywhere
-    raw = LinearProbeTask(x, y, xt, yt, standardize=False)
+    raw = LinearProbeTask.from_arrays(x, y, xt, yt, standardize=False)
     raw.fit(ids.tolist())
     assert raw.evaluate()["top1"] <= 0.3
     assert set(raw.predict(raw.x_test).tolist()) == {0}
@@ -61,11 +62,11 @@ def test_linear_probe_separable_features_and_standardisation() -> None:
 def test_linear_probe_bad_input() -> None:
     x = np.zeros((5, 3), np.float32)
     with pytest.raises(TaskError, match="no labels"):
-        LinearProbeTask(x, None, x, np.zeros(5))
+        LinearProbeTask.from_arrays(x, None, x, np.zeros(5))
     with pytest.raises(TaskError, match="test split is empty"):
-        LinearProbeTask(x, np.zeros(5), np.zeros((0, 3), np.float32), np.zeros(0))
+        LinearProbeTask.from_arrays(x, np.zeros(5), np.zeros((0, 3), np.float32), np.zeros(0))
     with pytest.raises(TaskError, match="nothing to train"):
-        LinearProbeTask(x, np.zeros(5), x, np.zeros(5)).fit([])
+        LinearProbeTask.from_arrays(x, np.zeros(5), x, np.zeros(5)).fit([])
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -89,11 +90,8 @@ SQUARES_TRAIN = {"epochs": 4, "batch_size": 8, "lr": 0.05, "step_on_epochs": Fal
 def squares_task(work_dir: Path | None, **kwargs: Any) -> SmallCNNTask:
     """A tiny SmallCNN on the coloured-squares pool (label = colour of the square)."""
     settings = {**SQUARES_TRAIN, **kwargs.pop("train", {})}
-    return SmallCNNTask(
-        SquaresPool(48, seed=0),
-        SquaresPool(30, seed=1),
-        work_dir=work_dir,
-        progress=False,
+    context = {k: kwargs.pop(k) for k in ("seed", "logger") if k in kwargs}
+    task = SmallCNNTask(
         train=settings,
         in_chans=3,
         resolution=32,
@@ -104,6 +102,7 @@ def squares_task(work_dir: Path | None, **kwargs: Any) -> SmallCNNTask:
         std=[0.3],
         **kwargs,
     )
+    return set_up(task, SquaresPool(48, seed=0), SquaresPool(30, seed=1), work_dir=work_dir, **context)
 
 
 def same_weights(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> bool:
@@ -290,7 +289,7 @@ def test_small_cnn_learns_mnist_digits(mnist: tuple[Mnist5kPool, Mnist5kPool]) -
     pool, heldout = mnist
     ids = np.random.default_rng(0).choice(len(pool), 200, replace=False).tolist()
     train = {"epochs": 12, "optimizer": "adamw", "lr": 3e-3, "weight_decay": 5e-4}
-    task = SmallCNNTask(pool, heldout, progress=False, width=16, drop_rate=0.25, train=train)
+    task = set_up(SmallCNNTask(width=16, drop_rate=0.25, train=train), pool, heldout)
     stats = task.fit(ids)
     result = task.evaluate()
     # 200 random digits, 12 epochs from scratch (0.85 measured): far above chance (0.1) on 1,000 held out
@@ -312,10 +311,10 @@ def test_small_cnn_needs_labels(tmp_path: Path) -> None:
         def labels(self) -> None:  # type: ignore[override]
             return None
 
-    with pytest.raises(TaskError, match="has no labels"):
-        SmallCNNTask(Unlabeled(8), SquaresPool(8))
+    with pytest.raises(TaskError, match="needs labels, but pool 'squares' has none"):
+        set_up(SmallCNNTask(), Unlabeled(8), SquaresPool(8))
     with pytest.raises(TaskError, match="empty"):
-        SmallCNNTask(SquaresPool(8), SquaresPool(0))
+        set_up(SmallCNNTask(), SquaresPool(8), SquaresPool(0))
 
 
 # ------------------------------------------------------------------------------------------ Pets
@@ -339,13 +338,11 @@ PET_SETTINGS = {
 def test_pets_finetuning_runs_and_its_loss_decreases(pets: tuple[PetsPool, PetsPool, Path]) -> None:
     pool, test, _ = pets
     task = TimmClassifierTask(
-        pool,
-        test,
-        progress=False,
         pretrained=False,
         train={"epochs": 10, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0},
         **PET_SETTINGS,
     )
+    set_up(task, pool, test)
     assert task.num_classes == 4 and len(pool) == 16 and len(test) == 16
     task.fit(list(range(len(pool))))
     losses = [h["loss"] for h in task.history]
@@ -359,16 +356,14 @@ def test_pets_pretrained_weights_from_a_local_file(pets: tuple[PetsPool, PetsPoo
     pool, test, root = pets
     source = timm.create_model("test_resnet")  # stands in for an ImageNet checkpoint (1000-class head)
     torch.save(source.state_dict(), root / "weights.pth")
-    task = TimmClassifierTask(
-        pool, test, progress=False, pretrained_file=str(root / "weights.pth"), **PET_SETTINGS
-    )
+    task = set_up(TimmClassifierTask(pretrained_file=str(root / "weights.pth"), **PET_SETTINGS), pool, test)
     model = task.build_model()
     theirs, ours = source.state_dict(), model.state_dict()
     backbone = [k for k in theirs if not k.startswith("fc.")]
     assert all(torch.equal(ours[k], theirs[k]) for k in backbone)
     assert ours["fc.weight"].shape == (4, theirs["fc.weight"].shape[1])  # a new head for the 4 breeds
     with pytest.raises(FileNotFoundError, match="pretrained_file"):
-        TimmClassifierTask(pool, test, pretrained_file=str(root / "missing.pth"), **PET_SETTINGS)
+        TimmClassifierTask(pretrained_file=str(root / "missing.pth"), **PET_SETTINGS)
 
 
 def test_pets_pretrained_offline_without_a_file_says_what_to_do(
@@ -377,4 +372,4 @@ def test_pets_pretrained_offline_without_a_file_says_what_to_do(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pool, test, _ = pets
     with pytest.raises(RuntimeError, match=r"task.pretrained_file=PATH.*task.pretrained=false"):
-        TimmClassifierTask(pool, test, model_name="resnet18", pretrained=True)
+        set_up(TimmClassifierTask(model_name="resnet18", pretrained=True), pool, test)

@@ -24,7 +24,7 @@ from torch import nn
 
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings
 from geal.api.pool import ImagePool
-from geal.api.task import TaskError
+from geal.api.task import TaskContext, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -66,32 +66,30 @@ class ClassificationTask(TorchTask):
     (mean test cross-entropy). ``label_smoothing`` applies to training only.
     """
 
-    provides: ClassVar[frozenset[str]] = frozenset({"embed", "predict_proba"})
+    needs: ClassVar[frozenset[str]] = frozenset({"labels", "test_split"})
+    provides: ClassVar[frozenset[str]] = TorchTask.provides | {"embed", "predict_proba"}
 
     def __init__(
         self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
         train: Mapping[str, Any] | TrainSettings | None = None,
         name: str = "classification",
         label_smoothing: float = 0.0,
     ) -> None:
-        super().__init__(pool, test_pool, device, work_dir, seed, progress, logger, train, name)
-        self.labels = pool_labels(pool, name, "train")
-        self.test_labels = pool_labels(test_pool, name, "test")
-        names = pool.class_names
+        super().__init__(train, name)
+        self.label_smoothing = float(label_smoothing)
+
+    def setup(self, ctx: TaskContext) -> None:
+        """Labels of both pools and the number of classes (the train pool's class names, else its labels)."""
+        super().setup(ctx)
+        self.labels = pool_labels(ctx.pool, self.name, "train")
+        self.test_labels = pool_labels(ctx.test_pool, self.name, "test")
+        names = ctx.pool.class_names
         self.num_classes = max(len(names) if names else 0, int(self.labels.max()) + 1)
         if self.test_labels.max() >= self.num_classes:
             raise TaskError(
-                f"{name}: the test split has label {int(self.test_labels.max())} but the train pool only "
-                f"{self.num_classes} classes: the two splits come from different datasets"
+                f"{self.name}: the test split has label {int(self.test_labels.max())} but the train pool "
+                f"only {self.num_classes} classes: the two splits come from different datasets"
             )
-        self.label_smoothing = float(label_smoothing)
 
     def transforms(self, train: bool) -> Any:
         """Image → (C, H, W) float tensor (augmented when ``train``)."""
@@ -171,13 +169,6 @@ class TimmClassifierTask(ClassificationTask):
 
     def __init__(
         self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
         train: Mapping[str, Any] | TrainSettings | None = None,
         name: str = "timm_classifier",
         label_smoothing: float = 0.0,
@@ -193,11 +184,7 @@ class TimmClassifierTask(ClassificationTask):
         color_jitter: float = 0.4,
         auto_augment: str | None = None,
     ) -> None:
-        super().__init__(
-            pool, test_pool, device, work_dir, seed, progress, logger, train, name, label_smoothing
-        )
-        import timm
-
+        super().__init__(train, name, label_smoothing)
         self.model_name = model_name
         self.model_kwargs = {**(model_kwargs or {}), "drop_rate": float(drop_rate)}
         self.pretrained = bool(pretrained)
@@ -207,13 +194,6 @@ class TimmClassifierTask(ClassificationTask):
                 f"task.pretrained_file={pretrained_file} does not exist: pass a .pth/.safetensors of "
                 f"{model_name}, or set task.pretrained_file=null to use the hub"
             )
-        self._pretrained_state: dict[str, torch.Tensor] | None = None
-        if self.pretrained:
-            self._pretrained_state = self._load_pretrained()
-        probe = timm.create_model(
-            model_name, pretrained=False, num_classes=self.num_classes, **self.model_kwargs
-        )
-        self.data_config = timm.data.resolve_data_config({}, model=probe)
         self.resolution = int(resolution)
         self.crop_pct = float(crop_pct)
         self.augment = {
@@ -222,6 +202,19 @@ class TimmClassifierTask(ClassificationTask):
             "color_jitter": float(color_jitter),
             "auto_augment": auto_augment,
         }
+
+    def setup(self, ctx: TaskContext) -> None:
+        """Reads the pretrained weights once (for this number of classes) and the model's data config."""
+        import timm
+
+        super().setup(ctx)
+        self._pretrained_state: dict[str, torch.Tensor] | None = None
+        if self.pretrained:
+            self._pretrained_state = self._load_pretrained()
+        probe = timm.create_model(
+            self.model_name, pretrained=False, num_classes=self.num_classes, **self.model_kwargs
+        )
+        self.data_config = timm.data.resolve_data_config({}, model=probe)
 
     def _load_pretrained(self) -> dict[str, torch.Tensor]:
         """The pretrained weights minus the classifier (which every fit re-initialises)."""

@@ -18,21 +18,19 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from downstream.datasets.voc import VOCAnnotation
 from downstream.metrics.voc_ap import VOCDetectionMetric
 from downstream.tasks.detection_transforms import SSDTransform
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings, move_to
 from downstream.tasks.instance_stats import class_count_matrix, instance_statistics
-from geal.api.pool import ImagePool
-from geal.api.task import TaskError
+from geal.api.pool import BoxAnnotatedPool, ImagePool
+from geal.api.task import TaskContext, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,9 @@ class DetectionItemLoader:
         self.transform, self.train, self.keep_difficult = transform, train, keep_difficult
 
     def __call__(self, pool: ImagePool, index: int) -> dict[str, Any]:
-        ann: VOCAnnotation = pool.annotation(index)  # type: ignore[attr-defined]
+        if not isinstance(pool, BoxAnnotatedPool):
+            raise TaskError(f"pool '{pool.name}' has no box annotations: use a VOC pool (data=voc0712)")
+        ann = pool.annotation(index)
         image = pool.load(index)
         if self.train:
             keep = np.ones(len(ann), bool) if self.keep_difficult else ~ann.difficult
@@ -100,16 +100,11 @@ class VOCDetectionTask(TorchTask):
     instance_stats: add the selection's instance analysis to the fit stats.
     """
 
+    needs: ClassVar[frozenset[str]] = frozenset({"test_split", "boxes"})
+
     def __init__(
         self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
         model: DetectorBuilder,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
         train: Mapping[str, Any] | TrainSettings | None = None,
         name: str = "voc_detection",
         photometric: bool = True,
@@ -123,18 +118,7 @@ class VOCDetectionTask(TorchTask):
         ap_method: str = "11point",
         instance_stats: bool = True,
     ) -> None:
-        super().__init__(pool, test_pool, device, work_dir, seed, progress, logger, train, name)
-        for role, p in (("train", pool), ("test", test_pool)):
-            if p is None:
-                raise TaskError(f"{name}: no {role} split: set task.test_data (data=voc0712 defines it)")
-            if not hasattr(p, "annotation") or not hasattr(p, "object_classes"):
-                raise TaskError(
-                    f"{name}: the {role} pool '{p.name}' ({type(p).__name__}) has no box annotations: "
-                    "use a VOC pool (data=voc0712)"
-                )
-        self.class_names = list(pool.object_classes)  # type: ignore[attr-defined]
-        if list(test_pool.object_classes) != self.class_names:  # type: ignore[union-attr]
-            raise TaskError(f"{name}: the train and test pools have different object classes")
+        super().__init__(train, name)
         if warmup_iters < 0:
             raise TaskError(f"{name}: warmup_iters must be >= 0, got {warmup_iters}")
         self.builder = model
@@ -151,9 +135,23 @@ class VOCDetectionTask(TorchTask):
         self.warmup_iters = int(warmup_iters)
         self.base_settings = self.settings
         self.metric_settings = {"iou_threshold": float(iou_threshold), "ap_method": ap_method}
-        VOCDetectionMetric(self.class_names, **self.metric_settings)  # validates the metric settings
+        VOCDetectionMetric([], **self.metric_settings)  # validates the metric settings
         self.instance_stats = bool(instance_stats)
         self._counts: np.ndarray | None = None
+
+    def check_context(self, ctx: TaskContext) -> None:
+        """Both pools have box annotations (``needs``) over the same object classes."""
+        super().check_context(ctx)
+        pool, test = ctx.pool, ctx.test_pool
+        assert isinstance(pool, BoxAnnotatedPool) and isinstance(test, BoxAnnotatedPool)
+        if list(test.object_classes) != list(pool.object_classes):
+            raise TaskError(f"{self.name}: the train and test pools have different object classes")
+
+    def setup(self, ctx: TaskContext) -> None:
+        super().setup(ctx)
+        assert isinstance(ctx.pool, BoxAnnotatedPool)
+        self.annotated: BoxAnnotatedPool = ctx.pool
+        self.class_names = list(ctx.pool.object_classes)
 
     # ---- engine hooks
 
@@ -196,7 +194,7 @@ class VOCDetectionTask(TorchTask):
             },
         )
 
-    def fit(self, train_ids: Sequence[int]) -> dict[str, float]:
+    def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
         ids = self.check_ids(train_ids)
         if self.warmup_iters:
             # the engine warms up in epochs; SSD's protocol warms up over a fixed number of iterations,
@@ -205,7 +203,7 @@ class VOCDetectionTask(TorchTask):
             self.settings = dataclasses.replace(
                 self.base_settings, warmup_epochs=self.warmup_iters / per_epoch, step_on_epochs=False
             )
-        stats = super().fit(ids)
+        stats = super().fit(ids, warm_start=warm_start)
         if self.instance_stats:
             stats.update(instance_statistics(self.pool_class_counts(), ids, self.class_names))
         return stats
@@ -215,7 +213,7 @@ class VOCDetectionTask(TorchTask):
     def pool_class_counts(self) -> np.ndarray:
         """(len(pool), C) object counts per train-pool image (read once from the annotations)."""
         if self._counts is None:
-            anns = self.pool.annotations(progress=self.progress)  # type: ignore[attr-defined]
+            anns = self.annotated.annotations(progress=self.progress)
             self._counts = class_count_matrix([a.labels for a in anns], len(self.class_names))
         return self._counts
 

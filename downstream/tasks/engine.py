@@ -20,7 +20,8 @@ task's identity and the seed: rerunning the same fit after an interruption resum
 epoch and ends with the same weights as an uninterrupted run; a checkpoint of other ids/settings is
 ignored (with a warning if it was unfinished) and overwritten.
 
-**Plugins** (Learn-Loss, ...): :meth:`TorchTask.add_plugin` attaches a :class:`TrainingPlugin`, an
+**Plugins** (Learn-Loss, ...; the contract is :mod:`geal.api.training`, which this engine implements):
+:meth:`TorchTask.add_plugin` attaches a :class:`~geal.api.training.TrainingPlugin`, an
 ``nn.Module`` trained jointly with the task model (same optimizer, saved in the same checkpoint, reset to
 its initial weights at every fit). Each training step the engine captures the forward outputs of the task
 model's modules named in ``plugin.hooks`` and adds ``plugin.training_loss(step, captured, epoch, epochs)``
@@ -44,11 +45,11 @@ import logging
 import math
 import random
 import time
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -57,7 +58,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from geal.api.pool import ImagePool
-from geal.api.task import Task, TaskError
+from geal.api.task import Task, TaskContext, TaskError
+from geal.api.training import StepOutput, TrainingPlugin
 from geal.util.io import atomic_write_bytes, stable_hash
 
 log = logging.getLogger(__name__)
@@ -155,42 +157,7 @@ def resolve_amp(device: torch.device, amp: str) -> torch.dtype | None:
     return None
 
 
-# --------------------------------------------------------------------------------- steps and plugins
-
-
-@dataclass
-class StepOutput:
-    """What a training step returns.
-
-    loss: scalar tensor to minimise. per_sample_loss: (B,) per-image losses before reduction, when the task
-    has them (Learn-Loss's target). outputs: the model's raw outputs (logits, detections...). stats: floats
-    averaged over the epoch's steps (e.g. ``{"acc": 0.8}``).
-    """
-
-    loss: torch.Tensor
-    per_sample_loss: torch.Tensor | None = None
-    outputs: Any = None
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-class TrainingPlugin(nn.Module, ABC):
-    """A module trained jointly with the task model that adds a loss term (Learn-Loss's loss predictor).
-
-    ``hooks``: names of modules of the task model (``model.get_submodule(name)``) whose forward outputs the
-    engine captures for the plugin at every training step (and in :meth:`TorchTask.predict_loss`).
-    """
-
-    hooks: tuple[str, ...] = ()
-
-    @abstractmethod
-    def training_loss(
-        self, step: StepOutput, captured: Mapping[str, torch.Tensor], epoch: int, epochs: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(scalar loss term added to the step's loss, stats) — ``epoch`` counts from 0."""
-
-    def predict_loss(self, captured: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """(B,) predicted per-image loss from the captured features of a batch (eval mode)."""
-        raise NotImplementedError(f"{type(self).__name__} does not predict losses")
+# ------------------------------------------------------------------------------------------ data
 
 
 class ItemLoader(Protocol):
@@ -308,34 +275,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 class TorchTask(Task):
     """Base of every torch task (see the module docstring for what subclasses supply).
 
-    Runtime arguments (given by ``geal-run``'s ``build_task``): ``pool`` (the train pool: global ids index
-    it), ``test_pool``, ``device``, ``work_dir`` (checkpoints), ``seed``, ``progress`` (tqdm bars),
-    ``logger`` (a :class:`geal.report.loggers.base.RunLogger`, or None). ``train``: the :class:`TrainSettings`
-    (a mapping from the config).
+    Settings: ``train`` (the :class:`TrainSettings`, a mapping from the config) and ``name``. The context
+    (:meth:`setup`) gives ``pool`` (the train pool: global ids index it), ``test_pool``, ``device``,
+    ``work_dir`` (checkpoints), ``seed``, ``progress`` (tqdm bars) and ``logger`` (per-epoch metrics).
+    Every engine task can warm-start and host training plugins (:class:`geal.api.training.PluginHost`).
     """
 
-    def __init__(
-        self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
-        train: Mapping[str, Any] | TrainSettings | None = None,
-        name: str = "task",
-    ) -> None:
+    needs: ClassVar[frozenset[str]] = frozenset({"test_split"})
+    provides: ClassVar[frozenset[str]] = frozenset({"warm_start", "add_plugin"})
+
+    def __init__(self, train: Mapping[str, Any] | TrainSettings | None = None, name: str = "task") -> None:
         self.name = name
-        self.pool = pool
-        self.test_pool = test_pool
-        self.device = torch.device(device)
-        self.work_dir = Path(work_dir) if work_dir is not None else None
-        self.seed = int(seed)
-        self.progress = bool(progress)
-        self.logger = logger
         self.settings = TrainSettings.from_mapping(train, where=f"task ({name}).train")
-        self.amp_dtype = resolve_amp(self.device, self.settings.amp)
         self.model: nn.Module | None = None
         self.plugins = nn.ModuleList()
         self._plugin_init: list[dict[str, torch.Tensor]] = []
@@ -345,15 +296,16 @@ class TorchTask(Task):
         self.log_prefix: str | None = None
         #: fingerprint of the last fit (a warm-started fit is keyed by the fit it starts from)
         self._last_fit: str | None = None
-        self.provides = frozenset(self.provides | {"warm_start"})
-        if test_pool is not None and len(test_pool) == 0:
-            raise TaskError(f"{name}: the test split '{test_pool.name}' is empty: check task.test_data")
 
-    @classmethod
-    def check_settings(cls, settings: Mapping[str, Any]) -> None:
-        """``train``: unknown keys and bad values fail before selection (see :class:`TrainSettings`)."""
-        name = settings.get("name", cls.__name__)
-        TrainSettings.from_mapping(settings.get("train"), where=f"task ({name}).train")
+    def setup(self, ctx: TaskContext) -> None:
+        super().setup(ctx)
+        self.pool = ctx.pool
+        self.test_pool = ctx.test_pool
+        self.device = torch.device(ctx.device)
+        self.seed = int(ctx.seed)
+        self.progress = bool(ctx.progress)
+        self.logger = ctx.logger
+        self.amp_dtype = resolve_amp(self.device, self.settings.amp)
 
     # ---- what subclasses supply
 
@@ -434,6 +386,20 @@ class TorchTask(Task):
         self.provides = (
             frozenset(self.provides | {"predict_loss"}) if _overrides_predict_loss(plugin) else self.provides
         )
+
+    def hook_outputs(self, hooks: Sequence[str], n_images: int = 2) -> dict[str, Any]:
+        """The outputs of the modules named in ``hooks`` for one inference forward (:meth:`forward`, what
+        :meth:`predict_loss` runs) of a fresh model over the first ``n_images`` train-pool images: no
+        gradients, under a forked RNG so nothing the task does later changes."""
+        n = min(n_images, len(self.pool))
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            model = self.build_model().to(self.device)
+            model.eval()
+            batch = move_to(next(iter(self.eval_loader(list(range(n))))), self.device)
+            with capture_outputs(model, hooks) as captured:
+                self.forward(model, batch)
+        return dict(captured)
 
     # ---- training
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from geal.api.task import Task, TaskError
+from geal.api.task import Task, TaskContext, TaskError
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 class LinearProbeTask(Task):
     """Multinomial logistic regression (scikit-learn, lbfgs) or a linear SVM on fixed features.
 
-    Runtime arguments (given by ``geal-run``): ``train_features`` (N, D) and ``train_labels`` (N,) of the
-    whole train pool (global id = row), ``test_features`` (M, D) and ``test_labels`` (M,) of the test split.
-    Config: ``C`` (inverse L2 strength), ``max_iter``, ``standardize``, ``classifier`` (``logistic`` |
-    ``linear_svm``: scikit-learn ``LinearSVC``, one-vs-rest, squared hinge).
+    Settings: ``C`` (inverse L2 strength), ``max_iter``, ``standardize``, ``classifier`` (``logistic`` |
+    ``linear_svm``: scikit-learn ``LinearSVC``, one-vs-rest, squared hinge). :meth:`setup` reads the
+    backbone's global features of the whole train pool (global id = row) and of the test split from the
+    context's feature sources, and the labels of both pools; :meth:`from_arrays` builds a probe on given
+    arrays instead.
 
     ``predict_proba(ids)`` gives ``(n, n_classes)`` class probabilities of train-pool images (logistic: the
     model's; linear SVM: a softmax over its decision values, a monotone score for acquisition functions, not
@@ -43,32 +44,70 @@ class LinearProbeTask(Task):
     ``n_test``. A fit on a single class predicts that class everywhere.
     """
 
+    needs: ClassVar[frozenset[str]] = frozenset({"labels", "test_split", "features"})
     provides: ClassVar[frozenset[str]] = frozenset({"embed", "predict_proba", "warm_start"})
 
     def __init__(
+        self,
+        name: str = "linear_probe",
+        C: float = 1.0,
+        max_iter: int = 1000,
+        standardize: bool = True,
+        classifier: str = "logistic",
+    ) -> None:
+        if classifier not in ("logistic", "linear_svm"):
+            raise TaskError(f"task.classifier must be 'logistic' or 'linear_svm', got {classifier!r}")
+        self.name = name
+        self.classifier = classifier
+        if classifier == "linear_svm":  # LinearSVC (liblinear) cannot start from earlier weights
+            self.provides = frozenset(self.provides - {"warm_start"})
+        self.C, self.max_iter, self.standardize = float(C), int(max_iter), bool(standardize)
+        self.seed = 0
+        self._model: LogisticRegression | LinearSVC | None = None
+        self._constant: int | None = None
+
+    @classmethod
+    def from_arrays(
+        cls,
+        train_features: np.ndarray,
+        train_labels: np.ndarray | Sequence[int] | None,
+        test_features: np.ndarray,
+        test_labels: np.ndarray | Sequence[int] | None,
+        seed: int = 0,
+        **settings: Any,
+    ) -> LinearProbeTask:
+        """A probe on given features (N, D) / (M, D) and labels (N,) / (M,), ready to fit (no setup)."""
+        probe = cls(**settings)
+        probe.seed = int(seed)
+        probe.use_features(train_features, train_labels, test_features, test_labels)
+        return probe
+
+    def setup(self, ctx: TaskContext) -> None:
+        """The global features of both pools (from the feature sources) and their labels."""
+        super().setup(ctx)
+        assert ctx.features is not None and ctx.test_features is not None and ctx.test_pool is not None
+        self.seed = int(ctx.seed)
+        self.use_features(
+            ctx.features.global_features().features,
+            ctx.pool.labels,
+            ctx.test_features.global_features().features,
+            ctx.test_pool.labels,
+        )
+
+    def use_features(
         self,
         train_features: np.ndarray,
         train_labels: np.ndarray | Sequence[int] | None,
         test_features: np.ndarray,
         test_labels: np.ndarray | Sequence[int] | None,
-        name: str = "linear_probe",
-        C: float = 1.0,
-        max_iter: int = 1000,
-        standardize: bool = True,
-        seed: int = 0,
-        classifier: str = "logistic",
     ) -> None:
-        if classifier not in ("logistic", "linear_svm"):
-            raise TaskError(f"task.classifier must be 'logistic' or 'linear_svm', got {classifier!r}")
-        self.classifier = classifier
-        if classifier == "linear_svm":  # LinearSVC (liblinear) cannot start from earlier weights
-            self.provides = frozenset(self.provides - {"warm_start"})
+        """Take the (N, D) train-pool and (M, D) test features and their labels (standardised if set)."""
+        name = self.name
         if train_labels is None or test_labels is None:
             raise TaskError(
                 f"{name}: the {'train' if train_labels is None else 'test'} pool has no labels; a linear "
                 "probe needs a labeled dataset (class folders, MNIST-5k, Fashion-MNIST, Pets)"
             )
-        self.name = name
         x = np.asarray(train_features, dtype=np.float32)
         xt = np.asarray(test_features, dtype=np.float32)
         if x.ndim != 2 or xt.ndim != 2 or x.shape[1] != xt.shape[1]:
@@ -79,15 +118,12 @@ class LinearProbeTask(Task):
         self.y_test = np.asarray(test_labels, dtype=np.int64)
         if len(self.y) != len(x) or len(self.y_test) != len(xt):
             raise TaskError(f"{name}: {len(x)} train features but {len(self.y)} labels (or test mismatch)")
-        if standardize:
+        if self.standardize:
             scaler = StandardScaler().fit(x)
             x, xt = scaler.transform(x), scaler.transform(xt)
         self.x, self.x_test = x.astype(np.float32), xt.astype(np.float32)
         self.raw = np.asarray(train_features, dtype=np.float32)
-        self.C, self.max_iter, self.seed = float(C), int(max_iter), int(seed)
         self.n_classes = int(max(self.y.max(initial=0), self.y_test.max(initial=0))) + 1
-        self._model: LogisticRegression | LinearSVC | None = None
-        self._constant: int | None = None
 
     def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
         ids = np.asarray(train_ids, dtype=np.int64)

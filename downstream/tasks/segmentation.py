@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,7 +25,7 @@ from downstream.datasets.cityscapes import IGNORE_INDEX, TRAIN_CLASSES
 from downstream.metrics.miou import SegmentationIoU
 from downstream.tasks.engine import ItemLoader, StepOutput, TorchTask, TrainSettings, move_to
 from downstream.tasks.segmentation_transforms import SegmentationTransform
-from geal.api.pool import ImagePool
+from geal.api.pool import ImagePool, LabelMapPool
 from geal.api.task import TaskError
 
 log = logging.getLogger(__name__)
@@ -51,7 +49,9 @@ class SegmentationItemLoader:
         self.transform = transform
 
     def __call__(self, pool: ImagePool, index: int) -> dict[str, Any]:
-        labels: np.ndarray = pool.train_ids(index)  # type: ignore[attr-defined]
+        if not isinstance(pool, LabelMapPool):
+            raise TaskError(f"pool '{pool.name}' has no label maps: use a Cityscapes pool (data=cityscapes)")
+        labels = pool.train_ids(index)
         image, target = self.transform(pool.load(index), labels)
         return {"inputs": image, "targets": target}
 
@@ -73,16 +73,11 @@ class CityscapesSegmentationTask(TorchTask):
     Cityscapes' 19).
     """
 
+    needs: ClassVar[frozenset[str]] = frozenset({"test_split", "label_maps"})
+
     def __init__(
         self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
         model: SegmenterBuilder,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
         train: Mapping[str, Any] | TrainSettings | None = None,
         name: str = "cityscapes_segmentation",
         base_size: int = 1024,
@@ -94,15 +89,7 @@ class CityscapesSegmentationTask(TorchTask):
         aux_weight: float = 0.4,
         class_names: Sequence[str] = TRAIN_CLASSES,
     ) -> None:
-        super().__init__(pool, test_pool, device, work_dir, seed, progress, logger, train, name)
-        for role, p in (("train", pool), ("test", test_pool)):
-            if p is None:
-                raise TaskError(f"{name}: no {role} split: set task.test_data (data=cityscapes defines it)")
-            if not hasattr(p, "train_ids"):
-                raise TaskError(
-                    f"{name}: the {role} pool '{p.name}' ({type(p).__name__}) has no label maps: use a "
-                    "Cityscapes pool (data=cityscapes)"
-                )
+        super().__init__(train, name)
         self.builder = model
         self.class_names = list(class_names)
         self.augment: dict[str, Any] = {
@@ -162,10 +149,10 @@ class CityscapesSegmentationTask(TorchTask):
             )
         return loader
 
-    def fit(self, train_ids: Sequence[int]) -> dict[str, float]:
+    def fit(self, train_ids: Sequence[int], warm_start: bool = False) -> dict[str, float]:
         if len(train_ids) < 2:
             raise TaskError(f"{self.name}: DeepLabV3's BatchNorm needs at least 2 training images")
-        return super().fit(train_ids)
+        return super().fit(train_ids, warm_start=warm_start)
 
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> StepOutput:
         out = model(batch["inputs"])

@@ -8,7 +8,6 @@ the blocks' outputs. The model follows timm's ``forward_features`` / ``forward_h
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +16,6 @@ from torchvision.transforms import v2
 
 from downstream.tasks.classification import ClassificationTask
 from downstream.tasks.engine import TrainSettings
-from geal.api.pool import ImagePool
 
 
 class SmallCNN(nn.Module):
@@ -78,13 +76,6 @@ class SmallCNNTask(ClassificationTask):
 
     def __init__(
         self,
-        pool: ImagePool,
-        test_pool: ImagePool | None,
-        device: torch.device | str = "cpu",
-        work_dir: str | Path | None = None,
-        seed: int = 0,
-        progress: bool = True,
-        logger: Any = None,
         train: Mapping[str, Any] | TrainSettings | None = None,
         name: str = "small_cnn",
         label_smoothing: float = 0.0,
@@ -98,9 +89,7 @@ class SmallCNNTask(ClassificationTask):
         crop_padding: int = 2,
         hflip: float = 0.0,
     ) -> None:
-        super().__init__(
-            pool, test_pool, device, work_dir, seed, progress, logger, train, name, label_smoothing
-        )
+        super().__init__(train, name, label_smoothing)
         if in_chans not in (1, 3):
             raise ValueError(f"task.in_chans must be 1 (grayscale) or 3 (RGB), got {in_chans}")
         if len(mean) not in (1, in_chans) or len(std) not in (1, in_chans):

@@ -5,6 +5,9 @@ Index spaces, kept explicit everywhere in the project:
 * **global id** (``int``): a position in ``pool.ids`` — what selectors return and the feature store indexes;
 * **image id** (``str``): the dataset's own name for an image (``2007_000027``, ``Abyssinian_100``);
 * **position**: an index into some *other* array (a batch, a cluster table); never mixed with the two above.
+
+Optional capabilities of a pool (box annotations for detection, label maps for segmentation) are
+``typing.Protocol``s checked with ``isinstance``: :class:`BoxAnnotatedPool`, :class:`LabelMapPool`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import numpy as np
 from PIL import Image
 
 
@@ -89,3 +94,41 @@ class ImagePool(ABC):
                 f"e.g. {missing[:5]}: check that the ids come from this dataset and split."
             )
         return [lookup[x] for x in image_ids]
+
+
+class BoxAnnotation(Protocol):
+    """The objects of one image: ``boxes`` (N, 4) float ``(x0, y0, x1, y1)`` in pixels, ``labels`` (N,) int
+    0-based into the pool's ``object_classes``, ``difficult`` (N,) bool; ``len()`` = N."""
+
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+
+    def __len__(self) -> int: ...
+
+
+@runtime_checkable
+class BoxAnnotatedPool(Protocol):
+    """A pool with object boxes (detection): ``downstream.datasets.voc.VOCPool``."""
+
+    @property
+    def object_classes(self) -> Sequence[str]:
+        """The object classes that annotation labels index."""
+        ...
+
+    def annotation(self, index: int) -> BoxAnnotation:
+        """The objects of image ``index`` (a global id)."""
+        ...
+
+    def annotations(self, progress: bool = False) -> Sequence[BoxAnnotation]:
+        """The annotations of every image, in global-id order."""
+        ...
+
+
+@runtime_checkable
+class LabelMapPool(Protocol):
+    """A pool with per-pixel label maps (segmentation): ``downstream.datasets.cityscapes.CityscapesPool``."""
+
+    def train_ids(self, index: int) -> np.ndarray:
+        """(H, W) integer class map of image ``index`` (a global id); 255: ignored pixels."""
+        ...

@@ -79,7 +79,8 @@ class SelectionContext:
 class Selector(ABC):
     """Base class of every selector. Subclasses implement ``_select``; ``select`` validates the request."""
 
-    #: what the pipeline must provide in the context: "features" and/or "task.<method>"
+    #: what the pipeline must provide in the context: "features" and/or "task.<method>" (a method the task
+    #: lists in ``Task.provides``, checked before any selection work)
     requires: ClassVar[frozenset[str]] = frozenset()
     #: True when the picks for a smaller budget are a prefix of those for a larger one (same seed)
     nested: ClassVar[bool] = False
@@ -89,10 +90,11 @@ class Selector(ABC):
     cold_start: ClassVar[bool] = True
 
     def bind_task(self, task: Any) -> None:  # noqa: B027 - optional hook
-        """Called once by the cycle runner after the task is built and before its first ``fit``.
+        """Called once by the run loop (geal.run.loop) after the task is set up (``Task.setup``) and before
+        its first ``fit``.
 
         Selectors that train something jointly with the task model (Learn-Loss attaches its loss-prediction
-        module as an engine plugin) do it here; the others ignore it.
+        module as a training plugin, geal.api.training) do it here; the others ignore it.
         """
 
     def select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:

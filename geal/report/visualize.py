@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from geal.api.features import KnowledgeClusterSet
-from geal.api.pool import ImagePool
+from geal.api.pool import BoxAnnotatedPool, ImagePool
 from geal.features.store import FeatureStore
 from geal.method.knowledge import ClusterSettings, importance_mask, reduce_heads
 
@@ -374,14 +374,14 @@ def selection_histograms(
     progress: bool = True,
 ) -> Histograms:
     """Histograms of the selection vs the whole pool vs a seeded random draw of the same size (and any
-    ``others``: name → global ids). Detection pools (``annotations()`` + ``object_classes``) count object
+    ``others``: name → global ids). Detection pools (geal.api.pool.BoxAnnotatedPool) count object
     instances per class and instances per image; pools with ``labels`` count images per class."""
     sets: dict[str, list[int]] = {"selection": [int(g) for g in selection], "pool": list(range(len(pool)))}
     sets[f"random (seed {seed})"] = random_draw(len(pool), len(selection), seed)
     for name, ids in (others or {}).items():
         sets[name] = [int(g) for g in ids]
     sizes = {k: len(v) for k, v in sets.items()}
-    if hasattr(pool, "annotations") and hasattr(pool, "object_classes"):
+    if isinstance(pool, BoxAnnotatedPool):
         names = [str(c) for c in pool.object_classes]
         annotations = pool.annotations(progress=progress)
         per_class = np.zeros((len(pool), len(names)), dtype=np.int64)

@@ -1,32 +1,42 @@
-"""The active-learning cycle runner: draw an initial set, then train → evaluate → select → record, per cycle.
+"""The run loop of ``geal-run``: select → train → evaluate → record, for every cycle of a schedule.
 
 Plain typed arguments (``geal/run/cli.py`` builds everything from the config). A schedule
-(:class:`CycleSchedule`) becomes a list of :class:`CyclePlan`: cycle ``k`` first **selects** ``n_select``
-new images (cycle 0: the initial set, drawn by the ``initial_draw`` selector, by the run's selector, or read
-from a file; cycle ``k ≥ 1``: by the run's selector, from the images still unlabeled, with the task model of
-cycle ``k-1`` in its context), then **trains** the task on the labeled set and **evaluates** it. A one-pass
-selector runs in the same runner as a single cycle (it selects the largest budget once and every budget is
-trained on its prefix), so both pipelines write the same outputs: a metric and a wall time per budget.
+(:class:`~geal.run.schedule.CycleSchedule`) becomes a list of :class:`~geal.run.schedule.CyclePlan`; each
+cycle first **selects** ``n_select`` new images (cycle 0: by the run's selector, by the ``initial_draw``
+selector, or given ids; cycle ``k ≥ 1``: by the run's selector, from the images still unlabeled, with the
+task model of cycle ``k-1`` in its context), then **trains** the task at each of its budgets and
+**evaluates** it. The one-pass schedule (what ``geal-run`` runs without ``cycles=``) is one selection
+trained at every budget of ``budgets`` (one selection per budget for a non-nested selector).
+
+The task receives its context (:meth:`geal.api.task.Task.setup`) and the selector binds to it
+(:meth:`geal.api.selector.Selector.bind_task`) right before the first fit — after the first selection, so
+feature extraction the task shares with the selector counts as selection time.
 
 Index spaces: every id here is a **global id** (a position in ``pool.ids``); ``image_ids`` appear only in
 the files written for people.
 
 Files written into ``out_dir`` (all atomically, rewritten as the run goes):
 
-- ``label_state.json`` — which cycle labeled each id (labeling order), each cycle's seed, selection time and
-  results; rewritten after every selection and every evaluation, so an interrupted run resumes where it
-  stopped (a finished selection is never redone; an unfinished training is redone from scratch);
-- ``metrics.json`` / ``metrics.jsonl`` — the header, one result per budget (the fields of
-  ``geal.run.training.BudgetResult`` plus ``cycle``, ``select_s``, ``acquisition_s``, ``n_labeled``) and
-  ``seconds`` (flat floats: ``selection``, ``fit``, ``eval``, ``acquisition``, ``total``);
-- ``selection.json`` / ``selected_ids.txt`` — the whole labeled set in labeling order (readable by
-  ``geal-run selection_file=...``), with the cycle of every id under ``info.cycle_of``;
-- ``cycles/cycle_XX/`` — each cycle's own selection outputs (``geal.run.outputs.run_selection``).
+- ``label_state.json`` — the resume file (geal.run.label_state): a finished selection is never redone and a
+  finished budget never retrained; an interrupted torch fit resumes from its checkpoint;
+- ``metrics.json`` / ``metrics.jsonl`` — the header (method, seed, task, pool, config, ``pipeline``,
+  ``schedule``), one :class:`~geal.run.label_state.BudgetResult` per budget, and ``seconds`` (flat floats:
+  ``selection``, ``fit``, ``total``; an active-learning schedule adds ``eval``, ``acquisition`` and
+  ``recovery``);
+- each selection's files (geal.run.outputs.run_selection: ``selection.json``, ``selected_ids.txt``,
+  ``run_info.json``, ``splits/``): in the run dir itself for the one-pass schedule (in ``budget_<b>/`` for
+  each selection of a non-nested selector), in ``cycles/cycle_XX/`` for an active-learning schedule, whose
+  run dir also gets the whole labeled set in labeling order (``selection.json``, with the cycle of every
+  id under ``info.cycle_of``, readable by ``geal-run selection_file=...``) and a ``run_info.json``;
+- ``task/budget_XXXXXX/`` — the work dir of each training (checkpoints of the torch tasks).
 
 ``acquisition_s`` is the wall time the labeled set of a budget cost to *choose*: every selection up to its
 cycle, plus — for selectors that use the task model (``Selector.requires`` has ``task.*``) — the trainings
 of the earlier cycles whose models made those selections. Evaluation-only trainings are not counted; the
 time an interrupted run spends refitting a lost model on resume is recorded as ``recovery_s``.
+
+(The schedule and its plan live in geal.run.schedule, the resume file in geal.run.label_state; what is left
+here is the loop itself, one class whose steps share the run's state, hence the module's length.)
 """
 
 from __future__ import annotations
@@ -35,289 +45,61 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 
 from geal.api.pool import ImagePool
 from geal.api.selector import Selection, SelectionContext, Selector
-from geal.api.task import Task
-from geal.run.outputs import git_state, run_selection, versions
-from geal.run.training import MetricsLogger
+from geal.api.task import MetricsLogger, Task, TaskContext
+from geal.run.label_state import BudgetResult, CycleRecord, LabelState, differing_keys
+from geal.run.outputs import git_state, run_selection, versions, write_run_info, write_selection
+from geal.run.schedule import CyclePlan, CycleSchedule, check_task_provides, cycle_seed, plan_cycles
 from geal.util.io import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
-InitialKind = Literal["auto", "draw", "selector", "labeled"]
-#: bumped when the meaning of label_state.json changes
-LABEL_STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class CycleSchedule:
-    """How the labeled set grows.
-
-    initial:      how cycle 0's set is drawn: ``draw`` (the ``initial_draw`` selector, random by default),
-                  ``selector`` (the run's selector: one-pass selectors), ``labeled`` (the ids of a file),
-                  ``auto`` (``selector`` when the run's selector is ``cold_start``, else ``draw``).
-    initial_size: images in the initial set; ``None`` with ``n_cycles=0`` is the one-pass schedule: the
-                  initial set is the largest of the run's budgets and every budget is trained on its prefix.
-    step:         images selected per later cycle.
-    n_cycles:     selection cycles after the initial set (budgets ``initial_size + k * step``, k = 0..n).
-    reinit:       True: every training starts from a fresh model; False: it warm-starts from the previous
-                  training's model (the task must list ``warm_start`` in ``provides``).
-    """
-
-    initial: InitialKind = "auto"
-    initial_size: int | None = 1000
-    step: int = 1000
-    n_cycles: int = 9
-    reinit: bool = True
-
-    def __post_init__(self) -> None:
-        if self.initial not in ("auto", "draw", "selector", "labeled"):
-            raise ValueError(f"cycles.initial must be auto, draw, selector or labeled, got {self.initial!r}")
-        if isinstance(self.n_cycles, bool) or not isinstance(self.n_cycles, int) or self.n_cycles < 0:
-            raise ValueError(f"cycles.n_cycles must be an integer ≥ 0, got {self.n_cycles!r}")
-        if self.n_cycles > 0 and (not isinstance(self.step, int) or self.step <= 0):
-            raise ValueError(f"cycles.step must be a positive integer, got {self.step!r}")
-        if self.initial_size is None and self.n_cycles != 0:
-            raise ValueError(
-                "cycles.initial_size=null is the one-pass schedule (select the largest budget once): it needs"
-                " cycles.n_cycles=0; give an initial_size for a multi-cycle schedule"
-            )
-        if self.initial_size is not None and (
-            isinstance(self.initial_size, bool)
-            or not isinstance(self.initial_size, int)
-            or self.initial_size <= 0
-        ):
-            raise ValueError(
-                f"cycles.initial_size must be a positive integer or null, got {self.initial_size!r}"
-            )
-
-
-@dataclass(frozen=True)
-class CyclePlan:
-    """One cycle: select ``n_select`` new images (``draw`` says how), then train/evaluate at each budget
-    of ``eval_budgets`` (sizes of prefixes of the labeling order; the last is the whole labeled set)."""
-
-    cycle: int
-    draw: Literal["draw", "selector", "labeled"]
-    n_select: int
-    eval_budgets: tuple[int, ...]
-
-
-def plan_cycles(
-    schedule: CycleSchedule,
-    selector: Selector,
-    budgets: Sequence[int] = (),
-    n_labeled_file: int | None = None,
-    pool_size: int | None = None,
-) -> list[CyclePlan]:
-    """The cycles of ``schedule`` for ``selector``.
-
-    budgets:        the run's budgets, used only by the one-pass schedule (``initial_size=None``).
-    n_labeled_file: the size of the ``labeled`` file's set when ``initial == "labeled"``.
-    """
-    initial = schedule.initial
-    if initial == "auto":
-        initial = "selector" if selector.cold_start else "draw"
-    if initial == "selector" and not selector.cold_start:
-        raise ValueError(
-            f"cycles.initial=selector, but selector {getattr(selector, 'name', type(selector).__name__)} "
-            "cannot pick from nothing (it needs a trained task model or a labeled set): use "
-            "cycles.initial=draw (random initial set) or cycles.initial=labeled with labeled=FILE"
-        )
-    size = schedule.initial_size
-    if initial == "labeled":
-        if not n_labeled_file:
-            raise ValueError(
-                "cycles.initial=labeled needs a non-empty labeled=FILE (image ids or a selection.json)"
-            )
-        if size is not None and size != n_labeled_file:
-            raise ValueError(
-                f"cycles.initial_size={size} but the labeled file holds {n_labeled_file} images: set "
-                f"cycles.initial_size={n_labeled_file} or null"
-            )
-        size = n_labeled_file
-    if size is None:
-        wanted = sorted({int(b) for b in budgets})
-        if not wanted or wanted[0] <= 0:
-            raise ValueError(f"the one-pass schedule needs positive budgets, got {list(budgets)}")
-        plans = [CyclePlan(0, initial, wanted[-1], tuple(wanted))]  # type: ignore[arg-type]
-    else:
-        plans = [CyclePlan(0, initial, size, (size,))]  # type: ignore[arg-type]
-        for k in range(1, schedule.n_cycles + 1):
-            plans.append(CyclePlan(k, "selector", schedule.step, (size + k * schedule.step,)))
-    total = plans[-1].eval_budgets[-1]
-    if pool_size is not None and total > pool_size:
-        raise ValueError(
-            f"the schedule labels {total} images but the pool has {pool_size}: lower cycles.initial_size, "
-            "cycles.step or cycles.n_cycles"
-        )
-    return plans
-
-
-def cycle_seed(seed: int, cycle: int) -> int:
-    """The seed of cycle ``cycle``'s selection: the run's seed for cycle 0 (so a random initial set equals
-    ``selector=random``'s first picks), an independent stream per later cycle (numpy SeedSequence)."""
-    if cycle == 0:
-        return int(seed)
-    return int(np.random.SeedSequence([int(seed), int(cycle)]).generate_state(1)[0])
-
-
-def check_task_provides(selector: Selector, task: Task, reinit: bool = True) -> None:
-    """Fail at start-up when the selector needs task methods the task does not provide (or warm start is
-    asked of a task that cannot)."""
-    name = getattr(selector, "name", type(selector).__name__)
-    task_name = getattr(task, "name", type(task).__name__)
-    needed = sorted(r.removeprefix("task.") for r in selector.requires if r.startswith("task."))
-    missing = [m for m in needed if m not in task.provides]
-    if missing:
-        raise ValueError(
-            f"selector {name} needs task method(s) {missing}, but task {task_name} provides only "
-            f"{sorted(task.provides)}: pick a task that provides them (e.g. a classifier for predict_proba) "
-            "or another selector"
-        )
-    if not reinit and "warm_start" not in task.provides:
-        raise ValueError(
-            f"cycles.reinit=false (warm start) but task {task_name} cannot warm-start (no 'warm_start' in"
-            " its provides): use cycles.reinit=true"
-        )
-
-
-def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two JSON-like documents (for error messages)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted({*a, *b}) for d in differing_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [prefix.rstrip(".") or "(root)"]
-
-
-@dataclass
-class CycleResult:
-    """One trained and evaluated budget (the fields of ``geal.run.training.BudgetResult`` and the cycle's)."""
-
-    budget: int
-    metrics: dict[str, float]
-    fit: dict[str, float]
-    fit_s: float
-    eval_s: float
-    cycle: int
-    n_labeled: int
-    select_s: float
-    acquisition_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class CycleRecord:
-    """What label_state.json keeps per cycle."""
-
-    cycle: int
-    seed: int
-    drawn_by: str
-    n_selected: int
-    select_s: float
-    selection_info: dict[str, Any] = field(default_factory=dict)
-    results: list[CycleResult] = field(default_factory=list)
-
-
-@dataclass
-class LabelState:
-    """Which cycle labeled each global id, in labeling order; per-cycle records; recovery time."""
-
-    identity: dict[str, Any]
-    order: list[int] = field(default_factory=list)
-    cycle_of: list[int] = field(default_factory=list)
-    scores: list[float | None] = field(default_factory=list)
-    cycles: list[CycleRecord] = field(default_factory=list)
-    recovery_s: float = 0.0
-    elapsed_s: float = 0.0
-
-    def record(self, cycle: int) -> CycleRecord | None:
-        return next((c for c in self.cycles if c.cycle == cycle), None)
-
-    def results(self) -> list[CycleResult]:
-        return [r for c in self.cycles for r in c.results]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": LABEL_STATE_VERSION,
-            "identity": self.identity,
-            "order": self.order,
-            "cycle_of": self.cycle_of,
-            "scores": self.scores,
-            "cycles": [
-                {
-                    **{k: v for k, v in asdict(c).items() if k != "results"},
-                    "results": [r.as_dict() for r in c.results],
-                }
-                for c in self.cycles
-            ],
-            "finished_cycles": sum(1 for c in self.cycles if c.results),
-            "recovery_s": self.recovery_s,
-            "elapsed_s": self.elapsed_s,
-        }
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any], path: Path) -> LabelState:
-        try:
-            if doc.get("version") != LABEL_STATE_VERSION:
-                raise ValueError(f"version {doc.get('version')} (this code reads {LABEL_STATE_VERSION})")
-            cycles = [
-                CycleRecord(
-                    cycle=int(c["cycle"]),
-                    seed=int(c["seed"]),
-                    drawn_by=str(c["drawn_by"]),
-                    n_selected=int(c["n_selected"]),
-                    select_s=float(c["select_s"]),
-                    selection_info=dict(c.get("selection_info") or {}),
-                    results=[CycleResult(**r) for r in c["results"]],
-                )
-                for c in doc["cycles"]
-            ]
-            state = cls(
-                identity=doc["identity"],
-                order=[int(i) for i in doc["order"]],
-                cycle_of=[int(i) for i in doc["cycle_of"]],
-                scores=list(doc["scores"]),
-                cycles=cycles,
-                recovery_s=float(doc.get("recovery_s", 0.0)),
-                elapsed_s=float(doc.get("elapsed_s", 0.0)),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(
-                f"{path} is not a label state this code can resume ({type(err).__name__}: {err}): delete it "
-                "or use a new run dir (hydra.run.dir=...)"
-            ) from err
-        if len(state.order) != len(state.cycle_of) or len(set(state.order)) != len(state.order):
-            raise ValueError(f"{path} is corrupt: ids repeat or cycle_of does not match order; delete it")
-        return state
+#: config keys that do not change what a run computes: a rerun that differs only in them still resumes
+NOT_RESUME_KEYS = ("output", "logger", "extraction.progress")
 
 
 @dataclass
 class CycleRunOutput:
-    results: list[CycleResult]
+    results: list[BudgetResult]
     state: LabelState
     seconds: dict[str, float]
     files: dict[str, str]
 
 
+def without_keys(config: dict[str, Any], dotted: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``config`` without the dotted keys ``dotted``."""
+    out = json.loads(json.dumps(config, default=str))
+    for key in dotted:
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
 class CycleRunner:
     """Runs a plan of cycles for one task, selector and pool; see the module docstring.
 
-    task:         the task (``fit``/``evaluate``; a selector's ``task.*`` needs are checked here).
-    selector:     picks cycles ``k ≥ 1`` (and cycle 0 when its draw is ``selector``).
-    initial_draw: picks cycle 0 when its draw is ``draw`` (e.g. ``baselines.random.RandomSelector``).
-    initial_ids:  cycle 0's set when its draw is ``labeled`` (global ids).
-    context:      the shared selection context (seed, device, features, excluded); ``labeled``, ``seed`` and
-                  ``task`` are set per cycle.
-    header:       run-level fields of metrics.json (method, selector, seed, task, pool, config...).
+    task:          the task (``fit``/``evaluate``; a selector's ``task.*`` needs are checked here).
+    selector:      picks cycles ``k ≥ 1`` (and cycle 0 when its draw is ``selector``).
+    context:       the shared selection context (seed, device, features, excluded, and ``labeled``: ids
+                   labeled before the run, which every selection starts from but no training uses);
+                   ``labeled``, ``seed`` and ``task`` are set per cycle.
+    header:        run-level fields of metrics.json (method, selector, seed, task, pool, config...).
+    task_context:  given to ``task.setup`` before the first fit (None: the task is set up already).
+    initial_draw:  picks cycle 0 when its draw is ``draw`` (e.g. ``baselines.random.RandomSelector``).
+    initial_ids:   cycle 0's set when its draw is ``labeled`` (global ids).
+    one_pass:      the plans come from the one-pass schedule (file layout and ``seconds``, see the module).
+    started:       ``time.perf_counter()`` when the run started (default: when :meth:`run` starts).
     """
 
     def __init__(
@@ -329,12 +111,17 @@ class CycleRunner:
         out_dir: Path,
         header: dict[str, Any],
         context: SelectionContext,
+        *,
+        task_context: TaskContext | None = None,
         initial_draw: Selector | None = None,
         initial_ids: Sequence[int] = (),
         reinit: bool = True,
+        one_pass: bool = False,
         logger: MetricsLogger | None = None,
         resume: bool = True,
         config: dict[str, Any] | None = None,
+        write_dataset_split: bool = False,
+        started: float | None = None,
     ) -> None:
         if not plans:
             raise ValueError("the cycle plan is empty")
@@ -344,7 +131,6 @@ class CycleRunner:
             )
         if plans[0].draw == "labeled" and len(initial_ids) != plans[0].n_select:
             raise ValueError(f"cycle 0 needs {plans[0].n_select} labeled ids, got {len(initial_ids)}")
-        selector.bind_task(task)  # e.g. Learn-Loss attaches its loss-prediction plugin (→ predict_loss)
         check_task_provides(selector, task, reinit)
         if plans[0].draw == "draw" and initial_draw is not None and not initial_draw.cold_start:
             raise ValueError(
@@ -357,21 +143,24 @@ class CycleRunner:
         self.out_dir = Path(out_dir)
         self.header = header
         self.context = context
+        self.task_context = task_context
         self.initial_draw = initial_draw
         self.initial_ids = [int(i) for i in initial_ids]
-        self.reinit = reinit
+        self.reinit, self.one_pass = reinit, one_pass
         self.logger = logger
         self.resume = resume
         self.config = config
+        self.write_dataset_split = write_dataset_split
+        self.started = started
         self.uses_task = any(r.startswith("task.") for r in selector.requires)
         #: every training in order: (cycle, budget)
         self.fits = [(p.cycle, b) for p in self.plans for b in p.eval_budgets]
         #: the fit whose model the task holds now (index into self.fits), None before any fit
         self.model_at: int | None = None
-        #: tasks that checkpoint into ``work_dir`` (the torch engine) get one sub-folder per training, so a
-        #: resumed run reloads a finished model from its checkpoint instead of training it again
-        base = getattr(task, "work_dir", None)
-        self.task_work_dir = Path(base) if base is not None else None
+        #: set once the task is set up and the selector bound to it (before the first fit)
+        self.task_ready = False
+        #: the task's work dir; each training gets its own sub-folder, so a resumed run finds its checkpoint
+        self.task_dir: Path | None = None
         self.selector_name = str(getattr(selector, "name", type(selector).__name__))
 
     # ------------------------------------------------------------------------------------------ state
@@ -386,11 +175,12 @@ class CycleRunner:
             json.dumps(
                 {
                     **{k: v for k, v in self.header.items() if k != "config"},
-                    # the run's settings, less those that do not change results (output.*)
-                    "config": {k: v for k, v in (self.header.get("config") or {}).items() if k != "output"},
+                    # the run's settings, less those that do not change results
+                    "config": without_keys(self.header.get("config") or {}, NOT_RESUME_KEYS),
                     "plan": [asdict(p) for p in self.plans],
                     "reinit": self.reinit,
                     "initial_ids": self.initial_ids,
+                    "labeled_before": [int(i) for i in self.context.labeled],
                 },
                 default=str,
             )
@@ -411,66 +201,68 @@ class CycleRunner:
                 f"{path} belongs to another run (differs in {diff}): use a new run dir (hydra.run.dir=...), "
                 f"output.resume=false to start over, or delete {path}"
             )
-        done = [r.budget for r in state.results()]
+        if any(len(set(ids)) != len(ids) for ids in (self.labeled_ids(state, c.cycle) for c in state.cycles)):
+            raise ValueError(f"{path} is corrupt: an id was labeled twice; delete it")
         log.info(
             "resuming %s: %d labeled ids, cycles with a selection %s, budgets already trained %s",
             path,
             len(state.order),
             [c.cycle for c in state.cycles],
-            done,
+            [r.budget for r in state.results()],
         )
         return state
 
-    def save(self, state: LabelState, started: float, base_elapsed: float) -> None:
-        state.elapsed_s = base_elapsed + (time.perf_counter() - started)
-        atomic_write_json(self.state_path, state.to_json())
-        results = state.results()
-        atomic_write_json(
-            self.out_dir / "metrics.json", {**self.header, "results": [r.as_dict() for r in results]}
-        )
-        atomic_write_bytes(
-            self.out_dir / "metrics.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in results).encode()
-        )
-        self.write_selection(state)
+    def labeled_ids(self, state: LabelState, cycle: int) -> list[int]:
+        """The labeled set after cycle ``cycle``, in labeling order: every id labeled since the last cycle
+        that started afresh (cycle 0, or a restart: see CyclePlan)."""
+        first = max(p.cycle for p in self.plans if p.cycle <= cycle and (p.cycle == 0 or p.restart))
+        return state.ids_of(first, cycle)
 
-    def write_selection(self, state: LabelState) -> None:
-        """The whole labeled set in labeling order, in the format of geal-select's selection.json."""
-        image_ids = [self.pool.ids[i] for i in state.order]
-        doc = {
-            "selector": self.selector_name,
-            "pool": self.pool.name,
-            "pool_identity": self.pool.identity(),
-            "budget": len(state.order),
-            "seed": int(self.context.seed),
-            "nested": False,
-            "global_ids": state.order,
-            "image_ids": image_ids,
-            "scores": state.scores,
-            "labeled_global_ids": [],
-            "info": {"pipeline": "cycles", "cycle_of": state.cycle_of},
-            "config": self.config,
-        }
-        atomic_write_json(self.out_dir / "selection.json", doc)
-        atomic_write_bytes(self.out_dir / "selected_ids.txt", "".join(f"{i}\n" for i in image_ids).encode())
+    def save(self, state: LabelState, seconds: dict[str, float] | None = None) -> None:
+        """Rewrite label_state.json, metrics.json / metrics.jsonl and (active learning) the labeled set."""
+        state.elapsed_s = self.elapsed()
+        atomic_write_json(self.state_path, state.to_json())
+        results = [r.as_dict() for r in state.results()]
+        doc = {**self.header, "results": results, **({"seconds": seconds} if seconds is not None else {})}
+        atomic_write_json(self.out_dir / "metrics.json", doc)
+        lines = "".join(json.dumps(r) + "\n" for r in results)
+        atomic_write_bytes(self.out_dir / "metrics.jsonl", lines.encode())
+        if not self.one_pass:
+            scores = [float("nan") if v is None else v for v in state.scores]
+            info = {"pipeline": "cycles", "cycle_of": state.cycle_of}
+            write_selection(
+                self.out_dir,
+                self.pool,
+                Selection(list(state.order), scores, info),
+                selector=self.selector_name,
+                budget=len(state.order),
+                seed=int(self.context.seed),
+                nested=False,
+                config=self.config,
+            )
+
+    def elapsed(self) -> float:
+        """Seconds this run has taken, the interrupted runs it resumes included."""
+        return self.base_elapsed + (time.perf_counter() - self.t0)
 
     # ------------------------------------------------------------------------------------------ steps
 
     def select(self, plan: CyclePlan, state: LabelState) -> CycleRecord:
         """Cycle ``plan.cycle``'s selection (the task model of the previous cycle is in place)."""
-        seed = cycle_seed(self.context.seed, plan.cycle)
+        seed = int(self.context.seed) if plan.restart else cycle_seed(self.context.seed, plan.cycle)
+        before = [] if plan.cycle == 0 or plan.restart else self.labeled_ids(state, plan.cycle - 1)
         if plan.draw == "labeled":
             t0 = time.perf_counter()
             picks = Selection(
                 list(self.initial_ids), [float("nan")] * len(self.initial_ids), {"from": "labeled"}
             )
-            select_s = time.perf_counter() - t0
-            drawn_by = "labeled"
+            select_s, drawn_by = time.perf_counter() - t0, "labeled"
         else:
             selector = self.initial_draw if plan.draw == "draw" else self.selector
             assert selector is not None
             drawn_by = str(getattr(selector, "name", type(selector).__name__))
             ctx = SelectionContext(
-                labeled=list(state.order),
+                labeled=[*self.context.labeled, *before],
                 seed=seed,
                 device=self.context.device,
                 features=self.context.features,
@@ -483,22 +275,21 @@ class CycleRunner:
                 plan.cycle,
                 drawn_by,
                 plan.n_select,
-                len(self.pool) - len(state.order),
+                len(self.pool) - len(ctx.labeled),
             )
             result = run_selection(
                 self.pool,
                 selector,
                 plan.n_select,
                 ctx,
-                self.out_dir / "cycles" / f"cycle_{plan.cycle:02d}",
-                split_name=f"{self.selector_name}_cycle{plan.cycle:02d}",
-                extra_info={"cycle": plan.cycle, "cycle_seed": seed},
+                self.selection_dir(plan),
+                split_name=self.split_name(plan),
+                write_dataset_split=self.write_dataset_split,
+                extra_info=self.selection_info(plan, seed),
                 config=self.config,
             )
-            picks = result.selection
-            select_s = result.timings["selection_total_s"]
-        taken = set(state.order)
-        if taken.intersection(picks.global_ids) or len(picks.global_ids) != plan.n_select:
+            picks, select_s = result.selection, result.timings["selection_total_s"]
+        if set(before).intersection(picks.global_ids) or len(picks.global_ids) != plan.n_select:
             raise RuntimeError(f"cycle {plan.cycle}: the selection repeats labeled ids or has the wrong size")
         state.order.extend(int(i) for i in picks.global_ids)
         state.cycle_of.extend([plan.cycle] * len(picks.global_ids))
@@ -506,28 +297,52 @@ class CycleRunner:
         record = CycleRecord(plan.cycle, seed, drawn_by, len(picks.global_ids), select_s, dict(picks.info))
         state.cycles.append(record)
         if self.logger is not None:
+            n_labeled = len(before) + len(picks.global_ids)
             self.logger.log_metrics(
-                {
-                    "select_s": select_s,
-                    "n_selected": float(record.n_selected),
-                    "n_labeled": float(len(state.order)),
-                },
-                step=len(state.order),
+                {"select_s": select_s, "n_selected": float(record.n_selected), "n_labeled": float(n_labeled)},
+                step=n_labeled,
                 prefix="cycle",
             )
         return record
 
+    def selection_dir(self, plan: CyclePlan) -> Path:
+        if not self.one_pass:
+            return self.out_dir / "cycles" / f"cycle_{plan.cycle:02d}"
+        return self.out_dir / f"budget_{plan.n_select}" if plan.restart else self.out_dir
+
+    def split_name(self, plan: CyclePlan) -> str:
+        if not self.one_pass:
+            return f"{self.selector_name}_cycle{plan.cycle:02d}"
+        return f"{self.selector_name}_{plan.n_select}"
+
+    def selection_info(self, plan: CyclePlan, seed: int) -> dict[str, Any]:
+        """What a selection's run_info.json adds to the selection's own record."""
+        if self.one_pass:
+            return {"derived": {"device": str(self.context.device), "pool_size": len(self.pool)}}
+        return {"cycle": plan.cycle, "cycle_seed": seed}
+
+    def prepare_task(self) -> None:
+        """Set the task up and bind the selector to it, once, before the first fit."""
+        if self.task_ready:
+            return
+        if self.task_context is not None:
+            self.task.setup(self.task_context)
+        self.task_dir = self.task.work_dir
+        self.selector.bind_task(self.task)  # e.g. Learn-Loss attaches its loss-prediction plugin
+        self.task_ready = True
+
     def fit(self, index: int, state: LabelState) -> tuple[dict[str, float], float]:
         """Train fit ``index`` (warm-started from fit ``index-1`` unless reinit): (stats, seconds)."""
-        _, budget = self.fits[index]
-        ids = state.order[:budget]
+        self.prepare_task()
+        cycle, budget = self.fits[index]
+        ids = self.labeled_ids(state, cycle)[:budget]
         warm = not self.reinit and index > 0
         if warm and self.model_at != index - 1:
             self.ensure_model(index - 1, state)
-        if self.task_work_dir is not None:
-            self.task.work_dir = self.task_work_dir / f"budget_{budget:06d}"  # type: ignore[attr-defined]
+        if self.task_dir is not None:
+            self.task.work_dir = self.task_dir / f"budget_{budget:06d}"
         t0 = time.perf_counter()
-        stats = self.task.fit(ids, warm_start=True) if warm else self.task.fit(ids)  # type: ignore[call-arg]
+        stats = self.task.fit(ids, warm_start=warm)
         seconds = time.perf_counter() - t0
         self.model_at = index
         return {k: float(v) for k, v in (stats or {}).items()}, seconds
@@ -550,109 +365,104 @@ class CycleRunner:
             self.fit(i, state)
         state.recovery_s += time.perf_counter() - t0
 
+    def train_and_evaluate(self, index: int, plan: CyclePlan, record: CycleRecord, state: LabelState) -> None:
+        """Fit ``index`` (budget ``self.fits[index][1]`` of ``plan``), evaluate it, record the result."""
+        budget = self.fits[index][1]
+        log.info("cycle %d: training %s on %d labeled images", plan.cycle, type(self.task).__name__, budget)
+        fit_stats, fit_s = self.fit(index, state)
+        t0 = time.perf_counter()
+        metrics = {k: float(v) for k, v in self.task.evaluate().items()}
+        eval_s = time.perf_counter() - t0
+        result = BudgetResult(
+            budget=budget,
+            metrics=metrics,
+            fit=fit_stats,
+            fit_s=fit_s,
+            eval_s=eval_s,
+            cycle=plan.cycle,
+            n_labeled=budget,
+            select_s=record.select_s,
+            acquisition_s=self.acquisition_seconds(state, plan.cycle),
+        )
+        record.results.append(result)
+        self.save(state)
+        log.info(
+            "cycle %d, budget %d: %s (fit %.1f s, select %.1f s)",
+            plan.cycle,
+            budget,
+            ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
+            fit_s,
+            record.select_s,
+        )
+        if self.logger is not None:
+            self.logger.log_metrics(
+                {
+                    **{f"test/{k}": v for k, v in metrics.items()},
+                    "time/fit_s": fit_s,
+                    "time/eval_s": eval_s,
+                    "time/select_s": record.select_s,
+                    "time/acquisition_s": result.acquisition_s,
+                    "cycle": float(plan.cycle),
+                },
+                step=budget,
+            )
+
+    def acquisition_seconds(self, state: LabelState, cycle: int) -> float:
+        """The selections that made cycle ``cycle``'s labeled set plus, for task-using selectors, the
+        trainings whose models chose them."""
+        first = max(p.cycle for p in self.plans if p.cycle <= cycle and (p.cycle == 0 or p.restart))
+        lineage = [c for c in state.cycles if first <= c.cycle <= cycle]
+        total = sum(c.select_s for c in lineage)
+        if self.uses_task:
+            # the model trained on each earlier cycle's whole labeled set
+            total += sum(c.results[-1].fit_s for c in lineage if c.cycle < cycle and c.results)
+        return total
+
     # ------------------------------------------------------------------------------------------ run
 
     def run(self) -> CycleRunOutput:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
+        self.t0 = self.started if self.started is not None else time.perf_counter()
+        self.base_elapsed = 0.0
         state = self.load_state()
-        base_elapsed = state.elapsed_s
-        self.write_run_info()
+        self.base_elapsed = state.elapsed_s
+        if not self.one_pass:
+            self.write_run_info()
         index = 0
         for plan in self.plans:
             record = state.record(plan.cycle)
             if record is None:
-                if plan.cycle > 0 and self.uses_task:
+                if plan.cycle > 0 and self.uses_task and not plan.restart:
                     self.ensure_model(index - 1, state)  # the model of the previous cycle's full labeled set
                 record = self.select(plan, state)
-                self.save(state, started, base_elapsed)
+                self.save(state)
             done = {r.budget for r in record.results}
             for budget in plan.eval_budgets:
-                if budget in done:
-                    index += 1
-                    continue
-                log.info(
-                    "cycle %d: training %s on %d labeled images", plan.cycle, type(self.task).__name__, budget
-                )
-                fit_stats, fit_s = self.fit(index, state)
-                t0 = time.perf_counter()
-                metrics = {k: float(v) for k, v in self.task.evaluate().items()}
-                eval_s = time.perf_counter() - t0
-                result = CycleResult(
-                    budget=budget,
-                    metrics=metrics,
-                    fit=fit_stats,
-                    fit_s=fit_s,
-                    eval_s=eval_s,
-                    cycle=plan.cycle,
-                    n_labeled=budget,
-                    select_s=record.select_s,
-                    acquisition_s=self.acquisition_seconds(state, plan.cycle),
-                )
-                record.results.append(result)
-                self.save(state, started, base_elapsed)
-                log.info(
-                    "cycle %d, budget %d: %s (fit %.1f s, select %.1f s)",
-                    plan.cycle,
-                    budget,
-                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()),
-                    fit_s,
-                    record.select_s,
-                )
-                if self.logger is not None:
-                    self.logger.log_metrics(
-                        {
-                            **{f"test/{k}": v for k, v in metrics.items()},
-                            "time/fit_s": fit_s,
-                            "time/eval_s": eval_s,
-                            "time/select_s": record.select_s,
-                            "time/acquisition_s": result.acquisition_s,
-                            "cycle": float(plan.cycle),
-                        },
-                        step=budget,
-                    )
+                if budget not in done:
+                    self.train_and_evaluate(index, plan, record, state)
                 index += 1
+        return self.finish(state)
+
+    def finish(self, state: LabelState) -> CycleRunOutput:
+        """The run's wall times, the final metrics.json and the logger's summary."""
         results = state.results()
-        seconds = {
-            "selection": sum(c.select_s for c in state.cycles),
-            "fit": sum(r.fit_s for r in results),
-            "eval": sum(r.eval_s for r in results),
-            "acquisition": results[-1].acquisition_s,
-            "recovery": state.recovery_s,
-            "total": base_elapsed + (time.perf_counter() - started),
-        }
-        state.elapsed_s = seconds["total"]
-        atomic_write_json(self.state_path, state.to_json())
-        atomic_write_json(
-            self.out_dir / "metrics.json",
-            {**self.header, "results": [r.as_dict() for r in results], "seconds": seconds},
-        )
+        seconds = {"selection": sum(c.select_s for c in state.cycles), "fit": sum(r.fit_s for r in results)}
+        if not self.one_pass:
+            seconds["eval"] = sum(r.eval_s for r in results)
+            seconds["acquisition"] = results[-1].acquisition_s
+            seconds["recovery"] = state.recovery_s
+        seconds["total"] = self.elapsed()
+        self.save(state, seconds)
         if self.logger is not None:
             self.logger.log_summary({"final": results[-1].as_dict(), "seconds": seconds})
-        files = {
-            name: str(self.out_dir / name)
-            for name in (
-                "label_state.json",
-                "metrics.json",
-                "metrics.jsonl",
-                "selection.json",
-                "run_info.json",
-            )
-        }
+        names = ("label_state.json", "metrics.json", "metrics.jsonl", "selection.json", "run_info.json")
+        files = {n: str(self.out_dir / n) for n in names if (self.out_dir / n).is_file()}
         return CycleRunOutput(results, state, seconds, files)
 
-    def acquisition_seconds(self, state: LabelState, cycle: int) -> float:
-        """Selections up to ``cycle`` plus, for task-using selectors, the trainings that chose them."""
-        total = sum(c.select_s for c in state.cycles if c.cycle <= cycle)
-        if self.uses_task:
-            for c in state.cycles:
-                if c.cycle < cycle and c.results:
-                    total += c.results[-1].fit_s  # the model trained on cycle c's whole labeled set
-        return total
-
     def write_run_info(self) -> None:
-        atomic_write_json(
-            self.out_dir / "run_info.json",
+        """An active-learning run's own run_info.json (each selection writes its own in its cycle dir)."""
+        write_run_info(
+            self.out_dir,
             {
                 "pipeline": "cycles",
                 "git": git_state(),
@@ -679,16 +489,22 @@ def run_cycles(
     header: dict[str, Any],
     context: SelectionContext,
     *,
+    task_context: TaskContext | None = None,
     initial_draw: Selector | None = None,
     initial_ids: Sequence[int] = (),
     budgets: Sequence[int] = (),
     logger: MetricsLogger | None = None,
     resume: bool = True,
     config: dict[str, Any] | None = None,
+    write_dataset_split: bool = False,
+    started: float | None = None,
 ) -> CycleRunOutput:
-    """Plan ``schedule`` for ``selector`` and run it (see :class:`CycleRunner`)."""
-    plans = plan_cycles(schedule, selector, budgets, len(initial_ids) or None, len(pool))
-    header = {**header, "pipeline": "cycles", "schedule": asdict(schedule)}
+    """Plan ``schedule`` for ``selector`` and run it (see :class:`CycleRunner`). ``budgets``: the budgets
+    of the one-pass schedule (an active-learning schedule has its own)."""
+    n_given, n_before = len(initial_ids) or None, len(context.labeled)
+    plans = plan_cycles(schedule, selector, budgets, n_given, len(pool), n_labeled_before=n_before)
+    pipeline = "one_pass" if schedule.one_pass else "cycles"
+    header = {**header, "pipeline": pipeline, "schedule": asdict(schedule)}
     runner = CycleRunner(
         task,
         selector,
@@ -697,11 +513,15 @@ def run_cycles(
         out_dir,
         header,
         context,
+        task_context=task_context,
         initial_draw=initial_draw,
         initial_ids=initial_ids,
         reinit=schedule.reinit,
+        one_pass=schedule.one_pass,
         logger=logger,
         resume=resume,
         config=config,
+        write_dataset_split=write_dataset_split,
+        started=started,
     )
     return runner.run()

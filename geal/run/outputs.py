@@ -3,7 +3,8 @@
 Outputs (docs/design.md §2): ``selection.json`` (ordered global ids, image ids, per-pick distance),
 ``selected_ids.txt`` (one image id per line, selection order), the dataset-native split file when the pool
 has a format for it (under ``splits/`` in the run dir), and ``run_info.json`` (git sha,
-versions, device, derived values, timings of each stage). Every file is written atomically.
+versions, device, derived values, timings of each stage). Every file is written atomically, by the two
+writers here (:func:`write_selection`, :func:`write_run_info`), which the run loop uses too.
 """
 
 from __future__ import annotations
@@ -183,27 +184,17 @@ def run_selection(
         timings = {"sampling_s": total}
     timings["selection_total_s"] = total
 
-    name = getattr(selector, "name", type(selector).__name__)
-    image_ids = [pool.ids[i] for i in selection.global_ids]
-    files: dict[str, str] = {}
-    selection_doc = {
-        "selector": name,
-        "pool": pool.name,
-        "pool_identity": pool.identity(),
-        "budget": budget,
-        "seed": ctx.seed,
-        "nested": selector.nested,
-        "global_ids": selection.global_ids,
-        "image_ids": image_ids,
-        "scores": [None if s != s else s for s in selection.scores],  # NaN → null (valid JSON)
-        "labeled_global_ids": [int(i) for i in ctx.labeled],
-        "info": selection.info,
-        "config": config,
-    }
-    atomic_write_json(out_dir / "selection.json", selection_doc)
-    files["selection"] = str(out_dir / "selection.json")
-    atomic_write_bytes(out_dir / "selected_ids.txt", ("\n".join(image_ids) + "\n").encode())
-    files["id_list"] = str(out_dir / "selected_ids.txt")
+    files = write_selection(
+        out_dir,
+        pool,
+        selection,
+        selector=str(getattr(selector, "name", type(selector).__name__)),
+        budget=budget,
+        seed=ctx.seed,
+        nested=selector.nested,
+        labeled=ctx.labeled,
+        config=config,
+    )
 
     split_root = pool.root if write_dataset_split and pool.root is not None else out_dir / "splits"
     if write_dataset_split and pool.root is None:
@@ -231,5 +222,48 @@ def run_selection(
         "files": files,
         **(extra_info or {}),
     }
-    atomic_write_json(out_dir / "run_info.json", run_info)
+    write_run_info(out_dir, run_info)
     return RunResult(selection, files, timings, run_info)
+
+
+def write_selection(
+    out_dir: Path,
+    pool: ImagePool,
+    selection: Selection,
+    *,
+    selector: str,
+    budget: int,
+    seed: int,
+    nested: bool,
+    labeled: Sequence[int] = (),
+    config: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """``selection.json`` (ordered global ids, image ids, per-pick scores, what produced it) and
+    ``selected_ids.txt`` (one image id per line, selection order); returns {"selection", "id_list"}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_ids = [pool.ids[i] for i in selection.global_ids]
+    doc = {
+        "selector": selector,
+        "pool": pool.name,
+        "pool_identity": pool.identity(),
+        "budget": budget,
+        "seed": seed,
+        "nested": nested,
+        "global_ids": selection.global_ids,
+        "image_ids": image_ids,
+        "scores": [None if s != s else s for s in selection.scores],  # NaN → null (valid JSON)
+        "labeled_global_ids": [int(i) for i in labeled],
+        "info": selection.info,
+        "config": config,
+    }
+    atomic_write_json(out_dir / "selection.json", doc)
+    atomic_write_bytes(out_dir / "selected_ids.txt", "".join(f"{i}\n" for i in image_ids).encode())
+    return {"selection": str(out_dir / "selection.json"), "id_list": str(out_dir / "selected_ids.txt")}
+
+
+def write_run_info(out_dir: Path, info: dict[str, Any]) -> Path:
+    """``run_info.json``: how a run or a selection ran (versions, device, timings...), atomically."""
+    path = Path(out_dir) / "run_info.json"
+    atomic_write_json(path, info)
+    return path

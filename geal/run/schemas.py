@@ -70,16 +70,17 @@ class SelectConfig:
 class RunOutputConfig:
     write_dataset_split: bool = False
     summary: bool = True
-    resume: bool = True  # a rerun into the same run dir skips the budgets already in metrics.jsonl
+    resume: bool = True  # a rerun into the same run dir continues from its label_state.json
 
 
 @dataclass
 class CyclesConfig:
-    """geal-run's active-learning schedule (``conf/cycles/``; see geal.run.loop.CycleSchedule).
+    """geal-run's schedule (``conf/cycles/``; see geal.run.schedule.CycleSchedule).
 
     initial: auto | draw | selector | labeled — how cycle 0's set is chosen (auto: the run's selector when it
     can pick from nothing, i.e. one-pass selectors, else ``initial_draw``); initial_size null with
-    n_cycles 0 = the one-pass schedule (select max(budgets) once, train every budget on its prefix).
+    n_cycles 0 = the one-pass schedule (conf/cycles/one_pass.yaml, the default: select once, train at every
+    budget of ``budgets``).
     """
 
     name: str = "cycles"
@@ -93,7 +94,8 @@ class CyclesConfig:
 
 @dataclass
 class RunConfig:
-    """geal-run: select (or load a selection) → train the task per budget → evaluate → metrics.json."""
+    """geal-run: select (or load a selection) → train the task per budget → evaluate → metrics.json, over
+    the schedule ``cycles`` (one pass at ``budgets`` by default)."""
 
     data: Any = MISSING
     backbone: Any = MISSING
@@ -103,12 +105,12 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
     output: RunOutputConfig = field(default_factory=RunOutputConfig)
-    budgets: list[int] = field(default_factory=lambda: [100])
+    budgets: list[int] | None = None  # the one-pass schedule's; an active-learning schedule sets its own
     seed: int = 0
     device: str = "auto"
     labeled: str | None = None
     selection_file: str | None = None  # a selection.json of an earlier run: train on it, select nothing
-    cycles: CyclesConfig | None = None  # null: select once, train per budget; else the AL cycle schedule
+    cycles: CyclesConfig | None = None  # conf/cycles/: one_pass (select once, train per budget) or cycles
     task_name: str = "run"
 
 
