@@ -12,6 +12,7 @@ sklearn and the features already loaded), i.e. what the selection itself added.
 
 Usage: python scripts/bench_peers.py [--sizes 10000 100000] [--selectors typiclust probcover ...]
        [--budget-frac 0.01] [--dim 384] [--clusters 100] [--device cpu] [--threads N] [--seed 0]
+       [--timeout S]  (a run past S seconds is stopped and reported with its peak RSS until then)
 """
 
 from __future__ import annotations
@@ -75,8 +76,11 @@ def child(args: argparse.Namespace) -> None:
 
     from geal.api.selector import SelectionContext
 
-    if args.threads:
+    if args.threads:  # torch's and the BLAS / OpenMP pools of numpy and scikit-learn
+        from threadpoolctl import threadpool_limits
+
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)
     name, n = args.child, args.n
     feats = synthetic_features(n, args.dim, args.clusters, args.seed)
     cfg = OmegaConf.load(CONF / f"{name}.yaml")
@@ -109,6 +113,26 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def _run_child(cmd: list[str], timeout: float | None) -> tuple[subprocess.CompletedProcess | None, float]:
+    """Run a child; past ``timeout`` seconds kill it → (None, its peak RSS in MiB so far, from VmHWM)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0, peak = time.monotonic(), 0.0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as f:
+                hwm = next(line for line in f if line.startswith("VmHWM:"))
+            peak = max(peak, int(hwm.split()[1]) / 1024)
+        except (OSError, StopIteration):
+            pass
+        if timeout and time.monotonic() - t0 > timeout:
+            proc.kill()
+            proc.communicate()
+            return None, peak
+        time.sleep(0.5)
+    out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), peak
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
@@ -117,8 +141,9 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--clusters", type=int, default=100)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="threads of torch and the BLAS (0: defaults)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=0, help="seconds per run, then stopped (0: none)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -130,7 +155,14 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", name, "--n", str(n)]
             for key in ("budget_frac", "dim", "clusters", "device", "threads", "seed"):
                 cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc, peak_so_far = _run_child(cmd, args.timeout)
+            if proc is None:
+                print(
+                    f"{name:15s} n={n} did not finish within --timeout {args.timeout:.0f} s "
+                    f"(peak RSS until then {peak_so_far:.0f} MiB)",
+                    flush=True,
+                )
+                continue
             if proc.returncode != 0:
                 tail = proc.stderr.strip().splitlines()[-1:] or ["?"]
                 print(f"{name:15s} n={n} FAILED: {tail[0]}", flush=True)
