@@ -49,6 +49,13 @@ SELECTORS = {
     "random": ("random", {}),
     "coreset_cos": ("coreset_cos", {}),
     "coreset_euc": ("coreset_euc", {}),
+    "typiclust": ("typiclust", {}),
+    "typiclust_standardized": ("typiclust", {"standardize": True}),
+    "probcover": ("probcover", {"n_classes": 3}),
+    "maxherding": ("maxherding", {}),
+    "usl": ("usl", {}),
+    "kmeans_nearest": ("kmeans_nearest", {}),
+    "activeft": ("activeft", {"iterations": 30}),
 }
 
 

@@ -1,0 +1,234 @@
+"""Shared pieces of the one-pass peers (TypiClust, ProbCover, ActiveFT, MaxHerding, USL, k-means nearest).
+
+* :func:`load_pool_features` — the ONE place these selectors read the feature store: the global feature of
+  every usable image (valid, not excluded), optionally standardised per dimension and/or L2-normalised.
+* Blocked pairwise work on the selection device — never an N × N matrix: :func:`sq_dists` of a block,
+  :func:`mean_knn_sq_dist` (mean squared distance to the k nearest), :func:`rbf_gains` (kernel
+  coverage gains / densities), :func:`rbf_max` (each point's best kernel value to a set). Rows are
+  processed ``row_block`` at a time so that a block holds about ``BLOCK_BYTES`` of distances.
+* :func:`kmeans` — seeded scikit-learn k-means (``random_state`` from the run's seed).
+
+Index spaces: a *row* indexes :attr:`PoolFeatures.points` (the usable images, ascending global id);
+:attr:`PoolFeatures.ids` maps rows to global ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
+from geal.util.threads import intra_op_threads
+
+if TYPE_CHECKING:
+    from geal.api.pool import ImagePool
+
+__all__ = [
+    "GlobalFeatureSelector",
+    "PoolFeatures",
+    "kmeans",
+    "load_pool_features",
+    "mean_knn_sq_dist",
+    "rbf_gains",
+    "rbf_max",
+    "row_block",
+    "sq_dists",
+]
+
+#: feature values (N × D) up to which a selection runs on one CPU thread
+SMALL_POOL = 2**21
+#: bytes of one block of pairwise values (rows × all columns)
+BLOCK_BYTES = {"cpu": 64 * 2**20, "accelerator": 512 * 2**20}
+
+
+@dataclass
+class PoolFeatures:
+    """The usable images' global features.
+
+    points:  (M, D) float32 on the selection device (transformed as asked).
+    ids:     (M,) int64 numpy: the global id of each row, ascending (valid images not in ``ctx.excluded``).
+    labeled: (M,) bool on the device: the row is in ``ctx.labeled`` (never picked again).
+    """
+
+    points: Tensor
+    ids: np.ndarray
+    labeled: Tensor
+
+    @property
+    def pickable(self) -> Tensor:
+        """(M,) bool: rows that may be picked."""
+        return ~self.labeled
+
+    def global_ids(self, rows: Tensor | list[int]) -> list[int]:
+        rows = rows.tolist() if isinstance(rows, Tensor) else rows
+        return [int(self.ids[r]) for r in rows]
+
+
+def load_pool_features(
+    pool: ImagePool,
+    budget: int,
+    ctx: SelectionContext,
+    *,
+    normalize: bool,
+    standardize: bool,
+    feature_layer: int = -2,
+    attention_layer: int = -1,
+) -> PoolFeatures:
+    """The global features (CLS of the last block) of the usable images, from ``ctx.features``.
+
+    ``standardize``: subtract the mean and divide by the standard deviation of each dimension over the
+    usable images (dimensions with zero spread are only centred). ``normalize``: then L2-normalise each row.
+    Raises SelectionError (via ``eligible_mask``) when fewer than ``budget`` images can be picked.
+    """
+    assert ctx.features is not None, "the pipeline provides features to selectors that require them"
+    store = ctx.features.store(feature_layer, attention_layer)
+    feats, valid = store.global_features(), store.valid()
+    usable = eligible_mask(len(pool), ctx, torch.device("cpu"), valid, budget)
+    ids = usable.nonzero().squeeze(1)
+    points = torch.from_numpy(np.asarray(feats, dtype=np.float32))[ids].to(ctx.device)
+    if standardize:
+        std = points.std(0, unbiased=False)
+        points = (points - points.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
+    if normalize:
+        points = torch.nn.functional.normalize(points, dim=1)
+    labeled = torch.zeros(len(pool), dtype=torch.bool)
+    if len(ctx.labeled):
+        labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long)] = True
+    return PoolFeatures(points.contiguous(), ids.numpy(), labeled[ids].to(ctx.device))
+
+
+class GlobalFeatureSelector(Selector):
+    """Base of the peers: :meth:`_select` reads the global features (:func:`load_pool_features` with the
+    subclass's ``normalize``, ``standardize``, ``feature_layer``, ``attention_layer``) and calls
+    :meth:`_pick`. Pools of at most ``SMALL_POOL`` feature values run on one CPU thread: their loops of small
+    tensor ops lose more to thread wake-ups than they gain (see ``geal.util.threads``)."""
+
+    requires: ClassVar[frozenset[str]] = frozenset({"features"})
+    cold_start: ClassVar[bool] = True
+    normalize: bool = True
+    standardize: bool = False
+    feature_layer: int = -2  # only to share GEAL's feature store; the global feature does not depend on it
+    attention_layer: int = -1
+
+    def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
+        feats = load_pool_features(
+            pool,
+            budget,
+            ctx,
+            normalize=self.normalize,
+            standardize=self.standardize,
+            feature_layer=self.feature_layer,
+            attention_layer=self.attention_layer,
+        )
+        small = feats.points.device.type == "cpu" and feats.points.numel() <= SMALL_POOL
+        with intra_op_threads(1) if small else contextlib.nullcontext():
+            return self._pick(feats, budget, ctx)
+
+    @abstractmethod
+    def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
+        """Exactly ``budget`` picks (global ids via ``feats.global_ids``) from the pool's features."""
+
+
+def row_block(n_cols: int, device: torch.device, itemsize: int = 4) -> int:
+    """Rows per block so that a (rows, n_cols) block of ``itemsize``-byte values fits ``BLOCK_BYTES``."""
+    budget = BLOCK_BYTES["cpu" if device.type == "cpu" else "accelerator"]
+    return max(1, budget // max(1, n_cols * itemsize))
+
+
+def sq_dists(a: Tensor, b: Tensor, b_sq: Tensor | None = None) -> Tensor:
+    """(A, D) × (B, D) → (A, B) squared L2 distances ``‖a‖² + ‖b‖² − 2a·b``, clamped at 0."""
+    if b_sq is None:
+        b_sq = (b * b).sum(1)
+    return torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
+
+
+def mean_knn_sq_dist(points: Tensor, k: int, drop_nearest: bool) -> Tensor:
+    """(N,) mean squared L2 distance of each row of ``points`` (N, D) to its ``k`` nearest rows.
+
+    The nearest row of a point is itself (distance 0, or a duplicate): ``drop_nearest`` leaves it out and
+    averages the next ``k`` (TypiClust's faiss search of k + 1 neighbours minus the first), else it counts
+    as one of the ``k`` (USL's kNN of the pool against itself). ``k`` is capped by the rows available.
+    Blocked over the rows; only the (rows, k) smallest values of a block are kept.
+    """
+    n = points.shape[0]
+    take = min(k + int(drop_nearest), n)
+    p_sq = (points * points).sum(1)
+    out = torch.empty(n, device=points.device)
+    step = row_block(n, points.device)
+    for s in range(0, n, step):
+        top = sq_dists(points[s : s + step], points, p_sq).topk(take, dim=1, largest=False, sorted=True)
+        out[s : s + step] = top.values[:, int(drop_nearest) :].mean(1)
+    return out
+
+
+def _rbf(d2: Tensor, bandwidth: float) -> Tensor:
+    """k = exp(−‖x − y‖² / h²) of squared distances, in place."""
+    return d2.mul_(-1.0 / (bandwidth * bandwidth)).exp_()
+
+
+def rbf_gains(candidates: Tensor, points: Tensor, bandwidth: float, floor: Tensor | None = None) -> Tensor:
+    """(C,) mean over the points x of max(0, k(c, x) − floor(x)) for each candidate row c (C, D).
+
+    ``floor`` (N,): each point's current best kernel value (MaxHerding's coverage); None → 0, i.e. the
+    kernel density of each candidate. k is the Gaussian kernel exp(−‖c − x‖² / h²). Blocked over C.
+    """
+    p_sq = (points * points).sum(1)
+    out = torch.empty(candidates.shape[0], device=points.device)
+    step = row_block(points.shape[0], points.device)
+    for s in range(0, candidates.shape[0], step):
+        k = _rbf(sq_dists(candidates[s : s + step], points, p_sq), bandwidth)
+        if floor is not None:
+            k.sub_(floor.unsqueeze(0)).clamp_min_(0)
+        out[s : s + step] = k.mean(1)
+    return out
+
+
+def rbf_max(sources: Tensor, points: Tensor, bandwidth: float) -> Tensor:
+    """(N,) max over the source rows s (S, D) of k(s, x) for each point x (N, D); zeros when S = 0."""
+    best = torch.zeros(points.shape[0], device=points.device)
+    p_sq = (points * points).sum(1)
+    step = row_block(points.shape[0], points.device)
+    for s in range(0, sources.shape[0], step):
+        k = _rbf(sq_dists(sources[s : s + step], points, p_sq), bandwidth)
+        torch.maximum(best, k.amax(0), out=best)
+    return best
+
+
+def kmeans(
+    points: Tensor,
+    n_clusters: int,
+    seed: int,
+    *,
+    algorithm: Literal["full", "minibatch"] = "full",
+    init: Literal["k-means++", "random"] = "k-means++",
+    n_init: int = 10,
+    max_iter: int = 300,
+    tol: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded scikit-learn k-means of (N, D) points (on the CPU) → labels (N,) int64, centroids (k, D).
+
+    ``full``: ``KMeans`` (Lloyd); ``minibatch``: ``MiniBatchKMeans`` with batches of 5,000 (as TypiClust's
+    code does above 50 clusters). ``random_state`` is ``seed``, so the same seed gives the same clusters.
+    """
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from threadpoolctl import threadpool_limits
+
+    x = points.detach().to("cpu", torch.float32).numpy()
+    n_clusters = min(n_clusters, x.shape[0])
+    if algorithm == "minibatch":
+        km = MiniBatchKMeans(
+            n_clusters=n_clusters, batch_size=5000, init=init, n_init=n_init, random_state=seed
+        )
+    else:
+        km = KMeans(
+            n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed
+        )
+    with threadpool_limits(1) if x.size <= SMALL_POOL else contextlib.nullcontext():  # as in _select
+        labels = km.fit_predict(x)
+    return labels.astype(np.int64), km.cluster_centers_.astype(np.float32)
