@@ -40,8 +40,6 @@ class ActiveFTSelector(GlobalFeatureSelector):
         lr: float = 1e-3,
         iterations: int = 300,
         batch_size: int = 100_000,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         for key, value in (
             ("temperature", temperature),
@@ -55,7 +53,6 @@ class ActiveFTSelector(GlobalFeatureSelector):
         self.normalize, self.standardize = True, standardize  # the loss assumes unit features
         self.temperature, self.balance, self.lr = temperature, balance, lr
         self.iterations, self.batch_size = iterations, batch_size
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         gen = ctx.generator()

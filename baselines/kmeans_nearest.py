@@ -28,8 +28,6 @@ class KMeansNearestSelector(GlobalFeatureSelector):
         standardize: bool = False,
         algorithm: str = "full",
         n_init: int = 1,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         if algorithm not in ("full", "minibatch"):
             raise ValueError(f"selector.algorithm must be 'full' or 'minibatch', got {algorithm!r}")
@@ -38,7 +36,6 @@ class KMeansNearestSelector(GlobalFeatureSelector):
         self.name = name
         self.normalize, self.standardize = normalize, standardize
         self.algorithm, self.n_init = algorithm, n_init
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         labels, centres = kmeans(feats.points, budget, ctx.seed, algorithm=self.algorithm, n_init=self.n_init)

@@ -36,15 +36,12 @@ class MaxHerdingSelector(GlobalFeatureSelector):
         normalize: bool = True,
         standardize: bool = False,
         bandwidth: float = 1.0,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         if bandwidth <= 0:
             raise ValueError(f"selector.bandwidth must be > 0, got {bandwidth}")
         self.name = name
         self.normalize, self.standardize = normalize, standardize
         self.bandwidth = bandwidth
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         picks, gains, refreshed = lazy_herding(feats.points, feats.labeled, budget, self.bandwidth)

@@ -77,8 +77,6 @@ def load_pool_features(
     *,
     normalize: bool,
     standardize: bool,
-    feature_layer: int = -2,
-    attention_layer: int = -1,
 ) -> PoolFeatures:
     """The global features (CLS of the last block) of the usable images, from ``ctx.features``.
 
@@ -87,8 +85,8 @@ def load_pool_features(
     Raises SelectionError (via ``eligible_mask``) when fewer than ``budget`` images can be picked.
     """
     assert ctx.features is not None, "the pipeline provides features to selectors that require them"
-    store = ctx.features.store(feature_layer, attention_layer)
-    feats, valid = store.global_features(), store.valid()
+    stored = ctx.features.global_features()
+    feats, valid = stored.features, stored.valid
     usable = eligible_mask(len(pool), ctx, torch.device("cpu"), valid, budget)
     ids = usable.nonzero().squeeze(1)
     points = torch.from_numpy(np.asarray(feats, dtype=np.float32))[ids].to(ctx.device)
@@ -105,7 +103,7 @@ def load_pool_features(
 
 class GlobalFeatureSelector(Selector):
     """Base of the peers: :meth:`_select` reads the global features (:func:`load_pool_features` with the
-    subclass's ``normalize``, ``standardize``, ``feature_layer``, ``attention_layer``) and calls
+    subclass's ``normalize`` and ``standardize``) and calls
     :meth:`_pick`. Pools of at most ``SMALL_POOL`` feature values run on one CPU thread: their loops of small
     tensor ops lose more to thread wake-ups than they gain (see ``geal.util.threads``)."""
 
@@ -113,8 +111,6 @@ class GlobalFeatureSelector(Selector):
     cold_start: ClassVar[bool] = True
     normalize: bool = True
     standardize: bool = False
-    feature_layer: int = -2  # only to share GEAL's feature store; the global feature does not depend on it
-    attention_layer: int = -1
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         feats = load_pool_features(
@@ -123,8 +119,6 @@ class GlobalFeatureSelector(Selector):
             ctx,
             normalize=self.normalize,
             standardize=self.standardize,
-            feature_layer=self.feature_layer,
-            attention_layer=self.attention_layer,
         )
         small = feats.points.device.type == "cpu" and feats.points.numel() <= SMALL_POOL
         with intra_op_threads(1) if small else contextlib.nullcontext():

@@ -88,8 +88,6 @@ class ProbCoverSelector(GlobalFeatureSelector):
         n_classes: int = 10,
         purity: float = 0.95,
         delta: float | None = None,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         if n_classes < 1:
             raise ValueError(f"selector.n_classes must be >= 1, got {n_classes}")
@@ -100,7 +98,6 @@ class ProbCoverSelector(GlobalFeatureSelector):
         self.name = name
         self.normalize, self.standardize = normalize, standardize
         self.n_classes, self.purity, self.delta = n_classes, purity, delta
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         dist = ExactSqDist(feats.points)

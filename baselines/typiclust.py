@@ -35,8 +35,6 @@ class TypiClustSelector(GlobalFeatureSelector):
         min_cluster_size: int = 5,
         knn: int = 20,
         minibatch_above: int = 50,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         for key, value in (("max_clusters", max_clusters), ("knn", knn)):
             if value < 1:
@@ -45,7 +43,6 @@ class TypiClustSelector(GlobalFeatureSelector):
         self.normalize, self.standardize = normalize, standardize
         self.max_clusters, self.min_cluster_size, self.knn = max_clusters, min_cluster_size, knn
         self.minibatch_above = minibatch_above
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         labeled = feats.labeled.cpu().numpy()

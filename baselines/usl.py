@@ -49,8 +49,6 @@ class USLSelector(GlobalFeatureSelector):
         reg_alpha: float = 0.5,
         reg_momentum: float = 0.9,
         horizon: float = 4.0,
-        feature_layer: int = -2,
-        attention_layer: int = -1,
     ) -> None:
         for key, value in (("knn", knn), ("kmeans_iters", kmeans_iters), ("reg_iters", reg_iters)):
             if value < 1:
@@ -64,7 +62,6 @@ class USLSelector(GlobalFeatureSelector):
         self.knn, self.kmeans_iters, self.kmeans_init = knn, kmeans_iters, kmeans_init
         self.reg_iters, self.reg_lambda, self.reg_alpha = reg_iters, reg_lambda, reg_alpha
         self.reg_momentum, self.horizon = reg_momentum, horizon
-        self.feature_layer, self.attention_layer = feature_layer, attention_layer
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         density = 1.0 / mean_knn_sq_dist(feats.points, self.knn, drop_nearest=False)

@@ -17,6 +17,7 @@ from baselines import neighbours
 from baselines.activeft import activeft_loss, snap
 from baselines.neighbours import kmeans, mean_knn_sq_dist, rbf_gains, rbf_max
 from baselines.probcover import ExactSqDist, purity_threshold
+from geal.api.features import GlobalFeatures
 from geal.api.selector import SelectionContext, SelectionError, Selector
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
@@ -29,20 +30,14 @@ def make(name: str, **overrides: object) -> Selector:
 
 
 class FeatureStub:
-    """A feature source holding hand-built global features: ``store()`` → itself."""
+    """A feature source holding hand-built global features (what ``FeatureSource.global_features`` gives)."""
 
     def __init__(self, features: np.ndarray, valid: np.ndarray | None = None) -> None:
         self.features = np.asarray(features, dtype=np.float32)
-        self._valid = np.ones(len(features), dtype=bool) if valid is None else valid
+        self.valid = np.ones(len(features), dtype=bool) if valid is None else valid
 
-    def store(self, *args: object, **kwargs: object) -> FeatureStub:
-        return self
-
-    def global_features(self) -> np.ndarray:
-        return self.features
-
-    def valid(self) -> np.ndarray:
-        return self._valid
+    def global_features(self) -> GlobalFeatures:
+        return GlobalFeatures(self.features, self.valid)
 
 
 class StubPool:
