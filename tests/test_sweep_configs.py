@@ -21,7 +21,8 @@ from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, 
 
 register_schemas()
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+#: geal-run's experiments (conf/run/experiment/; geal-select's sit in conf/select/experiment/)
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "run" / "experiment").glob("*.yaml"))
 #: the experiments of issue 6 (the paper's tables and figures) and their offline variants
 PAPER = [
     "paper_voc",
@@ -36,18 +37,11 @@ PAPER = [
 INSTANTIATED = {"data": POOL_RUN_KEYS, "backbone": (), "selector": (), "task": TASK_RUN_KEYS, "logger": ()}
 
 
-def root_of(name: str) -> str:
-    for line in (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines():
-        if line.startswith("# root:"):
-            return line.split(":", 1)[1].split()[0]
-    raise AssertionError(f"conf/experiment/{name}.yaml has no '# root: select|run' header line")
-
-
 def compose_experiment(name: str, *overrides: str):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(
-            root_of(name),
+            "run",
             overrides=["paths.data_dir=/data", f"experiment={name}", *overrides],
             return_hydra_config=True,
         )
@@ -61,11 +55,14 @@ def sweep_params(cfg) -> dict[str, list[str]]:
 def test_every_paper_experiment_and_its_demo_exist() -> None:
     for name in PAPER:
         assert name in EXPERIMENTS and f"{name}_demo" in EXPERIMENTS, name
-        text = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text()
-        assert text.startswith("# @package _global_\n# root: run\n# The paper's"), name  # cites its table
+        text = (CONFIG_DIR / "run" / "experiment" / f"{name}.yaml").read_text()
+        assert text.startswith("# @package _global_\n# The paper's"), name  # cites its table
+        # the demo is an overlay of its paper experiment (+ the shared CPU overlay), not a copy
+        demo = OmegaConf.load(CONFIG_DIR / "run" / "experiment" / f"{name}_demo.yaml")
+        assert list(demo.defaults)[:2] == [name, "/overlay/cpu_demo"], name
 
 
-@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e not in ("demo", "select_demo")])
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if e != "demo"])
 def test_every_sweep_choice_composes_and_its_targets_accept_their_keys(name: str) -> None:
     cfg = compose_experiment(name)
     params = sweep_params(cfg)

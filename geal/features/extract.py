@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
 Amp = Literal["auto", "bf16", "fp16", "none"]
+AMPS: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 CacheMode = Literal["full", "clusters_only"]
 Workers = int | Literal["auto"]
 
@@ -85,6 +86,8 @@ class ExtractionSettings:
     decode: Decode = "workers"
 
     def __post_init__(self) -> None:
+        if self.amp not in AMPS:
+            raise ValueError(f"extraction.amp must be one of {AMPS}, got {self.amp!r}")
         if self.decode not in DECODES:
             raise ValueError(f"extraction.decode must be one of {DECODES}, got {self.decode!r}")
         if self.cache_mode not in ("full", "clusters_only"):

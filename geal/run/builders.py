@@ -84,6 +84,18 @@ def build_selector(node: DictConfig, group: str = "selector") -> Selector:
     return instantiate(node, _convert_="all")
 
 
+def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
+    """``extraction`` (conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates every
+    value; ``data.on_error`` says how the pass treats unreadable images."""
+    values = OmegaConf.to_container(cfg.extraction, resolve=True)
+    assert isinstance(values, dict)
+    known = {f.name for f in dataclasses.fields(ExtractionSettings)} - {"on_error"}
+    unknown = sorted(set(map(str, values)) - known)
+    if unknown:
+        raise ValueError(f"extraction has unknown key(s) {unknown}; valid keys: {sorted(known)}")
+    return ExtractionSettings(**values, on_error=cfg.data.get("on_error", "raise"))
+
+
 def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> FeatureProvider:
     """The cached features of ``pool`` under the configured backbone (extracted on first use)."""
     check_target_kwargs(cfg.backbone, "backbone")
@@ -92,16 +104,7 @@ def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> 
         backbone_factory=lambda: instantiate(cfg.backbone, _convert_="all"),
         backbone_key=backbone_key(cfg.backbone),
         cache_dir=Path(cfg.paths.cache_dir),
-        settings=ExtractionSettings(
-            batch_size=cfg.extraction.batch_size,
-            num_workers=cfg.extraction.num_workers,
-            amp=cfg.extraction.amp,
-            shard_size=cfg.extraction.shard_size,
-            on_error=cfg.data.get("on_error", "raise"),
-            progress=cfg.extraction.progress,
-            cache_mode=cfg.extraction.cache_mode,
-            decode=cfg.extraction.decode,
-        ),
+        settings=extraction_settings(cfg),
         device=device,
         label=str(cfg.backbone.get("name", "backbone")),
     )

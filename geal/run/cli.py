@@ -43,13 +43,12 @@ from geal.run.builders import (
 )
 from geal.run.loop import run_cycles
 from geal.run.outputs import load_selection, run_selection
-from geal.run.schemas import register_schemas
+from geal.run.schemas import CONFIG_DIR, register_schemas
 from geal.run.summaries import run_summary, selection_summary
 from geal.util.distributed import init_from_env as init_distributed_from_env
 from geal.util.io import atomic_write_json
 
 #: the Hydra config root (the repository's conf/; the package is installed editable, see README)
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 log = logging.getLogger("geal")
 register_schemas()

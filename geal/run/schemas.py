@@ -13,10 +13,15 @@ import inspect
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+#: the Hydra config root: conf/ (the shared groups, the three roots) with one folder per command for its
+#: experiments (conf/run/experiment/, conf/select/experiment/), added to that command's search path
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 #: keys of the ``data`` group that are not the pool's constructor arguments: how the run treats unreadable
 #: images, and the dataset's test split (a pool config of its own, used by geal-run's task)
@@ -33,18 +38,6 @@ class PathsConfig:
 
 
 @dataclass
-class ExtractionConfig:
-    batch_size: int = 32
-    num_workers: Any = "auto"  # auto | int >= 0 (Any: OmegaConf has no Union of int and str)
-    amp: str = "auto"  # auto | bf16 | fp16 | none
-    shard_size: int = 512
-    progress: bool = True
-    cache_mode: str = "full"  # full | clusters_only (global features + the selector's clusters, no tokens)
-    # workers | device (JPEGs decoded batched on the GPU: geal.features.device_decode) | auto
-    decode: str = "workers"
-
-
-@dataclass
 class OutputConfig:
     split_name: str = "${selector.name}_${budget}"
     write_dataset_split: bool = False  # True: write the native split file inside the dataset folder
@@ -57,7 +50,7 @@ class SelectConfig:
     backbone: Any = MISSING
     selector: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
     output: OutputConfig = field(default_factory=OutputConfig)
     budget: int = 100
     seed: int = 0
@@ -103,7 +96,7 @@ class RunConfig:
     task: Any = MISSING
     logger: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
     output: RunOutputConfig = field(default_factory=RunOutputConfig)
     budgets: list[int] | None = None  # the one-pass schedule's; an active-learning schedule sets its own
     seed: int = 0
@@ -129,7 +122,7 @@ class VisualizeConfig:
     backbone: Any = MISSING
     selector: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: ExtractionConfig = field(default_factory=ExtractionConfig)
+    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
     contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
     figures: list[str] = field(default_factory=lambda: ["clusters", "contact_sheet", "histograms"])
     selection: str | None = None  # a selection.json of this pool (geal-select / geal-run)
@@ -142,6 +135,10 @@ class VisualizeConfig:
 
 
 def register_schemas() -> None:
+    """The roots' struct schemas, and ``${geal_conf:<command>}``: the file:// URL of a command's own config
+    folder (its experiments), which each root puts in its ``hydra.searchpath``."""
+    if not OmegaConf.has_resolver("geal_conf"):
+        OmegaConf.register_new_resolver("geal_conf", lambda command: (CONFIG_DIR / str(command)).as_uri())
     ConfigStore.instance().store(name="select_schema", node=SelectConfig)
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
