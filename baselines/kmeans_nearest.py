@@ -7,7 +7,7 @@ image nearest its centroid (squared L2) that no earlier cluster took. B clusters
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ class KMeansNearestSelector(GlobalFeatureSelector):
         name: str = "kmeans_nearest",
         normalize: bool = True,
         standardize: bool = False,
-        algorithm: str = "full",
+        algorithm: Literal["full", "minibatch"] = "full",
         n_init: int = 1,
     ) -> None:
         if algorithm not in ("full", "minibatch"):

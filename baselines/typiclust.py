@@ -12,7 +12,7 @@ the next cluster, and the dropped small clusters are visited, in the same order,
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -47,7 +47,9 @@ class TypiClustSelector(GlobalFeatureSelector):
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
         labeled = feats.labeled.cpu().numpy()
         n_clusters = min(int(labeled.sum()) + budget, self.max_clusters, len(labeled))
-        algorithm = "full" if n_clusters <= self.minibatch_above else "minibatch"
+        algorithm: Literal["full", "minibatch"] = (
+            "full" if n_clusters <= self.minibatch_above else "minibatch"
+        )
         # n_init as the scikit-learn defaults of the authors' time (KMeans 10, MiniBatchKMeans 3)
         clusters, _ = kmeans(
             feats.points, n_clusters, ctx.seed, algorithm=algorithm, n_init=10 if algorithm == "full" else 3

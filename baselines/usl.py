@@ -12,7 +12,7 @@ d² = 1e10). The last round's picks are returned. Features (N, D); B-dependent c
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ class USLSelector(GlobalFeatureSelector):
         standardize: bool = False,
         knn: int = 400,
         kmeans_iters: int = 200,
-        kmeans_init: str = "random",
+        kmeans_init: Literal["random", "k-means++"] = "random",
         reg_iters: int = 10,
         reg_lambda: float = 0.5,
         reg_alpha: float = 0.5,

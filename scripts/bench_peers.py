@@ -24,8 +24,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from geal.api.features import GlobalFeatures, KnowledgeClusterSet
 
 PEERS = ["typiclust", "probcover", "maxherding", "usl", "kmeans_nearest", "activeft"]
 CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
@@ -41,18 +45,20 @@ def synthetic_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray
     return centres[label] + rng.normal(0, 0.5, (n, dim)).astype(np.float32)
 
 
-class _Store:
+class _Features:
+    """A FeatureSource over in-memory global features (every image readable); the peers need nothing else."""
+
     def __init__(self, features: np.ndarray) -> None:
-        self.features = features
+        from geal.api.features import FeatureTimings, GlobalFeatures
 
-    def store(self, *args: object, **kwargs: object) -> _Store:
-        return self
+        self.timings = FeatureTimings()
+        self._global = GlobalFeatures(features, np.ones(len(features), dtype=bool))
 
-    def global_features(self) -> np.ndarray:
-        return self.features
+    def global_features(self) -> GlobalFeatures:
+        return self._global
 
-    def valid(self) -> np.ndarray:
-        return np.ones(len(self.features), dtype=bool)
+    def knowledge_clusters(self, request: object, settings: object) -> KnowledgeClusterSet:
+        raise NotImplementedError("the peers select on global features only")
 
 
 class _Pool:
@@ -89,7 +95,7 @@ def child(args: argparse.Namespace) -> None:
     selector = instantiate(cfg, _convert_="all")
     budget = max(1, round(args.budget_frac * n))
     device = torch.device(args.device)
-    ctx = SelectionContext(seed=args.seed, device=device, features=_Store(feats), progress=False)
+    ctx = SelectionContext(seed=args.seed, device=device, features=_Features(feats), progress=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     before = _rss_mib()

@@ -64,7 +64,7 @@ def backbone_key(cfg: DictConfig) -> dict[str, Any]:
     node = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(node, dict)
     # where converted weights are cached does not change them
-    key = {k: v for k, v in node.items() if k not in ("cache_dir",)}
+    key = {str(k): v for k, v in node.items() if k not in ("cache_dir",)}
     if node.get("checkpoint"):
         key["checkpoint"] = file_fingerprint(str(node["checkpoint"]))
     return key
@@ -93,7 +93,8 @@ def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
     unknown = sorted(set(map(str, values)) - known)
     if unknown:
         raise ValueError(f"extraction has unknown key(s) {unknown}; valid keys: {sorted(known)}")
-    return ExtractionSettings(**values, on_error=cfg.data.get("on_error", "raise"))
+    settings = {str(k): v for k, v in values.items()}
+    return ExtractionSettings(**settings, on_error=cfg.data.get("on_error", "raise"))
 
 
 def feature_provider(cfg: DictConfig, pool: ImagePool, device: torch.device) -> FeatureProvider:

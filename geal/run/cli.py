@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
+from geal.method.geal_selector import GEALSelector
 from geal.report.tables import ReportOptions, report
 from geal.run.builders import (
     build_logger,
@@ -189,12 +190,12 @@ def cluster_figure(
     from geal.report import visualize  # matplotlib is only needed here
 
     selector = build_selector(cfg.selector)
-    settings = getattr(selector, "clusters", None)
-    if settings is None:
+    if not isinstance(selector, GEALSelector):
         raise ValueError(
             f"the cluster figure shows GEAL's knowledge clusters: use selector=geal (its "
             f"selector.clusters settings), not {cfg.selector.get('name')}"
         )
+    settings = selector.clusters
     ids = pool.index_of(list(cfg.images)) if cfg.images else (selected or list(range(len(pool))))
     ids = ids if cfg.images else ids[: cfg.n_images]
     provider = feature_provider(cfg, pool, device)
