@@ -56,7 +56,8 @@ def reference_vit(
     model: torch.nn.Module, x: torch.Tensor, f_idx: int, a_idx: int
 ) -> tuple[torch.Tensor, ...]:
     """Independent ViT forward: (patch tokens of block f_idx through the final norm, per-head CLS→patch
-    softmax(q kᵀ·scale) of block a_idx renormalised over patches, final-normed CLS token)."""
+    softmax(q kᵀ·scale) of block a_idx as is — the CLS row's mass on the patches, not renormalised per head
+    (the released code averages the raw rows over heads first) —, final-normed CLS token)."""
     n_prefix = model.num_prefix_tokens
     with torch.no_grad():
         h = model.norm_pre(model._pos_embed(model.patch_embed(x)))
@@ -72,8 +73,7 @@ def reference_vit(
                 q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)  # (B, H, n, d)
                 scale = (c // attn.num_heads) ** -0.5
                 probs = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
-                row = probs[:, :, 0, n_prefix:]
-                attention = row / row.sum(-1, keepdim=True)
+                attention = probs[:, :, 0, n_prefix:]
             h = blk(h)
             if i == f_idx:
                 tokens = model.norm(h)[:, n_prefix:]
@@ -149,7 +149,9 @@ def test_contract(which: str, request: pytest.FixtureRequest) -> None:
     for t in (out.tokens, out.attention, out.global_feature):
         assert t.dtype == torch.float32 and torch.isfinite(t).all() and not t.requires_grad
     assert (out.attention >= 0).all()
-    torch.testing.assert_close(out.attention.sum(-1), torch.ones(b, bb.num_heads), atol=1e-5, rtol=0)
+    # raw CLS→patch softmax mass per head (what is left after the prefix tokens): in (0, 1], not rescaled
+    sums = out.attention.sum(-1)
+    assert sums.shape == (b, bb.num_heads) and (sums > 0).all() and (sums <= 1 + 1e-5).all()
     # deterministic, and each image independent of its batch-mates
     again = bb.extract(x)
     assert torch.equal(out.tokens, again.tokens) and torch.equal(out.attention, again.attention)
@@ -172,9 +174,7 @@ def test_bf16_autocast_close_to_fp32(which: str, request: pytest.FixtureRequest)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = bb.extract(x)
     assert low.tokens.dtype == torch.float32
-    torch.testing.assert_close(
-        low.attention.sum(-1), torch.ones_like(low.attention[..., 0]), atol=1e-5, rtol=0
-    )
+    assert (low.attention >= 0).all() and (low.attention.sum(-1) <= 1 + 1e-2).all()  # raw softmax rows
     cos = F.cosine_similarity(low.global_feature, ref.global_feature, dim=-1)
     assert cos.min() > 0.98
 

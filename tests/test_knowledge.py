@@ -45,6 +45,21 @@ def test_reduce_heads_known_values_and_zero_rows():
         reduce_heads(att, "median")  # type: ignore[arg-type]
 
 
+def test_heads_are_averaged_raw_then_renormalised_as_released():
+    """The released code (and docs/design.md §1.2) averages the raw CLS→patch attention over heads, then
+    renormalises over patches. Head 0 spends most of its mass on the CLS token itself, so rescaling each head
+    to sum 1 before averaging would weigh it as much as head 1 and keep another patch at τ = 0.5."""
+    raw = torch.tensor([[[0.05, 0.05, 0.05, 0.05], [0.6, 0.1, 0.1, 0.2]]])  # 1 image, 2 heads, 4 patches
+    released = importance_mask(reduce_heads(raw, "mean"), 0.5)
+    assert released.tolist() == [[True, False, False, False]]  # (0.325, .075, .075, .125) / 0.6
+    per_head_first = raw / raw.sum(-1, keepdim=True)
+    assert importance_mask(per_head_first.mean(1), 0.5).tolist() == [[True, False, False, True]]
+    # the whole step: the clusters of an image keeping one patch are that patch
+    tokens = torch.arange(8.0).reshape(1, 4, 2)
+    feats, valid = knowledge_clusters(tokens, raw, ClusterSettings(tau=0.5, k=2), generator=gen(0))
+    assert valid.tolist() == [[True, False]] and feats[0, 0].tolist() == [0.0, 1.0]
+
+
 # ---------------------------------------------------------------- importance_mask
 
 
