@@ -6,7 +6,7 @@ Layout of one store (a directory under the cache dir, never inside a dataset fol
         manifest.json           what the store holds (key fields, version, sizes, contents); checked on open
         shard_00000/            images [0, shard_size)
             tokens.npy          (n, N, D) fp16 dense tokens (fp32 if fp16 would overflow)
-            attention.npy       (n, H, N) fp32 per-head importance, rows sum to 1
+            attention.npy       (n, H, N) fp32 per-head importance (ViT: raw CLS→patch rows, sum ≤ 1)
             global.npy          (n, D')   fp32 global feature
             valid.npy           (n,)      bool, False for images skipped as unreadable
             meta.json           range, arrays, dtypes, skipped files
@@ -16,9 +16,10 @@ Layout of one store (a directory under the cache dir, never inside a dataset fol
 ``contents`` says which arrays a store keeps: ``dense`` (all four) or ``global`` (only ``global.npy`` and
 ``valid.npy``: for pools too large to keep dense tokens, ``extraction.cache_mode=clusters_only``). A
 ``global`` store has ``"contents": "global"`` in its key, so it never shares a directory with a dense one;
-a dense store's key is what it always was (STORE_VERSION is unchanged: a dense store's layout and meaning
-are those of version 1, and version-1 stores of the old ``clusters_only`` mode had a ``cache_mode`` key
-field, so this code never opens them).
+a dense store's key is what it always was apart from its version. STORE_VERSION 2: a ViT's attention rows
+are the raw CLS→patch softmax mass of each head (version 1 rescaled each head to sum 1, which changed the
+head average and so the kept patches); version-1 stores are never opened (the version is part of the key,
+so they sit in other directories).
 
 The store knows nothing of what is derived from it: the second stage (knowledge clusters) keeps its own
 cache in a ``clusters/`` folder of the store's directory, see :mod:`geal.features.clusters`.
@@ -52,7 +53,7 @@ from geal.util.locks import file_lock
 log = logging.getLogger(__name__)
 
 #: bump when the meaning of stored data changes (old stores are then ignored, not misread)
-STORE_VERSION = 1
+STORE_VERSION = 2
 FP16_MAX = 65504.0
 
 StoreContents = Literal["dense", "global"]

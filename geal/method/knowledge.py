@@ -1,7 +1,8 @@
 """Knowledge clusters (docs/design.md §1.2–1.4): importance map → τ-mass filter → per-image k-means.
 
 * :func:`reduce_heads` turns the last block's CLS→patch attention (B,H,N) into one importance map (B,N) per
-  image, renormalised to sum 1 over patches.
+  image: the raw rows averaged over heads, then renormalised to sum 1 over patches (the released code's
+  order; the backbone does not rescale heads, so a head that mostly attends to CLS weighs less).
 * :func:`importance_mask` keeps the most attended patches that together hold a fraction τ of the mass
   (sort ascending, cumulative sum, keep where cumsum > 1 − τ).
 * :func:`knowledge_clusters` applies both, falls back to one patch when nothing is kept, and clusters each
@@ -98,8 +99,9 @@ class ClusterSettings:
 def reduce_heads(attention: Tensor, how: HeadReduction = "mean") -> Tensor:
     """Reduce per-head attention (B,H,N) to an importance map (B,N) summing to 1 over N (float32).
 
-    ``how``: "mean" (the paper) or "max" over heads. Attention is expected non-negative (softmax rows, or
-    CNN feature norms with H = 1). A row whose reduced values sum to 0 becomes uniform; rows with
+    ``how``: "mean" (the paper) or "max" over heads. Attention is expected non-negative: the raw CLS→patch
+    softmax rows (each head's mass on the patches, not rescaled per head: the heads are reduced first and
+    the result renormalised, as the released code does), or CNN feature norms with H = 1. A row whose reduced values sum to 0 becomes uniform; rows with
     non-finite values stay non-finite (the filter then keeps nothing and the caller's fallback applies).
     """
     if attention.ndim != 3:

@@ -24,8 +24,10 @@ class DenseOutput:
     """Per-image outputs of one forward pass (B images, N patches/locations, D dims, H heads).
 
     tokens:        (B, N, D) dense features (ViT: patch tokens of ``feature_layer`` after the final norm)
-    attention:     (B, H, N) importance per head, each row non-negative and summing to 1 over the N patches
-                   (ViT: CLS→patch self-attention of ``attention_layer``; CNN: H=1, channel L2 norm)
+    attention:     (B, H, N) importance per head, each row non-negative with a positive sum ≤ 1 over the N
+                   patches (ViT: the raw CLS→patch softmax row of ``attention_layer``, not rescaled per
+                   head; CNN: H=1, channel L2 norm renormalised to sum 1). Consumers reduce over heads,
+                   then renormalise (:func:`geal.method.knowledge.reduce_heads`).
     global_feature:(B, D') the off-the-shelf global feature (ViT: final CLS token after norm; CNN: GAP)
     """
 

@@ -156,7 +156,11 @@ class TimmViT(Backbone):
     ``extract`` runs one forward pass and returns
       tokens:         (B, N, D) patch tokens of block ``feature_layer`` through the model's final norm,
       attention:      (B, H, N) CLS→patch softmax attention of block ``attention_layer`` per head, prefix
-                      tokens (CLS, registers) removed, each row renormalised to sum 1,
+                      tokens (CLS, registers) removed and **not** rescaled: each row holds the mass its head
+                      gives the patches (≤ 1). The importance map averages these raw rows over heads and
+                      then renormalises over patches (:func:`geal.method.knowledge.reduce_heads`), as the
+                      released GEAL code does; rescaling each head first would weigh a head that mostly
+                      attends to CLS as much as one that attends to the patches,
       global_feature: (B, D) the model's pre-logits feature of the final block (the final-normed CLS token
                       for ``global_pool='token'`` models such as DINO).
     """
@@ -271,6 +275,5 @@ class TimmViT(Backbone):
                 f"{self.name}: expected one attention map from block {a_idx}, got {len(captured)}"
             )
         n_prefix = int(self.model.num_prefix_tokens)
-        attention = captured[0][:, :, n_prefix:].float()
-        attention = attention / attention.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        attention = captured[0][:, :, n_prefix:].float()  # raw rows: heads are averaged before renormalising
         return DenseOutput(tokens=tokens.float(), attention=attention, global_feature=global_feature.float())
