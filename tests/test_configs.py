@@ -97,6 +97,29 @@ def test_select_demo_picks_100_mnist_digits() -> None:
     assert cfg.data.name == "mnist5k" and cfg.selector.name == "geal" and cfg.budget == 100
 
 
+@pytest.mark.parametrize("root", ["select", "run"])
+def test_released_preset_is_the_released_scripts_defaults(root: str) -> None:
+    """selector=geal_released: the authors' released scripts (K 5, k-means from random points, D² "prob"
+    sampling, fp32 extraction) over selector=geal, which keeps the paper's defaults; a command-line
+    extraction.amp still wins."""
+    assert "geal_released" in options("selector")
+    paper = compose_root(root)
+    cfg = compose_root(root, "selector=geal_released")
+    check_target_kwargs(cfg.selector, "selector")
+    released = {"k": 5, "kmeans_init": "random", "tau": 0.5, "kmeans_metric": "euclidean", "kmeans_iters": 100}
+    assert {key: cfg.selector.clusters[key] for key in released} == released
+    assert cfg.selector.sampler == "d2" and cfg.selector.distance == "cosine"
+    assert cfg.selector.clusters.empty_fallback == "max_norm"
+    assert cfg.extraction.amp == "none" and cfg.selector.name == "geal_released"
+    # only those keys differ from the paper preset
+    changed = {k for k in paper.selector if paper.selector[k] != cfg.selector[k]}
+    assert changed == {"name", "clusters", "sampler"}
+    changed = {k for k in paper.selector.clusters if paper.selector.clusters[k] != cfg.selector.clusters[k]}
+    assert changed == {"k", "kmeans_init"}
+    assert paper.selector.clusters.k == 25 and paper.selector.sampler == "kcenter"
+    assert compose_root(root, "selector=geal_released", "extraction.amp=bf16").extraction.amp == "bf16"
+
+
 def test_parallel_launcher_is_joblib() -> None:
     cfg = compose_select("hydra/launcher=parallel")
     assert "joblib" in cfg.hydra.launcher._target_.lower()
