@@ -314,3 +314,36 @@ def test_geal_takes_its_cluster_settings_as_one_value() -> None:
     assert make_selector("geal").clusters == ClusterSettings()  # the YAML's defaults are the dataclass's
     assert geal.request == FeatureRequest.dense(-2, -1)
     assert not hasattr(make_selector("coreset_cos"), "feature_layer")  # Core-Set asks for global features
+
+
+@pytest.mark.parametrize("sampler", ["kcenter", "d2"])
+def test_geal_draws_come_from_a_cpu_generator_whatever_the_device(
+    concept_ctx, monkeypatch: pytest.MonkeyPatch, sampler: str
+) -> None:
+    """Same seed, same picks on every device: the first image and the D² draws come from a CPU generator.
+
+    A GPU's generator draws another stream than the CPU's for the same seed. Forced here on the CPU: the
+    context's device is ``cpu:0`` (computes on the CPU, but is not the plain CPU device) and a generator
+    asked for any device other than the plain CPU draws another stream, as a CUDA one would."""
+    pool, ctx, _ = concept_ctx
+    settings = {"clusters": {"k": 2, "kmeans_iters": 20}, "sampler": sampler}
+    cpu = [make_selector("geal", **settings).select(pool, 8, ctx(seed)).global_ids for seed in range(4)]
+    real = SelectionContext.generator
+    asked: list[torch.device] = []
+
+    def device_stream(self: SelectionContext, device: torch.device | str = "cpu") -> torch.Generator:
+        asked.append(torch.device(device))
+        gen = real(self, "cpu")
+        if torch.device(device) != torch.device("cpu"):
+            gen.manual_seed(int(self.seed) + 1_000_003)  # a device's own stream
+        return gen
+
+    monkeypatch.setattr(SelectionContext, "generator", device_stream)
+    on_device = []
+    for seed in range(4):
+        c = ctx(seed)
+        c.device = torch.device("cpu", 0)
+        on_device.append(make_selector("geal", **settings).select(pool, 8, c).global_ids)
+    assert asked and all(d == torch.device("cpu") for d in asked)
+    assert on_device == cpu
+    assert len({tuple(ids) for ids in cpu}) > 1  # the seed does draw the picks
