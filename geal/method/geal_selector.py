@@ -28,6 +28,8 @@ class GEALSelector(Selector):
     (``clusters``: a :class:`~geal.method.knowledge.ClusterSettings`, the ``selector.clusters`` config node —
     filter, per-image k-means), and the sampler (``sampler``, ``distance``, ``chunk_size``).
     The starting point is the already-labeled set when the context has one, else one seeded random image.
+    Every random draw (that image, D² picks) comes from a CPU generator seeded with ``ctx.seed``, so the
+    same seed gives the same picks on every device (up to float rounding of near-tied distances).
     """
 
     requires: ClassVar[frozenset[str]] = frozenset({"features"})
@@ -64,6 +66,10 @@ class GEALSelector(Selector):
         points = torch.from_numpy(clusters.features).to(ctx.device)
         groups = torch.from_numpy(clusters.owners).to(ctx.device)
         eligible = eligible_mask(len(pool), ctx, ctx.device, clusters.valid, budget)
+        # the first image and the D² draws come from a CPU generator seeded from the selection seed, whatever
+        # device computes the distances: a device's generator draws another stream for the same seed, so a
+        # GPU selection would not be the CPU one (docs/design.md §1.5)
+        draws = ctx.generator("cpu")
         if self.sampler == "kcenter" and is_distributed():
             # under torchrun: each rank keeps a slice of the clusters; every rank gets the same picks
             rank, world = rank_and_world()
@@ -75,7 +81,7 @@ class GEALSelector(Selector):
                 distance=self.distance,
                 initial=list(ctx.labeled),
                 eligible=eligible,
-                generator=ctx.generator(ctx.device),
+                generator=draws,
                 chunk_size=self.chunk_size,
             )
         else:
@@ -87,7 +93,7 @@ class GEALSelector(Selector):
                 distance=self.distance,
                 initial=list(ctx.labeled),
                 eligible=eligible,
-                generator=ctx.generator(ctx.device),
+                generator=draws,
                 chunk_size=self.chunk_size,
                 progress=ctx.progress,
             )
