@@ -502,3 +502,25 @@ def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, mo
     full = run("none")
     assert host.order == torch_path.order == full.order
     assert host.scores[1:] == torch_path.scores[1:]
+
+
+@pytest.mark.parametrize("pruning", ["none", "bounds"])
+@pytest.mark.parametrize("dim", [6, 384])
+def test_euclidean_near_duplicates_come_in_distance_order(pruning, dim):
+    """Near-duplicates far below the largest norm keep their distances: ‖a‖² + ‖b‖² − 2a·b loses them to
+    cancellation (its rounding is ~γ·norm², i.e. ~1.4% of the norm after the square root at D = 384), so
+    such pairs are recomputed from the difference; only float rounding of that is lost. Group 1 (norm 100)
+    sets the largest norm; groups 2–4 lie 0.1, 0.5 and 1.0 from the labeled group 0: the farthest first."""
+    x = torch.zeros(5, dim, dtype=torch.float32)
+    x[:, 0] = 10.0
+    x[1, 0], x[1, 1] = 0.0, 100.0
+    x[2, 2], x[3, 2], x[4, 2] = 0.1, 0.5, 1.0
+    res = kcenter_greedy(x, torch.arange(5), 3, distance="euclidean", initial=[0, 1], pruning=pruning)
+    assert res.order == [4, 3, 2]
+    np.testing.assert_allclose(res.scores, [1.0, 0.5, 0.1], rtol=1e-4)
+    # exact duplicates still tie at exactly 0, and D² scores are the drawn point's distance
+    dup = torch.cat([x, x[2:3]])
+    res = kcenter_greedy(dup, torch.arange(6), 4, distance="euclidean", initial=[0, 1], pruning=pruning)
+    assert res.order[:3] == [4, 3, 2] and res.scores[3] == 0.0
+    d2 = d2_sampling(x, torch.arange(5), 3, distance="euclidean", initial=[0, 1], generator=gen(0))
+    assert sorted(d2.order) == [2, 3, 4] and all(s > 0.09 for s in d2.scores)
