@@ -12,8 +12,11 @@ distance of a point to the selected set is its minimum distance to any point of 
 A selected group is never picked twice (its points are masked out of the argmax/draw, so repeated features
 or all-zero distances cannot select it again); groups with no points or ``eligible=False`` are never
 picked. Ties go to the lowest point index. Distances: ``"cosine"`` = 1 − cos on L2-normalised points
-(normalised once); ``"euclidean"`` = sqrt(max(‖a‖²+‖b‖²−2a·b, 0)); a distance within the worst-case
-rounding error of that formula (≈ (D+4)·2⁻²⁴ relative in float32) is taken as exactly 0, so duplicated
+(normalised once); ``"euclidean"`` = sqrt(max(‖a‖²+‖b‖²−2a·b, 0)), except that a pair whose squared distance
+comes out within that formula's worst-case rounding (8γ·‖x‖²_max, γ ≈ (D+4)·2⁻²⁴ in float32: ≈ 1.4% of the
+largest norm after the square root at D = 384) is recomputed as ‖a−b‖² in float64, so near-duplicates keep
+their distances (order by distance, not index) and exact duplicates are exactly 0; for cosine a distance
+within the rounding of 1 − a·b (4γ) is taken as exactly 0 (the released code's formula), so duplicated
 points tie exactly whatever batch computed them. Work is float32 (float64 when the points are float64).
 For ``kcenter_greedy`` with a fixed seed a smaller budget is a prefix of a larger one.
 
@@ -95,6 +98,7 @@ _LAZY_CENTERS = 8192  # centres per matrix product when a block is brought up to
 _LAZY_BOUND_ROWS = 256  # refreshes of at most this many points read only the centres the bounds keep
 _LAZY_BOUND_MAX_FRACTION = 0.5  # ... unless the bounds keep more than this fraction of the pending ones
 _LAZY_BOUND_MAX_SKIP = 64  # ... after such a refresh the next 1, 2, 4, ... (at most this) skip the bounds
+_EXACT_PAIRS = 1 << 16  # euclidean near-zero pairs recomputed from their difference, per batch
 _BLOCK_REFRESH_MIN_ROWS = 4096  # refreshes of more points read, per block, only the centres its bound keeps
 _BLOCK_REFRESH_MIN_CENTRES = 2048  # ... when this many centres or more are pending (fewer: its overhead wins)
 _BLOCK_REFRESH_MAX_KEPT = 0.25  # ... unless the bounds keep more than this fraction of the pending pairs
@@ -279,9 +283,14 @@ class _State:
         u = torch.finfo(dt).eps / 2
         gamma = (x.shape[1] + 4) * u
         norm_max = 1.0 if distance == "cosine" else (float(self.sq.max().sqrt()) if M else 0.0)
-        # distances this small are rounding noise of the formula (identical points do not come out as 0):
-        # they are set to exactly 0, the same bound for every update path, so duplicates tie exactly
-        self.zero_floor = 4.0 * gamma if distance == "cosine" else math.sqrt(8.0 * gamma) * norm_max
+        # cosine: a distance this small is rounding noise of 1 − x·c (the released code's formula too): set
+        # to exactly 0, the same bound for every update path, so duplicates tie exactly.
+        # euclidean: ‖a‖² + ‖b‖² − 2a·b is off by up to 8γ·norm² (≈ 1.4% of the largest norm after the
+        # square root at D = 384), so a pair whose squared distance comes out below that is recomputed from
+        # the difference ‖a − b‖² in float64 (what the released code computes): near-duplicates keep their
+        # distances (only float rounding is lost) and exact duplicates come out as exactly 0
+        self.zero_floor = 4.0 * gamma if distance == "cosine" else 0.0
+        self.exact_below = 8.0 * gamma * norm_max**2 if distance == "euclidean" else 0.0
         self.threads = torch.get_num_threads()  # the caller's setting (the lazy loop runs on one)
         self.n_centers = 0
         self.last_added = 0
@@ -688,9 +697,14 @@ class _State:
         dots = x @ centers.T  # (n, C)
         if self.distance == "cosine":
             d = (1.0 - dots.amax(dim=1)).clamp_min_(0.0)
-        else:
-            d = (self.sq[pts][:, None] + c_sq[None, :] - 2.0 * dots).amin(dim=1).clamp_min_(0.0).sqrt_()
-        return d.masked_fill_(d <= self.zero_floor, 0.0)
+            return d.masked_fill_(d <= self.zero_floor, 0.0)
+        d2 = self.sq[pts][:, None] + c_sq[None, :] - 2.0 * dots
+        near = (d2 <= self.exact_below).nonzero()  # pairs the formula cannot tell from 0: from the difference
+        for s in range(0, near.shape[0], _EXACT_PAIRS):
+            r, c = near[s : s + _EXACT_PAIRS].unbind(1)
+            diff = x.index_select(0, r).to(torch.float64) - centers.index_select(0, c).to(torch.float64)
+            d2[r, c] = diff.square_().sum(1).to(d2.dtype)
+        return d2.amin(dim=1).clamp_min_(0.0).sqrt_()
 
     def _full_update(self, center_idx: Tensor) -> None:
         M = self.x.shape[0]
