@@ -101,8 +101,9 @@ def reduce_heads(attention: Tensor, how: HeadReduction = "mean") -> Tensor:
 
     ``how``: "mean" (the paper) or "max" over heads. Attention is expected non-negative: the raw CLS→patch
     softmax rows (each head's mass on the patches, not rescaled per head: the heads are reduced first and
-    the result renormalised, as the released code does), or CNN feature norms with H = 1. A row whose reduced values sum to 0 becomes uniform; rows with
-    non-finite values stay non-finite (the filter then keeps nothing and the caller's fallback applies).
+    the result renormalised, as the released code does), or CNN feature norms with H = 1. A row whose
+    reduced values sum to 0 becomes uniform; rows with non-finite values stay non-finite (the filter then
+    keeps nothing and the caller's fallback applies).
     """
     if attention.ndim != 3:
         raise ValueError(f"attention must be (B, heads, N), got shape {tuple(attention.shape)}")
