@@ -524,3 +524,20 @@ def test_euclidean_near_duplicates_come_in_distance_order(pruning, dim):
     assert res.order[:3] == [4, 3, 2] and res.scores[3] == 0.0
     d2 = d2_sampling(x, torch.arange(5), 3, distance="euclidean", initial=[0, 1], generator=gen(0))
     assert sorted(d2.order) == [2, 3, 4] and all(s > 0.09 for s in d2.scores)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_euclidean_near_duplicate_clouds_follow_the_difference_reference(seed):
+    """Clouds of near-duplicates (offsets 0.02–0.8 around points of norm ~100, below the formula's ~1.4%
+    rounding floor at D = 384) pick in the order of the plain ‖a − b‖ reference (the released distance)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 1, (6, 384))
+    base *= 100.0 / np.linalg.norm(base, axis=1, keepdims=True)
+    x = np.repeat(base, 8, axis=0) + rng.normal(0, 1, (48, 384)) * rng.uniform(1e-3, 4e-2, (48, 1))
+    g = np.arange(48) // 2  # two points per image
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    want, want_scores = np_kcenter(x.astype(np.float32), g, 20, "euclidean", initial=[0])
+    for pruning in ("none", "bounds"):
+        res = kcenter_greedy(pts, grp, 20, distance="euclidean", initial=[0], pruning=pruning, block_size=4)
+        assert res.order == want
+        np.testing.assert_allclose(res.scores, want_scores, rtol=1e-4)
