@@ -107,7 +107,7 @@ def test_released_preset_is_the_released_scripts_defaults(root: str) -> None:
     cfg = compose_root(root, "selector=geal_released")
     check_target_kwargs(cfg.selector, "selector")
     released = {"k": 5, "kmeans_init": "random", "tau": 0.5, "kmeans_metric": "euclidean"}
-    released |= {"kmeans_iters": 100, "kmeans_tol": 1e-4}  # kmeans_pytorch's iter_limit 100, tol 1e-4
+    released |= {"kmeans_iters": 100, "kmeans_tol": 1e-4}  # iter_limit 100; tol 1e-4 (ours bounds each shift)
     assert {key: cfg.selector.clusters[key] for key in released} == released
     assert cfg.selector.sampler == "d2" and cfg.selector.distance == "cosine"
     assert cfg.selector.clusters.empty_fallback == "max_norm"
