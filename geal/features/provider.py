@@ -50,6 +50,7 @@ from geal.features.clusters import (
     not_stored_error,
     started_settings,
 )
+from geal.features.distributed import extract_distributed
 from geal.features.extract import ExtractionSettings, extract_to_store
 from geal.features.store import STORE_VERSION, FeatureStore
 from geal.method.knowledge import ClusterSettings
@@ -122,8 +123,6 @@ class FeatureProvider:
         :meth:`extraction_clusters`)."""
         request = request if request is not None else FeatureRequest.global_only()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from geal.features.distributed import extract_distributed  # (it imports this module)
-
             return extract_distributed(self, request, clusters)
         store = self.open_store(request)
         self.timings.store_dir = str(store.directory)
