@@ -65,7 +65,7 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
 def select_main(cfg: DictConfig) -> None:
     """``geal-select``: one selection run (see conf/select.yaml); under ``torchrun`` every rank extracts
-    its share of the features and the k-center runs sharded (geal.features.distributed, geal.method.kcenter)."""
+    its share of the features (geal.features.distributed) and the k-center runs sharded."""
     t_start = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     init_distributed_from_env()
