@@ -1,6 +1,6 @@
-"""geal.report.tables / geal.report.results on hand-written run dirs: table cells, ± formatting, gaps for
-every kind of
-unfinished run, ablation rows from the runs' configs, the efficiency table, the files, wandb offline."""
+"""geal.report (results, tables, efficiency, sweep_report) on hand-written run dirs: table cells, ±
+formatting, gaps for every kind of unfinished run, ablation rows from the runs' configs, the efficiency
+table, the files, wandb offline."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from geal.report.efficiency import efficiency_markdown, efficiency_table
 from geal.report.results import DONE, FAILED, INCOMPLETE, NOT_STARTED, collect, varying_settings
-from geal.report.tables import (
-    Cell,
-    ReportOptions,
-    budget_table,
-    efficiency_markdown,
-    efficiency_table,
-    metrics_of,
-    report,
-    to_latex,
-    to_markdown,
-)
+from geal.report.sweep_report import ReportOptions, report
+from geal.report.tables import Cell, budget_table, metrics_of, to_latex, to_markdown
 from geal.run.cli import report_main
 
 

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.method.geal_selector import GEALSelector
-from geal.report.tables import ReportOptions, report
+from geal.report.sweep_report import ReportOptions, report
 from geal.run.builders import (
     build_logger,
     build_pool,
