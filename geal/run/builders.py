@@ -85,8 +85,8 @@ def build_selector(node: DictConfig, group: str = "selector") -> Selector:
 
 
 def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
-    """``extraction`` (conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates every
-    value; ``data.on_error`` says how the pass treats unreadable images."""
+    """``extraction`` (geal/conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates
+    every value; ``data.on_error`` says how the pass treats unreadable images."""
     values = OmegaConf.to_container(cfg.extraction, resolve=True)
     assert isinstance(values, dict)
     known = {f.name for f in dataclasses.fields(ExtractionSettings)} - {"on_error"}
@@ -138,7 +138,7 @@ def build_select_context(
     if unsupported:
         raise ValueError(
             f"selector {cfg.selector.get('name')} needs {unsupported}, which a one-pass selection does not "
-            "provide: run it in active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
+            "provide: run it in active-learning cycles (geal-run cycles=demo, see geal/conf/cycles/)"
         )
     labeled = read_labeled_ids(Path(cfg.labeled), pool) if cfg.labeled else []
     return build_selection_context(cfg, pool, device, [selector], labeled)
