@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.api.selector import SelectionContext, Selector
@@ -31,6 +32,33 @@ from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs
 from geal.util.resources import sha256_file
 
 log = logging.getLogger("geal")
+
+
+def expand_home_paths(cfg: DictConfig) -> None:
+    """Give the home folder to every setting that starts with ``~`` (``data.root=~/photos``,
+    ``paths.cache_dir=~/cache``, a checkpoint...), as a shell does: a value with ``~`` reaches a job only
+    quoted, and the pools, caches and loaders take paths as given. Interpolations are resolved first (an
+    environment variable holding ``~/...``); Hydra's own node is left alone."""
+
+    def walk(node: DictConfig | ListConfig) -> None:
+        keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))
+        for key in keys:
+            if isinstance(node, DictConfig) and key == "hydra" and node is cfg:
+                continue
+            if OmegaConf.is_missing(node, key):  # ??? stays for its own check
+                continue
+            try:
+                value = node[key]  # type: ignore[index]  # a DictConfig key or a ListConfig position
+            except Exception:  # an interpolation that resolves only later (e.g. ${hydra:...} outside a job)
+                if OmegaConf.is_interpolation(node, key):  # type: ignore[arg-type]
+                    continue
+                raise
+            if isinstance(value, DictConfig | ListConfig):
+                walk(value)
+            elif isinstance(value, str) and (value == "~" or value.startswith("~/")):
+                node[key] = os.path.expanduser(value)  # type: ignore[index]
+
+    walk(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
