@@ -27,7 +27,7 @@ def options(group: str) -> list[str]:
 
 
 def experiments(root: str) -> list[str]:
-    """The experiments of a command: the files of its own folder, conf/<root>/experiment/."""
+    """The experiments of a command: the files of its own folder, geal/conf/<root>/experiment/."""
     return sorted(p.stem for p in (CONFIG_DIR / root / "experiment").glob("*.yaml"))
 
 
@@ -126,13 +126,13 @@ def test_cluster_setting_typos_fail_naming_the_nested_key() -> None:
 
 
 def test_config_dir_is_the_repository_conf() -> None:
-    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "geal" / "conf"
     assert (CONFIG_DIR / "select.yaml").is_file()
 
 
 def test_an_experiment_belongs_to_the_command_of_its_folder() -> None:
-    """conf/run/experiment/ is geal-run's, conf/select/experiment/ geal-select's: composing one with the
-    other command fails naming the experiment and listing that command's own."""
+    """geal/conf/run/experiment/ is geal-run's, geal/conf/select/experiment/ geal-select's: composing one
+    with the other command fails naming the experiment and listing that command's own."""
     assert "paper_voc" in experiments("run") and experiments("select") == ["demo"]
     only_demo = r"experiment/paper_voc[\s\S]*Available options in .experiment.:\s*demo\n"
     with pytest.raises(Exception, match=only_demo):
@@ -152,7 +152,7 @@ def test_every_command_shares_the_extraction_and_hydra_settings(root: str) -> No
 
 
 def test_local_settings_are_optional_and_loaded_last(tmp_path: Path) -> None:
-    """conf/local/default.yaml (git-ignored) is composed after experiments when it exists."""
+    """geal/conf/local/default.yaml (git-ignored) is composed after experiments when it exists."""
     import shutil
 
     conf = tmp_path / "conf"

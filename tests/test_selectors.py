@@ -20,7 +20,7 @@ from geal.features.store import ShardData
 from geal.method.knowledge import ClusterSettings
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
+CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 SETTINGS = ExtractionSettings(batch_size=8, num_workers=0, amp="none", shard_size=16, progress=False)
 
 

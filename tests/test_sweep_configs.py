@@ -21,7 +21,7 @@ from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, 
 
 register_schemas()
 REPO = Path(__file__).resolve().parents[1]
-#: geal-run's experiments (conf/run/experiment/; geal-select's sit in conf/select/experiment/)
+#: geal-run's experiments (geal/conf/run/experiment/; geal-select's sit in geal/conf/select/experiment/)
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "run" / "experiment").glob("*.yaml"))
 #: the experiments of issue 6 (the paper's tables and figures) and their offline variants
 PAPER = [

@@ -46,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from geal.util.io import atomic_write_json, stable_hash
+from geal.util.io import atomic_write_json, shared_dir_mode, stable_hash
 from geal.util.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ class FeatureStore:
         final = self.shard_dir(shard)
         tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{final.name}.", suffix=".tmp"))
         try:
+            tmp.chmod(shared_dir_mode())
             for name, arr in arrays.items():
                 np.save(tmp / f"{name}.npy", arr)
             meta = {

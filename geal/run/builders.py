@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.api.selector import SelectionContext, Selector
@@ -31,6 +32,33 @@ from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs
 from geal.util.resources import sha256_file
 
 log = logging.getLogger("geal")
+
+
+def expand_home_paths(cfg: DictConfig) -> None:
+    """Give the home folder to every setting that starts with ``~`` (``data.root=~/photos``,
+    ``paths.cache_dir=~/cache``, a checkpoint...), as a shell does: a value with ``~`` reaches a job only
+    quoted, and the pools, caches and loaders take paths as given. Interpolations are resolved first (an
+    environment variable holding ``~/...``); Hydra's own node is left alone."""
+
+    def walk(node: DictConfig | ListConfig) -> None:
+        keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))
+        for key in keys:
+            if isinstance(node, DictConfig) and key == "hydra" and node is cfg:
+                continue
+            if OmegaConf.is_missing(node, key):  # ??? stays for its own check
+                continue
+            try:
+                value = node[key]  # type: ignore[index]  # a DictConfig key or a ListConfig position
+            except Exception:  # an interpolation that resolves only later (e.g. ${hydra:...} outside a job)
+                if OmegaConf.is_interpolation(node, key):  # type: ignore[arg-type]
+                    continue
+                raise
+            if isinstance(value, DictConfig | ListConfig):
+                walk(value)
+            elif isinstance(value, str) and (value == "~" or value.startswith("~/")):
+                node[key] = os.path.expanduser(value)  # type: ignore[index]
+
+    walk(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,8 +113,8 @@ def build_selector(node: DictConfig, group: str = "selector") -> Selector:
 
 
 def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
-    """``extraction`` (conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates every
-    value; ``data.on_error`` says how the pass treats unreadable images."""
+    """``extraction`` (geal/conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates
+    every value; ``data.on_error`` says how the pass treats unreadable images."""
     values = OmegaConf.to_container(cfg.extraction, resolve=True)
     assert isinstance(values, dict)
     known = {f.name for f in dataclasses.fields(ExtractionSettings)} - {"on_error"}
@@ -138,7 +166,7 @@ def build_select_context(
     if unsupported:
         raise ValueError(
             f"selector {cfg.selector.get('name')} needs {unsupported}, which a one-pass selection does not "
-            "provide: run it in active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
+            "provide: run it in active-learning cycles (geal-run cycles=demo, see geal/conf/cycles/)"
         )
     labeled = read_labeled_ids(Path(cfg.labeled), pool) if cfg.labeled else []
     return build_selection_context(cfg, pool, device, [selector], labeled)

@@ -38,6 +38,7 @@ from geal.run.builders import (
     build_start,
     build_task,
     build_task_context,
+    expand_home_paths,
     feature_provider,
     resolve_device,
     run_header,
@@ -48,8 +49,6 @@ from geal.run.schemas import CONFIG_DIR, register_schemas
 from geal.run.summaries import run_summary, selection_summary
 from geal.util.distributed import init_from_env as init_distributed_from_env
 from geal.util.io import atomic_write_json
-
-#: the Hydra config root (the repository's conf/; the package is installed editable, see README)
 
 log = logging.getLogger("geal")
 register_schemas()
@@ -64,8 +63,9 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
 def select_main(cfg: DictConfig) -> None:
-    """``geal-select``: one selection run (see conf/select.yaml); under ``torchrun`` every rank extracts
+    """``geal-select``: one selection run (see geal/conf/select.yaml); under ``torchrun`` every rank extracts
     its share of the features (geal.features.distributed) and the k-center runs sharded."""
+    expand_home_paths(cfg)
     t_start = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     init_distributed_from_env()
@@ -99,7 +99,8 @@ def select_main(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
 def run_main(cfg: DictConfig) -> None:
     """``geal-run``: select → train the task → evaluate → metrics.json, over the one-pass schedule (every
-    budget of ``budgets``) or an active-learning schedule (``cycles=...``); see conf/run.yaml."""
+    budget of ``budgets``) or an active-learning schedule (``cycles=...``); see geal/conf/run.yaml."""
+    expand_home_paths(cfg)
     t_start = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     schedule, budgets = build_schedule(cfg)  # budgets come from `budgets` or from the schedule, not both
@@ -144,7 +145,8 @@ VISUALIZE_FIGURES = ("clusters", "contact_sheet", "histograms")
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="visualize")
 def visualize_main(cfg: DictConfig) -> None:
-    """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+    """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (geal/conf/visualize.yaml)."""
+    expand_home_paths(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     unknown = sorted(set(cfg.figures) - set(VISUALIZE_FIGURES))
     if unknown:

@@ -19,9 +19,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-#: the Hydra config root: conf/ (the shared groups, the three roots) with one folder per command for its
-#: experiments (conf/run/experiment/, conf/select/experiment/), added to that command's search path
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: the Hydra config root: geal/conf/ (the shared groups, the three roots) with one folder per command for its
+#: experiments (geal/conf/run/experiment/, geal/conf/select/experiment/), added to that command's search path
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 #: keys of the ``data`` group that are not the pool's constructor arguments: how the run treats unreadable
 #: images, and the dataset's test split (a pool config of its own, used by geal-run's task)
@@ -50,7 +50,7 @@ class SelectConfig:
     backbone: Any = MISSING
     selector: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
+    extraction: Any = MISSING  # geal/conf/extraction/default.yaml (schema: ExtractionSettings)
     output: OutputConfig = field(default_factory=OutputConfig)
     budget: int = 100
     seed: int = 0
@@ -68,12 +68,12 @@ class RunOutputConfig:
 
 @dataclass
 class CyclesConfig:
-    """geal-run's schedule (``conf/cycles/``; see geal.run.schedule.CycleSchedule).
+    """geal-run's schedule (``geal/conf/cycles/``; see geal.run.schedule.CycleSchedule).
 
     initial: auto | draw | selector | labeled — how cycle 0's set is chosen (auto: the run's selector when it
     can pick from nothing, i.e. one-pass selectors, else ``initial_draw``); initial_size null with
-    n_cycles 0 = the one-pass schedule (conf/cycles/one_pass.yaml, the default: select once, train at every
-    budget of ``budgets``).
+    n_cycles 0 = the one-pass schedule (geal/conf/cycles/one_pass.yaml, the default: select once, train at
+    every budget of ``budgets``).
     """
 
     name: str = "cycles"
@@ -96,14 +96,14 @@ class RunConfig:
     task: Any = MISSING
     logger: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
+    extraction: Any = MISSING  # geal/conf/extraction/default.yaml (schema: ExtractionSettings)
     output: RunOutputConfig = field(default_factory=RunOutputConfig)
     budgets: list[int] | None = None  # the one-pass schedule's; an active-learning schedule sets its own
     seed: int = 0
     device: str = "auto"
     labeled: str | None = None
     selection_file: str | None = None  # a selection.json of an earlier run: train on it, select nothing
-    cycles: CyclesConfig | None = None  # conf/cycles/: one_pass (select once, train per budget) or cycles
+    cycles: CyclesConfig | None = None  # geal/conf/cycles/: one_pass (select once, train per budget), cycles
     task_name: str = "run"
 
 
@@ -116,13 +116,13 @@ class ContactSheetConfig:
 
 @dataclass
 class VisualizeConfig:
-    """geal-visualize: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+    """geal-visualize: knowledge-cluster figure, contact sheet, histograms (see geal/conf/visualize.yaml)."""
 
     data: Any = MISSING
     backbone: Any = MISSING
     selector: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
-    extraction: Any = MISSING  # conf/extraction/default.yaml (schema: features.extract.ExtractionSettings)
+    extraction: Any = MISSING  # geal/conf/extraction/default.yaml (schema: ExtractionSettings)
     contact_sheet: ContactSheetConfig = field(default_factory=ContactSheetConfig)
     figures: list[str] = field(default_factory=lambda: ["clusters", "contact_sheet", "histograms"])
     selection: str | None = None  # a selection.json of this pool (geal-select / geal-run)
@@ -150,7 +150,9 @@ def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, 
     checked against that dataclass's fields."""
     target = node.get("_target_")
     if target is None:
-        raise ValueError(f"config group '{group}' has no _target_: pick one of the files in conf/{group}/")
+        raise ValueError(
+            f"config group '{group}' has no _target_: pick one of the files in geal/conf/{group}/"
+        )
     module_name, _, attr = str(target).rpartition(".")
     try:
         obj = getattr(importlib.import_module(module_name), attr)

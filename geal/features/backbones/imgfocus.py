@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from geal.features.backbones.base import Preprocessing
 from geal.features.backbones.vit import TimmViT
+from geal.util.io import shared_file_mode
 from geal.util.resources import package_data_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ def converted_weights_path(
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=target.name, suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, shared_file_mode())
         save_file(
             sd,
             tmp,
