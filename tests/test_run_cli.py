@@ -234,3 +234,27 @@ def test_bad_input_gives_clear_errors(
     assert message in text, text
     if case in FAILS_BEFORE_SELECTION:
         assert not (out / "selection.json").exists()
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda0", "tpu:1"])
+def test_a_device_name_torch_does_not_know_is_an_error_naming_the_choices(name: str) -> None:
+    from geal.run.builders import resolve_device
+
+    with pytest.raises(ValueError, match=rf"device={name} is not a device: use auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("command", ["select", "run", "visualize"])
+def test_help_shows_the_commands_purpose_options_and_examples(command: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"from geal.run.cli import {command}_main; {command}_main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    text = proc.stdout
+    assert text.startswith(f"geal-{command}: ") and "Main options:" in text
+    examples = text.split("Examples:", 1)[1].strip().splitlines()
+    assert len(examples) == 3 and all(line.strip().startswith(f"geal-{command} ") for line in examples)
+    assert "selector: " in text and "Powered by Hydra" not in text

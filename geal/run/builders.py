@@ -71,7 +71,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(lease.device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists its two dozen backends; these are the ones that mean something here
+        raise ValueError(f"device={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name} but CUDA is not available here: use device=cpu or device=auto")
     return device
