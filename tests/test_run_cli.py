@@ -185,9 +185,18 @@ BAD_INPUT = {
         "logger.mode=offline",
     ),
     "task setting typo": (["data=pets", *TINY_PETS, "+task.train.epohcs=3"], "epohcs"),
+    "image folder without a test split": (
+        ["data=image_folder", "data.root={data}/shapes"],
+        "needs a test split: set data.test.root",
+    ),
 }
 # bad task input fails in its pre-flight check, before the selection is made or written
-FAILS_BEFORE_SELECTION = {"task without labels", "empty test split", "task setting typo"}
+FAILS_BEFORE_SELECTION = {
+    "task without labels",
+    "empty test split",
+    "task setting typo",
+    "image folder without a test split",
+}
 
 
 def run_in_process(tmp: Path, out: Path, *overrides: str) -> None:

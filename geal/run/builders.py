@@ -201,7 +201,15 @@ def build_task_context(
     feature sources of both pools (when it needs features), device, work dir, seed, logger. The task's
     ``needs`` are checked now (labels, a non-empty test split, annotations), before any selection."""
     test_data = cfg.task.get("test_data")
-    test_pool = build_pool(test_data) if "test_split" in task.needs and test_data is not None else None
+    needs_test = "test_split" in task.needs and test_data is not None
+    unset = [k for k in test_data if OmegaConf.is_missing(test_data, k)] if needs_test else []
+    if unset:  # e.g. an image folder, which has no test split of its own
+        name = getattr(task, "name", type(task).__name__)
+        raise ValueError(
+            f"task {name} needs a test split: set data.test.{unset[0]}=... (for an image folder, "
+            f"data.test.root=DIR, another folder of the same classes)"
+        )
+    test_pool = build_pool(test_data) if needs_test else None
     features = "features" in task.needs
     ctx = TaskContext(
         pool=pool,
