@@ -122,6 +122,26 @@ def test_linear_probe_end_to_end_and_resume(
     assert read_json(out / "metrics.json")["results"] == doc["results"]
 
 
+def test_a_finished_one_pass_run_grows_by_new_budgets(
+    tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    """More budgets into a finished run dir of a nested selector: the earlier picks stay the prefix of the
+    larger selection and the trained budgets are kept, not retrained."""
+    import shutil
+
+    out = tmp / "out" / "grown"
+    shutil.copytree(probe_run[0], out)
+    before = read_json(out / "metrics.json")["results"]
+    old_ids = read_json(out / "selection.json")["global_ids"]
+    proc = geal_run("data=pets", "budgets=[2,4,8,10]", tmp=tmp, run_dir=out)
+    doc = read_json(out / "metrics.json")
+    assert [r["budget"] for r in doc["results"]] == [2, 4, 8, 10]
+    assert [r for r in doc["results"] if r["budget"] in (4, 8)] == before  # kept as they were
+    ids = read_json(out / "selection.json")["global_ids"]
+    assert len(ids) == 10 and ids[:8] == old_ids
+    assert doc["config"]["budgets"] == [2, 4, 8, 10] and "grows" in proc.stdout + proc.stderr
+
+
 def test_pets_classification_sweep_on_an_earlier_selection(
     tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
 ) -> None:
