@@ -142,6 +142,21 @@ def test_a_finished_one_pass_run_grows_by_new_budgets(
     assert doc["config"]["budgets"] == [2, 4, 8, 10] and "grows" in proc.stdout + proc.stderr
 
 
+def test_a_sweep_grows_by_new_seeds_and_keeps_its_finished_jobs(tmp: Path) -> None:
+    """A job's folder is named by its swept settings, not by its position in the sweep: rerun with one more
+    seed, the earlier jobs find their own folders (nothing retrained) and the new one gets its own."""
+    sweep = tmp / "out" / "growing_sweep"
+    common = ("-m", "data=pets", "selector=random", "budgets=[4]", f"hydra.sweep.dir={sweep}")
+    geal_run(*common, "seed=0,1", tmp=tmp)
+    first = {d.name: read_json(d / "metrics.json")["results"] for d in sweep.iterdir() if d.is_dir()}
+    assert len(first) == 2 and all("seed=" in name for name in first)
+    geal_run(*common, "seed=2,0,1", tmp=tmp)
+    after = {d.name: read_json(d / "metrics.json") for d in sweep.iterdir() if d.is_dir()}
+    assert len(after) == 3 and {doc["seed"] for doc in after.values()} == {0, 1, 2}
+    for name, results in first.items():
+        assert after[name]["results"] == results  # found and kept, not replaced by another seed's run
+
+
 def test_pets_classification_sweep_on_an_earlier_selection(
     tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
 ) -> None:

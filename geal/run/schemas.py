@@ -8,8 +8,10 @@ constructor takes as a dataclass (``selector.clusters``) against that dataclass'
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,11 +136,30 @@ class VisualizeConfig:
     task_name: str = "visualize"
 
 
+def job_dir_name(settings: str) -> str:
+    """A sweep job's folder name from its settings (Hydra's ``override_dirname``, e.g.
+    ``seed=0,selector=geal``): the same settings always get the same folder, whatever the job's position in
+    the sweep, so a sweep rerun with more seeds or selectors finds its finished jobs. A path value is
+    shortened to its last part, and then the name ends with a hash of the full settings (two roots with the
+    same last part never share a folder); a name over 200 characters is cut, with that hash too."""
+    name = _PATH_VALUE.sub(lambda m: Path(m.group(0)).name or "_", settings)
+    if name != settings or len(name) > 200:
+        name = f"{name[:180]}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+    return name or "job"
+
+
+#: a setting's value that is a path (``data.root=/datasets/VOCdevkit``): up to the next setting or bracket
+_PATH_VALUE = re.compile(r"(?<==)[^,=\[\]]*/[^,=\[\]]*")
+
+
 def register_schemas() -> None:
-    """The roots' struct schemas, and ``${geal_conf:<command>}``: the file:// URL of a command's own config
-    folder (its experiments), which each root puts in its ``hydra.searchpath``."""
+    """The roots' struct schemas; ``${geal_conf:<command>}``: the file:// URL of a command's own config
+    folder (its experiments), which each root puts in its ``hydra.searchpath``; ``${geal_job_dir:...}``
+    (:func:`job_dir_name`), a sweep job's folder."""
     if not OmegaConf.has_resolver("geal_conf"):
         OmegaConf.register_new_resolver("geal_conf", lambda command: (CONFIG_DIR / str(command)).as_uri())
+    if not OmegaConf.has_resolver("geal_job_dir"):
+        OmegaConf.register_new_resolver("geal_job_dir", lambda settings: job_dir_name(str(settings)))
     ConfigStore.instance().store(name="select_schema", node=SelectConfig)
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
     ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
