@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.method.geal_selector import GEALSelector
+from geal.report.style import MethodStyle
 from geal.report.sweep_report import ReportOptions, report
 from geal.run.builders import (
     build_logger,
@@ -277,6 +278,23 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--best", choices=("max", "min", "none"), default="max", help="bold in LaTeX")
     parser.add_argument("--out", type=Path, default=None, help="where to write results.* (default: root)")
     parser.add_argument("--title", default="", help="title of the report and the plots")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        metavar="METHOD=NAME",
+        help="display names in the plots, e.g. geal=Ours 'coreset_cos=Core-Set' (tables keep config names)",
+    )
+    parser.add_argument(
+        "--colors",
+        nargs="+",
+        default=None,
+        metavar="METHOD=COLOUR",
+        help="plot colours, e.g. geal=tab:red random=#7f7f7f (default: a fixed colour per method)",
+    )
+    parser.add_argument(
+        "--style", type=Path, default=None, help="YAML file with 'names:' and 'colors:' maps (method → value)"
+    )
     parser.add_argument("--wandb-project", default=None, help="also log the tables and plots to wandb")
     parser.add_argument("--wandb-entity", default=None)
     parser.add_argument(
@@ -291,6 +309,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     parser = report_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        style = MethodStyle.from_options(args.names, args.colors, args.style)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"geal-report: error: {err}\n")
     options = ReportOptions(
         metrics=args.metric,
         rows=args.rows,
@@ -303,6 +325,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         wandb_project=args.wandb_project,
         wandb_mode=args.wandb_mode,
         wandb_entity=args.wandb_entity,
+        style=style,
     )
     try:
         done = report(args.root, args.out, options)
