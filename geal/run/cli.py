@@ -160,7 +160,7 @@ def visualize_main(cfg: DictConfig) -> None:
     picked_by = ""
     if cfg.selection:
         selected, doc = load_selection(Path(cfg.selection), pool)
-        picked_by = f"{doc.get('selector')} (seed {doc.get('seed')}) on {pool.name}"
+        picked_by = f"{MethodStyle().name(str(doc.get('selector')))}, seed {doc.get('seed')}, on {pool.name}"
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
     if "clusters" in cfg.figures:
@@ -233,18 +233,24 @@ def histograms(cfg: DictConfig, pool: ImagePool, selected: list[int], out_dir: P
     the reason instead when the pool has neither labels nor annotations."""
     from geal.report import visualize
 
-    others = {}
-    for path in cfg.compare:
-        ids, doc = load_selection(Path(path), pool)
-        # the same number of images as the selection: the prefix (a nested selector's smaller budget)
-        others[f"{doc.get('selector')} (seed {doc.get('seed')}, {Path(path).parent.name})"] = ids[
-            : len(selected)
-        ]
+    style = MethodStyle()
+    loaded = [(Path(path), *load_selection(Path(path), pool)) for path in cfg.compare]
+    names = visualize.compare_names(
+        [(doc.get("selector"), doc.get("seed"), p) for p, _, doc in loaded], style
+    )
+    # the same number of images as the selection: the prefix (a nested selector's smaller budget)
+    others = {name: ids[: len(selected)] for name, (_, ids, _) in zip(names, loaded, strict=True)}
+    colors = {
+        name: style.color(str(doc.get("selector"))) for name, (_, _, doc) in zip(names, loaded, strict=True)
+    }
+    if cfg.selection:
+        _, doc = load_selection(Path(cfg.selection), pool)
+        colors["selection"] = style.color(str(doc.get("selector")))
     try:
         hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
     except ValueError as err:  # a pool without labels or annotations
         return str(err)
-    figure = visualize.histogram_figure(hist, out_dir / "histograms.png")
+    figure = visualize.histogram_figure(hist, out_dir / "histograms.png", colors=colors)
     atomic_write_json(out_dir / "histograms.json", hist.as_dict())
     return {"histograms": str(figure), "histograms_json": str(out_dir / "histograms.json")}
 
