@@ -446,32 +446,37 @@ def selection_histograms(
     )
 
 
-#: fixed colours of the reference sets of the histograms (selections get their method's colour)
-POOL_COLOR = "#c7c7c7"
-RANDOM_DRAW_COLOR = "#7f7f7f"
+#: how the reference sets of the histograms are drawn (selections get their method's colour, solid)
+POOL_STYLE = {"color": "#d9d9d9", "edgecolor": "#8c8c8c", "linewidth": 0.5}
+RANDOM_DRAW_STYLE = {"color": "white", "edgecolor": "#7f7f7f", "hatch": "////", "linewidth": 0.5}
 
 
-def _set_colors(names: Sequence[str], colors: dict[str, str] | None) -> dict[str, str]:
-    """A colour per set: ``colors`` (a method's fixed colour), the pool light grey, the random draw grey;
-    sets that would share a colour get shades of it; the rest Matplotlib's cycle by position."""
-    chosen = dict(colors or {})
+def _bar_styles(names: Sequence[str], colors: dict[str, str] | None) -> dict[str, dict[str, Any]]:
+    """Bar keywords per set: the pool light grey, the random draw hatched, each selection its colour from
+    ``colors`` (its method's fixed colour) else Matplotlib's cycle; selections that would share a colour
+    get shades of it."""
+    out: dict[str, dict[str, Any]] = {}
+    solid: dict[str, str] = {}
+    free = iter(f"C{k}" for k in range(10 * len(names)))
     for name in names:
         if name == "pool":
-            chosen.setdefault(name, POOL_COLOR)
+            out[name] = dict(POOL_STYLE)
         elif name.startswith("random draw"):
-            chosen.setdefault(name, RANDOM_DRAW_COLOR)
-    free = iter(f"C{k}" for k in range(10 * len(names)))
-    out = {n: chosen.get(n) or next(free) for n in names}
-    for colour in set(out.values()):
-        same = [n for n in names if out[n] == colour]
-        if len(same) > 1:
-            out.update(zip(same, shades(colour, len(same)), strict=True))
+            out[name] = dict(RANDOM_DRAW_STYLE)
+        else:
+            solid[name] = (colors or {}).get(name) or next(free)
+    for colour in set(solid.values()):
+        same = [n for n in names if solid.get(n) == colour]
+        for n, c in zip(same, shades(colour, len(same)), strict=True):
+            out[n] = {"color": c}
     return out
 
 
-def _category_ticks(ax: Any, x: np.ndarray, labels: Sequence[str]) -> None:
-    """Tick labels centred under their group of bars; rotated (their end at the group) when many or long."""
-    rotate = len(labels) > 8 or sum(len(t) for t in labels) > 70
+def _category_ticks(ax: Any, x: np.ndarray, labels: Sequence[str], width_inches: float) -> None:
+    """Tick labels centred under their group of bars; rotated (their end at the group) only when the
+    longest would not fit its group's width."""
+    char_inches = 8 / 72 * 0.62  # an average character at 8 pt
+    rotate = max((len(t) for t in labels), default=0) * char_inches > 0.9 * width_inches / max(len(labels), 1)
     if rotate:
         ax.set_xticks(x, labels, rotation=55, ha="right", va="center", rotation_mode="anchor", fontsize=8)
     else:
@@ -479,11 +484,16 @@ def _category_ticks(ax: Any, x: np.ndarray, labels: Sequence[str]) -> None:
 
 
 def histogram_figure(
-    hist: Histograms, path: Path, title: str = "", colors: dict[str, str] | None = None
+    hist: Histograms,
+    path: Path,
+    title: str = "",
+    colors: dict[str, str] | None = None,
+    selection_label: str = "",
 ) -> Path:
     """Grouped bars of each set's share per category (counts in the legend, placed beside the panel so it
     covers no bar); for detection pools a second panel with the share of images per number of instances.
-    ``colors``: set name → colour (a selection's method colour, :class:`geal.report.style.MethodStyle`)."""
+    ``colors``: set name → colour (a selection's method colour, :class:`geal.report.style.MethodStyle`);
+    ``selection_label``: who picked the selection (``GEAL, seed 0``), shown in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -498,25 +508,30 @@ def histogram_figure(
     )
     ax = axes[0][0]
     names = list(hist.counts)
-    colour = _set_colors(names, colors)
+    bar_style = _bar_styles(names, colors)
+    shown_name = {n: n for n in names}
+    if selection_label:
+        shown_name["selection"] = f"selection ({selection_label})"
     bar_w = 0.8 / len(names)
     x = np.arange(len(categories))
     unit = "instances" if hist.kind == "instances" else "images"
     for i, name in enumerate(names):
         covered = f"{int(np.count_nonzero(hist.counts[name]))}/{len(categories)} classes"
         if hist.kind == "instances":
-            label = f"{name}: {sum(hist.counts[name])} instances in {hist.sizes[name]} images, {covered}"
+            n_inst = sum(hist.counts[name])
+            label = f"{shown_name[name]}: {n_inst} instances in {hist.sizes[name]} images, {covered}"
         else:
-            label = f"{name}: {hist.sizes[name]} images, {covered}"
+            label = f"{shown_name[name]}: {hist.sizes[name]} images, {covered}"
         ax.bar(
             x + (i - (len(names) - 1) / 2) * bar_w,
             hist.fractions(name)[shown],
             bar_w,
             label=label,
-            color=colour[name],
+            **bar_style[name],
         )
-    _category_ticks(ax, x, categories)
+    _category_ticks(ax, x, categories, width - 3.2)
     ax.set_xlim(-0.5, len(categories) - 0.5)
+    ax.set_xlabel("class")
     ax.set_ylabel(f"share of {unit}")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
@@ -535,8 +550,8 @@ def histogram_figure(
                 x + (i - (len(names) - 1) / 2) * bar_w,
                 c / max(c.sum(), 1),
                 bar_w,
-                label=f"{name}: {mean:.2f} per image",
-                color=colour[name],
+                label=f"{shown_name[name]}: {mean:.2f} per image",
+                **bar_style[name],
             )
         ax.set_xticks(x, [str(v) for v in x], ha="center")
         ax.set_xlim(-0.5, top - 0.5)

@@ -243,14 +243,18 @@ def histograms(cfg: DictConfig, pool: ImagePool, selected: list[int], out_dir: P
     colors = {
         name: style.color(str(doc.get("selector"))) for name, (_, _, doc) in zip(names, loaded, strict=True)
     }
-    if cfg.selection:
-        _, doc = load_selection(Path(cfg.selection), pool)
-        colors["selection"] = style.color(str(doc.get("selector")))
+    _, doc = load_selection(Path(cfg.selection), pool)
+    colors["selection"] = style.color(str(doc.get("selector")))
     try:
         hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
     except ValueError as err:  # a pool without labels or annotations
         return str(err)
-    figure = visualize.histogram_figure(hist, out_dir / "histograms.png", colors=colors)
+    figure = visualize.histogram_figure(
+        hist,
+        out_dir / "histograms.png",
+        colors=colors,
+        selection_label=visualize.selection_name(doc.get("selector"), doc.get("seed"), style),
+    )
     atomic_write_json(out_dir / "histograms.json", hist.as_dict())
     return {"histograms": str(figure), "histograms_json": str(out_dir / "histograms.json")}
 
