@@ -89,7 +89,8 @@ def figure(table: BudgetTable, title: str = "", style: MethodStyle | None = None
     if shown:
         ax.legend(fontsize="small", loc="best")
     if title:
-        ax.set_title(textwrap.fill(title, 72), fontsize="medium")
+        lines = math.ceil(len(title) / 72)  # balanced lines, no one-word last line
+        ax.set_title(textwrap.fill(title, math.ceil(len(title) / lines) + 6), fontsize="medium")
     fig.tight_layout()
     return fig
 
