@@ -397,6 +397,11 @@ def test_rows_on_a_multi_method_sweep_keep_the_method(tmp_path: Path) -> None:
     assert table.rows == [("geal", "0.4"), ("geal", "0.5"), ("random", "–"), ("usl", "0.4")]
     assert table.cell(("usl", "0.4"), 10).mean == 0.3 and table.cell(("geal", "0.4"), 10).n == 1
     # one method: the rows asked for, as before
+    from geal.report.plots import legend_label
+    from geal.report.style import MethodStyle
+
+    assert legend_label(table, ("random", "–"), MethodStyle()) == "Random, 1 seed"  # no "τ=–"
+    assert legend_label(table, ("usl", "0.4"), MethodStyle()) == "USL, τ=0.4, 1 seed"
     one = budget_table(
         [r for r in collect(tmp_path).trained if r.method == "geal"], "top1", rows=["selector.clusters.tau"]
     )

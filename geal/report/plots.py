@@ -32,7 +32,8 @@ def legend_label(table: BudgetTable, row: tuple[str, ...], style: MethodStyle) -
     parts = [style.name(method)] if method else []
     for key, header, value in zip(table.row_keys, table.headers, row, strict=True):
         if key != "method":
-            parts.append(f"{header}={value}")
+            if value != "–":  # a setting this row's method does not have
+                parts.append(f"{header}={value}")
         elif not method:
             parts.append(style.name(value))
     seeds = {s for b in table.budgets for s in table.cell(row, b).seeds}
