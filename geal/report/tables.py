@@ -7,7 +7,8 @@ A table has one row per setting (the method, plus any config key the sweep varie
 layout of the paper's ablation table) and one column per budget; a cell is the mean ± sample std over seeds
 with the number of seeds. Runs of one setting and seed in several folders (a study extended with more
 budgets) are merged, budgets that two runs scored differently listed as conflicts (:func:`merge_seeds`).
-Runs that did not finish leave gaps (``–``, or fewer seeds in the cell) and are listed under every table. Writers: Markdown, CSV (long format), LaTeX (booktabs).
+Runs that did not finish leave gaps (``–``, or fewer seeds in the cell) and are listed under every table.
+Writers: Markdown, CSV (long format), LaTeX (booktabs).
 """
 
 from __future__ import annotations
