@@ -209,7 +209,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr[-3000:]
     summary = json.loads((sweep / "report.json").read_text())
-    assert {c["n"] for c in summary["cells"]} == {"1"}  # one seed per setting, no gap
+    assert {c["n"] for c in summary["cells"]} == {1}  # one seed per setting, no gap (numbers as numbers)
     swept = {"ablation_tau_demo": "selector.clusters.tau", "ablation_k_demo": "selector.clusters.k"}
     if name in swept:  # the rows are the swept cluster setting, as `--rows selector.clusters.tau` asks
-        assert {c[swept[name]] for c in summary["cells"]} == set(overrides[1].split("=")[1].split(","))
+        assert {str(c[swept[name]]) for c in summary["cells"]} == set(overrides[1].split("=")[1].split(","))

@@ -3,6 +3,7 @@ its stages, acquisition, device-hours), and its Markdown / LaTeX / CSV writers."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,18 @@ def efficiency_table(runs: Sequence[RunRecord], row_keys: Sequence[str]) -> Effi
     return EfficiencyTable(keys, out, stage_keys, other_keys)
 
 
+def format_duration(seconds: float) -> str:
+    """A duration as a plain number in the unit its size asks for: ``0.28 s``, ``4.73 min``, ``2.00 h``
+    (never ``7.883e-05`` hours)."""
+    if not math.isfinite(seconds):
+        return "–"
+    if abs(seconds) < 60:
+        return f"{seconds:.2f} s"
+    if abs(seconds) < 3600:
+        return f"{seconds / 60:.2f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
 def _seconds(c: Cell) -> str:
     if not c.n:
         return "–"
@@ -144,7 +157,7 @@ def efficiency_markdown(table: EfficiencyTable) -> str:
         "feature extraction",
         "acquisition (s)",
         *other_heads,
-        "device-hours",
+        "device time",
         "device",
     ]
     lines = [
@@ -160,7 +173,7 @@ def efficiency_markdown(table: EfficiencyTable) -> str:
             f"{r.cold} of {r.runs} cold",
             _seconds(r.acquisition),
             *(_seconds(r.other[k]) for k in table.other_keys),
-            f"{r.device_hours:.4g}",
+            format_duration(r.device_hours * 3600.0),
             "; ".join(r.devices) or "?",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -173,7 +186,7 @@ def efficiency_latex(table: EfficiencyTable) -> str:
         "runs",
         "selection (s)",
         "acquisition (s)",
-        "device-hours",
+        "device time",
         "device",
     ]
     lines = [
@@ -190,7 +203,7 @@ def efficiency_latex(table: EfficiencyTable) -> str:
                 f"${c.mean:.2f}" + (rf" \pm {c.std:.2f}" if c.n > 1 else "") + "$"
                 for c in (r.selection, r.acquisition)
             ),
-            f"{r.device_hours:.4g}",
+            format_duration(r.device_hours * 3600.0),
             latex_escape("; ".join(r.devices) or "?"),
         ]
         lines.append(" & ".join(cells) + r" \\")

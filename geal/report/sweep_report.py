@@ -20,11 +20,14 @@ from geal.report.efficiency import (
 )
 from geal.report.plots import plot
 from geal.report.results import SELECTION, Collected, RunRecord, collect
+from geal.report.style import MethodStyle
 from geal.report.tables import (
     CSV_FIELDS,
     BudgetTable,
     budget_table,
+    conflicts_markdown,
     csv_rows,
+    json_cells,
     metrics_of,
     row_keys_for,
     to_latex,
@@ -103,6 +106,7 @@ class ReportOptions:
     wandb_project: str | None = None  # push the tables to this wandb project
     wandb_mode: str | None = None
     wandb_entity: str | None = None
+    style: MethodStyle | None = None  # display names and colours of the methods in the plots
 
 
 @dataclass
@@ -130,6 +134,25 @@ def problems_markdown(collected: Collected) -> str:
     return "\n".join(lines)
 
 
+def check_selection(found: Collected, options: ReportOptions) -> None:
+    """``--methods`` / ``--budgets`` must name methods and budgets the runs have (a typo would give an
+    empty table): ValueError listing the known ones."""
+    known_methods = sorted({r.method for r in found.runs})
+    unknown_methods = [m for m in options.methods or [] if m not in known_methods]
+    if unknown_methods:
+        raise ValueError(
+            f"unknown method(s) {unknown_methods} in --methods (known: {', '.join(known_methods)})"
+        )
+    trained = [r for r in found.trained if not options.methods or r.method in options.methods]
+    known_budgets = sorted({b for r in trained for b in (*r.values, *r.planned)})
+    unknown_budgets = sorted({int(b) for b in options.budgets or []} - set(known_budgets))
+    if unknown_budgets and trained:
+        raise ValueError(
+            f"unknown budget(s) {unknown_budgets} in --budgets: no run planned or scored them "
+            f"(known: {', '.join(map(str, known_budgets))})"
+        )
+
+
 def report(root: Path, out_dir: Path | None = None, options: ReportOptions | None = None) -> Report:
     """Collect the runs below ``root`` and write into ``out_dir`` (default ``root``):
 
@@ -155,6 +178,7 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
     unknown = [m for m in metrics if m not in available]
     if unknown and finished_any:
         raise ValueError(f"metric(s) {unknown} are in no metrics.json below {root}; available: {available}")
+    check_selection(found, options)
     out_dir = Path(out_dir or root)
     tables = [
         budget_table(trained, m, options.rows, options.methods, options.scale, options.budgets)
@@ -190,7 +214,8 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
         ]
         csv_all += csv_rows(table)
         stem = f"results_{table.metric}".replace("/", "_")
-        for path in plot(table, [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"], title=options.title):
+        paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.svg"]
+        for path in plot(table, paths, title=options.title, style=options.style):
             files[f"plot_{table.metric}_{path.suffix[1:]}"] = path
     if eff.rows:
         sections += [
@@ -201,10 +226,13 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
             "",
             "Selection: the selector's own wall time, including feature extraction only where the run "
             "extracted (cold); acquisition: for active-learning cycles, every selection plus the trainings "
-            "whose models made them. Device-hours: acquisition × devices / 3600, summed over the runs.",
+            "whose models made them. Device time: acquisition × devices, summed over the runs.",
         ]
-        latex += ["% selection wall time (s) and device-hours", efficiency_latex(eff), ""]
+        latex += ["% selection wall time (s) and device time", efficiency_latex(eff), ""]
         files["efficiency_csv"] = write_csv(efficiency_csv_rows(eff), out_dir / "efficiency.csv")
+    conflicts = [c for t in tables for c in t.conflicts]
+    if conflicts:
+        sections += ["", conflicts_markdown(conflicts)]
     problems = problems_markdown(found)
     if problems:
         sections += ["", problems]
@@ -221,7 +249,17 @@ def report(root: Path, out_dir: Path | None = None, options: ReportOptions | Non
             "root": str(root),
             "metrics": metrics,
             "row_keys": keys,
-            "cells": csv_all,
+            "cells": [c for t in tables for c in json_cells(t)],
+            "conflicts": [
+                {
+                    "metric": c.metric,
+                    **dict(zip(keys, c.row, strict=True)),
+                    "seed": c.seed,
+                    "budget": c.budget,
+                    "values": [{"value": v, "dir": str(d)} for v, d in c.values],
+                }
+                for c in conflicts
+            ],
             "runs": [
                 {
                     "dir": str(r.directory),

@@ -5,8 +5,10 @@ Runs are read by :mod:`geal.report.results` (``metrics.json``, ``run_info.json``
 :mod:`geal.report.plots` and :mod:`geal.report.efficiency`.
 A table has one row per setting (the method, plus any config key the sweep varied: τ, K, distance... — the
 layout of the paper's ablation table) and one column per budget; a cell is the mean ± sample std over seeds
-with the number of seeds. Runs that did not finish leave gaps (``–``, or fewer seeds in the cell) and are
-listed under every table. Writers: Markdown, CSV (long format), LaTeX (booktabs).
+with the number of seeds. Runs of one setting and seed in several folders (a study extended with more
+budgets) are merged, budgets that two runs scored differently listed as conflicts (:func:`merge_seeds`).
+Runs that did not finish leave gaps (``–``, or fewer seeds in the cell) and are listed under every table.
+Writers: Markdown, CSV (long format), LaTeX (booktabs).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,19 @@ def summarize(values: Sequence[float], seeds: Sequence[int | None] = ()) -> Cell
     return Cell(mean, std, len(values), tuple(seeds))
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """One budget of one seed of one setting scored differently by two or more runs (a study extended
+    into another folder that reran a budget): ``values`` as (value, run dir), oldest first; the table
+    shows the newest."""
+
+    row: tuple[str, ...]
+    seed: int | None
+    budget: int
+    metric: str
+    values: tuple[tuple[float, Path], ...]
+
+
 @dataclass
 class BudgetTable:
     """Rows (settings) × budgets of one metric.
@@ -83,6 +98,8 @@ class BudgetTable:
     budgets: list[int]
     cells: dict[tuple[tuple[str, ...], int], Cell]
     scale: float = 100.0
+    conflicts: list[Conflict] = field(default_factory=list)
+    row_methods: dict[tuple[str, ...], str] = field(default_factory=dict)  # the method of a one-method row
 
     def cell(self, row: tuple[str, ...] | str, budget: int) -> Cell:
         key = (row,) if isinstance(row, str) else tuple(row)
@@ -117,12 +134,13 @@ def sort_key(value: str) -> tuple[int, float, str]:
 
 
 def row_keys_for(runs: Sequence[RunRecord], rows: Sequence[str] | None = None) -> list[str]:
-    """``rows`` as given; else ``method`` plus the settings the sweep varied, without ``method`` when every
-    run has the same one and something else varies (an ablation of one method)."""
-    if rows:
-        return list(rows)
-    varied = varying_settings(runs)
+    """``rows`` as given (with ``method`` put first when the runs have more than one method and ``rows``
+    lacks it: rows never merge two methods); else ``method`` plus the settings the sweep varied, without
+    ``method`` when every run has the same one and something else varies (an ablation of one method)."""
     methods = {r.method for r in runs}
+    if rows:
+        return list(rows) if "method" in rows or len(methods) <= 1 else ["method", *rows]
+    varied = varying_settings(runs)
     if varied and len(methods) == 1:
         return varied
     return ["method", *varied]
@@ -161,43 +179,74 @@ def budget_table(
     else:
         budgets = sorted({b for r in runs for b in (*r.values, *r.planned)})
     cells: dict[tuple[tuple[str, ...], int], Cell] = {}
+    conflicts: list[Conflict] = []
     values_all: list[float] = []
     for row, members in by_row.items():
-        members = one_run_per_seed(members, row)
+        merged = merge_seeds(members, metric, row)
         for b in budgets:
-            got = [
-                (r.values[b][metric], r.seed)
-                for r in members
-                if math.isfinite(r.values.get(b, {}).get(metric, math.nan))  # undefined (NaN) = no value
-            ]
+            got = [(seed.values[b][-1][0], seed.seed) for seed in merged if b in seed.values]
             values_all += [v for v, _ in got]
             if got:
                 cells[(row, b)] = summarize([v for v, _ in got], sorted((s for _, s in got), key=str))
+        conflicts += [
+            Conflict(row, seed.seed, b, metric, tuple(seed.values[b]))
+            for seed in merged
+            for b in sorted(seed.values)
+            if len(seed.values[b]) > 1
+        ]
     if scale is None:
         scale = 100.0 if values_all and all(0.0 <= v <= 1.0 for v in values_all) else 1.0
-    return BudgetTable(metric, keys, sorted(by_row, key=row_order), budgets, cells, scale)
+    row_methods = {
+        row: members[0].method for row, members in by_row.items() if len({r.method for r in members}) == 1
+    }
+    return BudgetTable(
+        metric, keys, sorted(by_row, key=row_order), budgets, cells, scale, conflicts, row_methods
+    )
+
+
+@dataclass
+class SeedValues:
+    """The values of one seed of one setting, merged over every run of it: budget → [(value, run dir)],
+    oldest first; the last is the value shown, more than one is a conflict."""
+
+    seed: int | None
+    values: dict[int, list[tuple[float, Path]]]
+
+
+def merge_seeds(runs: Sequence[RunRecord], metric: str, row: tuple[str, ...] = ()) -> list[SeedValues]:
+    """The runs of one setting merged per seed: a study extended into another folder (budgets [10, 20, 50]
+    in one run dir, [100] in another) gives one seed with every budget. A budget that two runs scored with
+    different values keeps the value of the most recent ``metrics.json`` and is returned as a conflict
+    (``len(values[b]) > 1``, oldest first): never averaged in, never dropped silently. NaN (undefined,
+    e.g. mIoU with no class present) is no value."""
+    merged: dict[Any, dict[int, list[tuple[float, Path]]]] = {}
+    for r in sorted(runs, key=lambda r: r.mtime):  # oldest first: the newest value ends last
+        seen = merged.setdefault(r.seed, {})
+        for b, metrics in r.values.items():
+            v = metrics.get(metric, math.nan)
+            if not math.isfinite(v):
+                continue
+            have = seen.setdefault(b, [])
+            # the same result again (a rerun, a copied run dir) is no conflict: one entry, now the newest
+            have[:] = [(o, d) for o, d in have if not math.isclose(v, o, rel_tol=1e-9, abs_tol=1e-12)]
+            have.append((v, r.directory))
+    out = []
+    for seed, values in merged.items():
+        for b, got in values.items():
+            if len(got) > 1:
+                log.warning(
+                    "setting %s seed %s budget %s: runs disagree (%s); the newest is shown",
+                    row,
+                    seed,
+                    b,
+                    ", ".join(f"{v:g} in {d}" for v, d in got),
+                )
+        out.append(SeedValues(seed, values))
+    return out
 
 
 #: the paper's headline metric of each task, preferred in this order when no metric is asked for
 HEADLINE_METRICS = ("top1", "map", "mAP", "map50", "miou", "mIoU")
-
-
-def one_run_per_seed(runs: Sequence[RunRecord], row: tuple[str, ...] = ()) -> list[RunRecord]:
-    """The runs of one setting with each seed once: a seed run twice (a rerun into another dir) counts
-    with its most recent ``metrics.json``; the others are logged, never averaged in."""
-    latest: dict[Any, RunRecord] = {}
-    for r in sorted(runs, key=lambda r: r.mtime):
-        if r.seed in latest and r.values:
-            log.warning(
-                "setting %s seed %s ran twice: %s replaces %s",
-                row,
-                r.seed,
-                r.directory,
-                latest[r.seed].directory,
-            )
-        if r.values or r.seed not in latest:
-            latest[r.seed] = r
-    return list(latest.values())
 
 
 def metrics_of(runs: Sequence[RunRecord]) -> list[str]:
@@ -297,6 +346,57 @@ def csv_rows(table: BudgetTable) -> list[dict[str, str]]:
                 }
             )
     return out
+
+
+def json_cells(table: BudgetTable) -> list[dict[str, Any]]:
+    """:func:`csv_rows` with numbers as JSON numbers (``report.json``): budget and n ints, mean and std
+    floats (null for a gap), seeds a list; setting values that are numbers (τ, K) as numbers."""
+    out: list[dict[str, Any]] = []
+    for row in table.rows:
+        settings = {
+            k: (v if k == "method" else _json_value(v)) for k, v in zip(table.row_keys, row, strict=True)
+        }
+        for b in table.budgets:
+            c = table.cell(row, b)
+            out.append(
+                {
+                    **settings,
+                    "budget": int(b),
+                    "metric": table.metric,
+                    "mean": float(c.mean) if c.n else None,
+                    "std": float(c.std) if c.n else None,
+                    "n": int(c.n),
+                    "seeds": list(c.seeds),
+                    "scale": float(table.scale),
+                }
+            )
+    return out
+
+
+def _json_value(printed: str) -> Any:
+    """A setting as printed in a table back to a JSON value where it is one (``0.4`` → 0.4, ``–`` → null);
+    text stays text."""
+    if printed == "–":
+        return None
+    try:
+        return json.loads(printed)
+    except ValueError:
+        return printed
+
+
+def conflicts_markdown(conflicts: Sequence[Conflict]) -> str:
+    """The list of budgets two runs of one setting and seed scored differently (empty when none)."""
+    if not conflicts:
+        return ""
+    lines = [
+        f"Conflicting results ({len(conflicts)}): the same setting, seed and budget scored differently by "
+        f"two runs; the tables show the newest (the last listed):",
+        "",
+    ]
+    for c in conflicts:
+        got = "; ".join(f"{v:.6g} in `{d}`" for v, d in c.values)
+        lines.append(f"- {c.metric}, {', '.join(c.row)}, seed {c.seed}, budget {c.budget}: {got}")
+    return "\n".join(lines)
 
 
 def write_csv(rows: Sequence[dict[str, str]], path: Path) -> Path:

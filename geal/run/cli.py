@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.method.geal_selector import GEALSelector
+from geal.report.style import MethodStyle
 from geal.report.sweep_report import ReportOptions, report
 from geal.run.builders import (
     build_logger,
@@ -159,7 +160,7 @@ def visualize_main(cfg: DictConfig) -> None:
     picked_by = ""
     if cfg.selection:
         selected, doc = load_selection(Path(cfg.selection), pool)
-        picked_by = f"{doc.get('selector')} (seed {doc.get('seed')}) on {pool.name}"
+        picked_by = f"{MethodStyle().name(str(doc.get('selector')))}, seed {doc.get('seed')}, on {pool.name}"
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
     if "clusters" in cfg.figures:
@@ -232,18 +233,28 @@ def histograms(cfg: DictConfig, pool: ImagePool, selected: list[int], out_dir: P
     the reason instead when the pool has neither labels nor annotations."""
     from geal.report import visualize
 
-    others = {}
-    for path in cfg.compare:
-        ids, doc = load_selection(Path(path), pool)
-        # the same number of images as the selection: the prefix (a nested selector's smaller budget)
-        others[f"{doc.get('selector')} (seed {doc.get('seed')}, {Path(path).parent.name})"] = ids[
-            : len(selected)
-        ]
+    style = MethodStyle()
+    loaded = [(Path(path), *load_selection(Path(path), pool)) for path in cfg.compare]
+    names = visualize.compare_names(
+        [(doc.get("selector"), doc.get("seed"), p) for p, _, doc in loaded], style
+    )
+    # the same number of images as the selection: the prefix (a nested selector's smaller budget)
+    others = {name: ids[: len(selected)] for name, (_, ids, _) in zip(names, loaded, strict=True)}
+    colors = {
+        name: style.color(str(doc.get("selector"))) for name, (_, _, doc) in zip(names, loaded, strict=True)
+    }
+    _, doc = load_selection(Path(cfg.selection), pool)
+    colors["selection"] = style.color(str(doc.get("selector")))
     try:
         hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
     except ValueError as err:  # a pool without labels or annotations
         return str(err)
-    figure = visualize.histogram_figure(hist, out_dir / "histograms.png")
+    figure = visualize.histogram_figure(
+        hist,
+        out_dir / "histograms.png",
+        colors=colors,
+        selection_label=visualize.selection_name(doc.get("selector"), doc.get("seed"), style),
+    )
     atomic_write_json(out_dir / "histograms.json", hist.as_dict())
     return {"histograms": str(figure), "histograms_json": str(out_dir / "histograms.json")}
 
@@ -277,6 +288,23 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--best", choices=("max", "min", "none"), default="max", help="bold in LaTeX")
     parser.add_argument("--out", type=Path, default=None, help="where to write results.* (default: root)")
     parser.add_argument("--title", default="", help="title of the report and the plots")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        metavar="METHOD=NAME",
+        help="display names in the plots, e.g. geal=Ours 'coreset_cos=Core-Set' (tables keep config names)",
+    )
+    parser.add_argument(
+        "--colors",
+        nargs="+",
+        default=None,
+        metavar="METHOD=COLOUR",
+        help="plot colours, e.g. geal=tab:red random=#7f7f7f (default: a fixed colour per method)",
+    )
+    parser.add_argument(
+        "--style", type=Path, default=None, help="YAML file with 'names:' and 'colors:' maps (method → value)"
+    )
     parser.add_argument("--wandb-project", default=None, help="also log the tables and plots to wandb")
     parser.add_argument("--wandb-entity", default=None)
     parser.add_argument(
@@ -291,6 +319,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     parser = report_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        style = MethodStyle.from_options(args.names, args.colors, args.style)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"geal-report: error: {err}\n")
     options = ReportOptions(
         metrics=args.metric,
         rows=args.rows,
@@ -303,6 +335,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         wandb_project=args.wandb_project,
         wandb_mode=args.wandb_mode,
         wandb_entity=args.wandb_entity,
+        style=style,
     )
     try:
         done = report(args.root, args.out, options)
