@@ -1,5 +1,5 @@
-"""Issue 19 end to end (geal-select subprocesses, tiny ViT): skipped images on a cache hit, validated settings,
-one-line user errors."""
+"""Issue 19 end to end (geal-select subprocesses, tiny ViT): skipped images on a cache hit, validated
+settings, one-line user errors."""
 
 from __future__ import annotations
 
@@ -66,8 +66,13 @@ def test_a_bad_labeled_file_is_an_error_naming_it(tmp: Path, content: str) -> No
     path.write_text(content)
     out = tmp / f"labeled_run_{len(content)}"
     proc = geal_select(
-        "data=image_folder", folder(tmp), "data.on_error=skip", f"labeled={path}", f"hydra.run.dir={out}",
-        tmp=tmp, check=False,
+        "data=image_folder",
+        folder(tmp),
+        "data.on_error=skip",
+        f"labeled={path}",
+        f"hydra.run.dir={out}",
+        tmp=tmp,
+        check=False,
     )
     assert proc.returncode == 1
     assert str(path) in proc.stderr and "Traceback" not in proc.stderr

@@ -1,8 +1,8 @@
 """Issue 19, "the feature cache never lies": every cache hit is as trustworthy as a fresh run.
 
-Skipped images are part of the cached record; damaged, truncated, partial or stale shards and cluster files are
-detected (per-array digests), quarantined and rebuilt; features that are not finite are an error naming the
-images; changed images are re-extracted; settings are validated.
+Skipped images are part of the cached record; damaged, truncated, partial or stale shards and cluster files
+are detected (per-array digests), quarantined and rebuilt; features that are not finite are an error
+naming the images; changed images are re-extracted; settings are validated.
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ CLUSTERS = ClusterSettings(k=2, kmeans_iters=5)
 
 def provider(pool, factory, cache_dir: Path, **kw) -> FeatureProvider:
     settings = ExtractionSettings(**{**SETTINGS.__dict__, **kw})
-    return FeatureProvider(pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny")
+    return FeatureProvider(
+        pool, factory, {"tiny": TINY_VIT}, cache_dir, settings, torch.device("cpu"), "tiny"
+    )
 
 
 def store_dir(cache_dir: Path) -> Path:
@@ -111,7 +113,9 @@ def test_same_size_damage_of_any_array_is_detected_quarantined_and_re_extracted(
     np.testing.assert_array_equal(got_clusters.owners, want_clusters.owners)
 
 
-def test_damaged_cluster_file_is_detected_and_recomputed(squares: SquaresPool, tmp_path: Path, caplog) -> None:
+def test_damaged_cluster_file_is_detected_and_recomputed(
+    squares: SquaresPool, tmp_path: Path, caplog
+) -> None:
     _, want = reference(squares, tmp_path)
     cache_dir = tmp_path / "a"
     p = provider(squares, CountingFactory(), cache_dir)
@@ -227,7 +231,7 @@ def test_images_changed_in_place_are_re_extracted(tmp_path: Path) -> None:
     np.testing.assert_allclose(second.features[9], first.features[0], rtol=1e-5, atol=1e-5)
 
 
-# ---------------------------------------------------------------- defect 5: random never picks unreadable images
+# ---------------------------------------------------------------- defect 5: random vs unreadable images
 
 
 @pytest.mark.parametrize("on_error", ["skip", "raise"])
@@ -244,7 +248,10 @@ def test_random_never_picks_unreadable_images(tmp_path: Path, on_error: str) -> 
         return
     result = run_selection(pool, RandomSelector(), 8, ctx, tmp_path, split_name="r", on_error="skip")
     assert sorted(result.selection.global_ids) == [0, 1, 3, 4, 5, 6, 8, 9]
-    assert sorted(s["image_id"] for s in result.run_info["features"]["skipped_images"]) == ["sq_0002", "sq_0007"]
+    assert sorted(s["image_id"] for s in result.run_info["features"]["skipped_images"]) == [
+        "sq_0002",
+        "sq_0007",
+    ]
 
 
 # ---------------------------------------------------------------- defect 7: settings
@@ -260,7 +267,9 @@ def test_on_error_is_validated() -> None:
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", b"\x80\x02garbage pickle"])
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_corrupt_or_empty_checkpoint_is_one_line_naming_the_file(tmp_path: Path, content: bytes, suffix) -> None:
+def test_corrupt_or_empty_checkpoint_is_one_line_naming_the_file(
+    tmp_path: Path, content: bytes, suffix
+) -> None:
     from geal.features.backbones.vit import load_state_dict_file
 
     path = tmp_path / f"weights{suffix}"

@@ -40,6 +40,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -50,13 +53,9 @@ import torch
 from tqdm.auto import tqdm
 
 from geal.api.features import KnowledgeClusterSet
-import os
-import time
-import zipfile
-
 from geal.features.store import FeatureStore, ShardArray, ShardData, StoreMismatchError, fp16_if_in_range
-from geal.util.digest import arrays_digest, known_algorithm
 from geal.method.knowledge import ClusterSettings, knowledge_clusters
+from geal.util.digest import arrays_digest, known_algorithm
 from geal.util.io import atomic_write_bytes, atomic_write_json, stable_hash
 from geal.util.locks import file_lock
 
@@ -194,7 +193,10 @@ class ClusterCache:
         for shard in range(self.store.n_shards):
             part = self._load_shard(shard, ("features", "digest"))
             block, digest = part["features"], str(part["digest"])
-            if not known_algorithm(digest) or arrays_digest([block, counts[shard]], digest.split(":")[0]) != digest:
+            if (
+                not known_algorithm(digest)
+                or arrays_digest([block, counts[shard]], digest.split(":")[0]) != digest
+            ):
                 raise DamagedClusterShardError(
                     self.directory, shard, self.shard_path(shard), "its content does not match its digest"
                 )

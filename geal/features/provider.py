@@ -178,12 +178,16 @@ class FeatureProvider:
         if hit:
             log.info("features: cache hit (%s)", store.directory)
         self._check_skipped(store)
-        self.timings.extra["store_check_s"] = time.perf_counter() - t0 - (
-            self.timings.extraction.seconds if self.timings.extraction is not None else 0.0
+        self.timings.extra["store_check_s"] = (
+            time.perf_counter()
+            - t0
+            - (self.timings.extraction.seconds if self.timings.extraction is not None else 0.0)
         )
         return store
 
-    def _refresh(self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None) -> None:
+    def _refresh(
+        self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
+    ) -> None:
         """Before a store is used (once per provider and store): quarantine its damaged shards (digests of
         the small arrays, readable meta) and drop the shards whose images changed since they were written;
         both become missing and are extracted again by the caller."""
@@ -306,8 +310,8 @@ class FeatureProvider:
         named = ", ".join(self.pool.source(i) for i in images[:5]) + (" ..." if len(images) > 5 else "")
         raise NonFiniteFeaturesError(
             f"features of {len(images)} image(s) are not finite (NaN or inf): {named}; the backbone, its "
-            f"weights or its precision produce them (try extraction.amp=none), or the store {store.directory} "
-            f"is damaged (delete it to extract again)"
+            f"weights or its precision produce them (try extraction.amp=none), or the store "
+            f"{store.directory} is damaged (delete it to extract again)"
         )
 
     # ------------------------------------------------------------------ stage 2: the cluster cache
@@ -361,4 +365,3 @@ class FeatureProvider:
         how = "computed during extraction" if in_extraction else "computed" if computed_now else "cache hit"
         log.info("knowledge clusters: %s (%s)", how, cache.directory)
         return clusters
-

@@ -37,7 +37,6 @@ whose array does not match its digest raises :class:`DamagedShardError`, and the
 ``quarantine/`` inside the store (:meth:`FeatureStore.quarantine`, never deleted) and re-extracts it.
 """
 
-
 from __future__ import annotations
 
 import contextlib
