@@ -240,18 +240,17 @@ def test_random_never_picks_unreadable_images(tmp_path: Path, on_error: str) -> 
     from geal.run.outputs import run_selection
 
     pool = SquaresPool(10, broken=[2, 7])
-    ctx = SelectionContext(seed=0)
+    ctx = SelectionContext(seed=0, on_error=on_error)
     if on_error == "raise":
         with pytest.raises(OSError, match=r"sq_000[27]"):
-            run_selection(pool, RandomSelector(), 9, ctx, tmp_path, split_name="r", on_error="raise")
+            run_selection(pool, RandomSelector(), 9, ctx, tmp_path, split_name="r")
         assert not (tmp_path / "selection.json").exists()
         return
-    result = run_selection(pool, RandomSelector(), 8, ctx, tmp_path, split_name="r", on_error="skip")
+    result = run_selection(pool, RandomSelector(), 8, ctx, tmp_path, split_name="r")
     assert sorted(result.selection.global_ids) == [0, 1, 3, 4, 5, 6, 8, 9]
-    assert sorted(s["image_id"] for s in result.run_info["features"]["skipped_images"]) == [
-        "sq_0002",
-        "sq_0007",
-    ]
+    # only the picks are decoded: the unreadable images the draw hit are reported
+    reported = {s["image_id"] for s in result.run_info["features"]["skipped_images"]}
+    assert reported and reported <= {"sq_0002", "sq_0007"}
 
 
 # ---------------------------------------------------------------- defect 7: settings

@@ -30,9 +30,10 @@ the features handed out. A damaged shard or cluster file is quarantined and comp
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +165,12 @@ class FeatureProvider:
         store = self.open_store(request)
         self.timings.store_dir = str(store.directory)
         t0 = time.perf_counter()
+        waited = self._waited()
         self._refresh(store, request, clusters)
+        checked = time.perf_counter() - t0 - (self._waited() - waited)
         hit = store.complete
         if not hit:
-            with store.lock():
+            with self._locked(store.lock()):
                 if store.complete:  # another job filled it while we waited
                     log.info("features: extracted meanwhile by another job (%s)", store.directory)
                 else:
@@ -177,13 +180,23 @@ class FeatureProvider:
             self.timings.extraction_cache_hit = self.timings.extraction is None
         if hit:
             log.info("features: cache hit (%s)", store.directory)
+        t1 = time.perf_counter()
         self._check_skipped(store)
-        self.timings.extra["store_check_s"] = (
-            time.perf_counter()
-            - t0
-            - (self.timings.extraction.seconds if self.timings.extraction is not None else 0.0)
-        )
+        checked += time.perf_counter() - t1
+        self.timings.extra["store_check_s"] = self.timings.extra.get("store_check_s", 0.0) + checked
         return store
+
+    def _waited(self) -> float:
+        return float(self.timings.extra.get("lock_wait_s", 0.0))
+
+    @contextlib.contextmanager
+    def _locked(self, lock: contextlib.AbstractContextManager[None]) -> Iterator[None]:
+        """Hold ``lock``; the time spent waiting for it (another job extracting) is booked as
+        ``lock_wait_s``, not as this run's work."""
+        t0 = time.perf_counter()
+        with lock:
+            self.timings.extra["lock_wait_s"] = self._waited() + time.perf_counter() - t0
+            yield
 
     def _refresh(
         self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
@@ -196,7 +209,7 @@ class FeatureProvider:
         damaged = store.check()
         stale = store.stale_images(self.fingerprints())
         if damaged or stale:
-            with store.lock("repairing"):
+            with self._locked(store.lock("repairing")):
                 damaged = store.check()  # another job may have repaired it meanwhile
                 for shard, err in damaged.items():
                     store.quarantine(shard, f"damaged ({err.reason})")
@@ -228,7 +241,7 @@ class FeatureProvider:
         """After a read found damage: quarantine what is damaged (under the store's lock) so that the next
         :meth:`store` / cluster computation makes it again."""
         store = self.open_store(request)
-        with store.lock("repairing"):
+        with self._locked(store.lock("repairing")):
             if isinstance(err, DamagedClusterShardError):
                 quarantine_cluster_file(store, err.path, f"damaged ({err.reason})")
                 self.timings.quarantined.append(str(err.path))

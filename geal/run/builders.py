@@ -127,6 +127,7 @@ def build_selection_context(
         device=device,
         features=feature_provider(cfg, pool, device) if needs_features else None,
         progress=cfg.extraction.progress,
+        on_error=str(cfg.data.get("on_error", "raise")),
     )
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,7 @@ def run_selection(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    selection = selector.select(pool, budget, ctx)
+    selection, unreadable = select_readable(pool, selector, budget, ctx)
     total = time.perf_counter() - t0
 
     timings: dict[str, float] = {}
@@ -167,10 +167,14 @@ def run_selection(
     if ctx.features is not None:
         ft = ctx.features.timings
         extraction = ft.extraction.seconds if ft.extraction is not None else 0.0
+        waited = float(ft.extra.get("lock_wait_s", 0.0))
+        checked = float(ft.extra.get("store_check_s", 0.0))
         timings = {
             "extraction_s": extraction,
             "clusters_s": ft.clusters_seconds,
-            "sampling_s": max(total - extraction - ft.clusters_seconds, 0.0),
+            "lock_wait_s": waited,  # waiting for another job's extraction: not sampling time
+            "store_check_s": checked,  # digests, fingerprints, skipped images of the store
+            "sampling_s": max(total - extraction - ft.clusters_seconds - waited - checked, 0.0),
         }
         feature_info = {
             "store_dir": ft.store_dir,
@@ -178,10 +182,13 @@ def run_selection(
             "clusters_cache_hit": ft.clusters_cache_hit,
             "clusters_in_extraction": ft.clusters_in_extraction,  # their time is in extraction_s
             "extracted_images": ft.extraction.images if ft.extraction is not None else 0,
-            "skipped_images": ft.extraction.skipped if ft.extraction is not None else [],
+            "refreshed_images": ft.refreshed_images,  # changed since the store was written: re-extracted
+            "quarantined": list(ft.quarantined),  # damaged cache files found, moved aside and rebuilt
+            "skipped_images": [*ft.skipped, *unreadable],
         }
     else:
         timings = {"sampling_s": total}
+        feature_info = {"skipped_images": unreadable}
     timings["selection_total_s"] = total
 
     files = write_selection(
@@ -224,6 +231,37 @@ def run_selection(
     }
     write_run_info(out_dir, run_info)
     return RunResult(selection, files, timings, run_info)
+
+
+def select_readable(
+    pool: ImagePool, selector: Selector, budget: int, ctx: SelectionContext
+) -> tuple[Selection, list[dict[str, str]]]:
+    """``selector``'s picks, none of them unreadable. A selector that reads no image (random) cannot know:
+    its picks are decoded here (``budget`` images, not the pool); with ``ctx.on_error == "raise"`` the first
+    unreadable one stops the run naming it, with ``skip`` it is excluded and the selector picks again.
+    Selectors that read the features already never see what the extraction skipped."""
+    selection = selector.select(pool, budget, ctx)
+    if "features" in selector.requires:
+        return selection, []
+    unreadable: list[dict[str, str]] = []
+    while True:
+        bad: list[tuple[int, Exception]] = []
+        for i in selection.global_ids:
+            try:
+                pool.load(int(i))
+            except (OSError, ValueError) as err:
+                if ctx.on_error == "raise":
+                    raise
+                bad.append((int(i), err))
+        if not bad:
+            return selection, unreadable
+        for i, err in bad:
+            log.warning("skipping unreadable image %s: %s", pool.source(i), err)
+            unreadable.append(
+                {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": f"{err}"}
+            )
+        ctx = replace(ctx, excluded=[*ctx.excluded, *(i for i, _ in bad)])
+        selection = selector.select(pool, budget, ctx)
 
 
 def write_selection(
