@@ -46,9 +46,21 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
         raise FileNotFoundError(
             f"labeled-id file {path} does not exist (labeled=PATH: a .txt of image ids or a selection.json)"
         )
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(
+            f"labeled-id file {path} is empty: list the labeled image ids (one per line, or a selection.json), "
+            f"or leave labeled unset when nothing is labeled yet"
+        )
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if "image_ids" not in data:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"labeled-id file {path} is not valid JSON ({err}): pass a selection.json written by "
+                f"geal-select, or a .txt of image ids"
+            ) from err
+        if not isinstance(data, dict) or "image_ids" not in data:
             raise ValueError(
                 f"{path} has no 'image_ids' list: is it a selection.json written by geal-select?"
             )
@@ -56,7 +68,7 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
     else:
         image_ids = [
             line.strip()
-            for line in path.read_text().splitlines()
+            for line in text.splitlines()
             if line.strip() and not line.startswith("#")
         ]
     return pool.index_of(image_ids)
