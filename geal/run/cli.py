@@ -19,8 +19,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 

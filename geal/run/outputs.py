@@ -49,8 +49,8 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
     text = path.read_text()
     if not text.strip():
         raise ValueError(
-            f"labeled-id file {path} is empty: list the labeled image ids (one per line, or a selection.json), "
-            f"or leave labeled unset when nothing is labeled yet"
+            f"labeled-id file {path} is empty: list the labeled image ids (one per line, or a "
+            f"selection.json), or leave labeled unset when nothing is labeled yet"
         )
     if path.suffix == ".json":
         try:
@@ -66,11 +66,7 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
             )
         image_ids = [str(x) for x in data["image_ids"]]
     else:
-        image_ids = [
-            line.strip()
-            for line in text.splitlines()
-            if line.strip() and not line.startswith("#")
-        ]
+        image_ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return pool.index_of(image_ids)
 
 
