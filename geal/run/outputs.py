@@ -263,10 +263,10 @@ def select_readable(
                 bad.append((int(i), err))
         if not bad:
             return selection, unreadable
-        for i, err in bad:
-            log.warning("skipping unreadable image %s: %s", pool.source(i), err)
+        for i, problem in bad:
+            log.warning("skipping unreadable image %s: %s", pool.source(i), problem)
             unreadable.append(
-                {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": f"{err}"}
+                {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": f"{problem}"}
             )
         ctx = replace(ctx, excluded=[*ctx.excluded, *(i for i, _ in bad)])
         selection = selector.select(pool, budget, ctx)

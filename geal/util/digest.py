@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Protocol
 
+_xxhash: Any
 try:  # pragma: no cover - which branch runs depends on the environment
     import xxhash as _xxhash
 except ImportError:  # pragma: no cover
@@ -89,7 +90,7 @@ def arrays_digest(arrays: list[Any], algorithm: str | None = None) -> str:
     if hasher is None:
         raise ValueError(f"unknown digest algorithm {algorithm!r}")
     for arr in arrays:
-        hasher.update(memoryview(np.ascontiguousarray(arr)).cast("B"))
+        hasher.update(np.ascontiguousarray(arr).view(np.uint8).reshape(-1).data)
     return f"{algorithm}:{hasher.hexdigest()}"
 
 
