@@ -264,9 +264,10 @@ def select_readable(
         if not bad:
             return selection, unreadable
         for i, problem in bad:
-            log.warning("skipping unreadable image %s: %s", pool.source(i), problem)
+            source = pool.source(i)
+            log.warning("skipping unreadable image %s: %s", source, problem)
             unreadable.append(
-                {"global_id": str(i), "image_id": pool.ids[i], "source": pool.source(i), "error": f"{problem}"}
+                {"global_id": str(i), "image_id": pool.ids[i], "source": source, "error": f"{problem}"}
             )
         ctx = replace(ctx, excluded=[*ctx.excluded, *(i for i, _ in bad)])
         selection = selector.select(pool, budget, ctx)
