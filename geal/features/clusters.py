@@ -180,9 +180,10 @@ class ClusterCache:
             reason = "no digest: written by an older version" if isinstance(err, KeyError) else f"{err}"
             raise DamagedClusterShardError(self.directory, shard, path, reason) from err
 
-    def read(self, valid: np.ndarray) -> KnowledgeClusterSet:
+    def read(self, valid: np.ndarray, verify: bool = True) -> KnowledgeClusterSet:
         """Every shard's clusters in one :class:`KnowledgeClusterSet` (float32 centroids, allocated once);
-        ``valid``: the store's (n_images,) validity. The cache must be complete."""
+        ``valid``: the store's (n_images,) validity. The cache must be complete. Each shard is checked
+        against its digest (``verify=False`` only to measure what that costs, scripts/bench_verify.py)."""
         self._check_manifest()
         counts = []
         for shard in range(self.store.n_shards):
@@ -193,7 +194,7 @@ class ClusterCache:
         for shard in range(self.store.n_shards):
             part = self._load_shard(shard, ("features", "digest"))
             block, digest = part["features"], str(part["digest"])
-            if (
+            if verify and (
                 not known_algorithm(digest)
                 or arrays_digest([block, counts[shard]], digest.split(":")[0]) != digest
             ):

@@ -173,10 +173,13 @@ class FeatureStore:
         self.shard_size = int(shard_size)
         self.contents: StoreContents = contents
         self._cache: dict[int, Mapping[str, np.ndarray]] = {}
-        #: (shard, array) verified against its digest by this object
+        #: (shard, array) verified against its digest by this object, and the metas it read
         self._verified: set[tuple[int, str]] = set()
+        self._metas: dict[int, dict[str, Any]] = {}
         #: the pool's per-image fingerprints (set by the provider), recorded in each shard written
         self.fingerprints: Sequence[Fingerprint] | None = None
+        #: False only to measure what verification costs (scripts/bench_verify.py)
+        self.verify_reads = True
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -321,6 +324,7 @@ class FeatureStore:
             raise
         self._cache.pop(shard, None)
         self._verified = {v for v in self._verified if v[0] != shard}
+        self._metas.pop(shard, None)
 
     def quarantine(self, shard: int, reason: str) -> Path | None:
         """Move shard ``shard``'s folder to ``quarantine/`` inside the store (kept for inspection, never
@@ -328,6 +332,7 @@ class FeatureStore:
         source = self.shard_dir(shard)
         self._cache.pop(shard, None)
         self._verified = {v for v in self._verified if v[0] != shard}
+        self._metas.pop(shard, None)
         if not source.exists():
             return None
         folder = self.directory / "quarantine"
@@ -352,7 +357,10 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ reading
     def read_meta(self, shard: int) -> dict[str, Any]:
-        """Shard ``shard``'s ``meta.json`` (a :class:`DamagedShardError` if it cannot be read)."""
+        """Shard ``shard``'s ``meta.json`` (a :class:`DamagedShardError` if it cannot be read), read once
+        per object."""
+        if shard in self._metas:
+            return self._metas[shard]
         path = self.shard_dir(shard) / "meta.json"
         try:
             meta = json.loads(path.read_text())
@@ -364,12 +372,13 @@ class FeatureStore:
             raise DamagedShardError(self.directory, shard, path, f"unreadable meta.json: {err}") from err
         if not isinstance(meta, dict) or not isinstance(meta.get("skipped"), list):
             raise DamagedShardError(self.directory, shard, path, "meta.json is not a shard's meta")
+        self._metas[shard] = meta
         return meta
 
     def verify(self, shard: int, name: str, meta: dict[str, Any] | None = None) -> None:
         """Check array ``name`` of shard ``shard`` against the digest in its meta (streamed; once per
         object); a :class:`DamagedShardError` names the file."""
-        if (shard, name) in self._verified:
+        if (shard, name) in self._verified or not self.verify_reads:
             return
         meta = meta if meta is not None else self.read_meta(shard)
         path = self.shard_dir(shard) / f"{name}.npy"

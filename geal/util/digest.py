@@ -9,6 +9,7 @@ library) is the fallback where ``xxhash`` is not importable. A digest names its 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,9 +48,10 @@ def file_digest(path: Path, algorithm: str | None = None) -> str:
     hasher = _hasher(algorithm)
     if hasher is None:
         raise ValueError(f"unknown digest algorithm {algorithm!r}")
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
     with open(path, "rb", buffering=0) as fh:
+        # a buffer of the file's size up to CHUNK: small files do not pay for zeroing a large one
+        buffer = bytearray(max(1, min(CHUNK, os.fstat(fh.fileno()).st_size)))
+        view = memoryview(buffer)
         while True:
             n = fh.readinto(buffer)
             if not n:
