@@ -186,12 +186,7 @@ def startup_breakdown(args: argparse.Namespace) -> tuple[str, dict[str, float]]:
             f"import geal.run.cli, torch; x = torch.zeros(1, device={device!r}); x.cpu()",
         ],
         "imports+config (--cfg job)": [
-            sys.executable,
-            "-m",
-            "geal.run.cli",
-            f"device={device}",
-            "--cfg",
-            "job",
+            sys.executable, "-m", "geal.run.cli", f"device={device}", "--cfg", "job"
         ],
     }
     medians: dict[str, float] = {}
