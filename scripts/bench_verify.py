@@ -12,7 +12,7 @@ Each case times ``--repeats`` hits with a fresh store object (so every digest is
 warm, verified and unverified interleaved; the median of each, and the ratio. Also the per-image
 fingerprint cost: one ``stat`` per file over ``--files`` files (VOC07+12 trainval has 16,551).
 
-Usage: python scripts/bench_verify.py [--repeats 5] [--files 16551]
+Usage: python scripts/bench_verify.py [--repeats 5] [--files 16551] [--out FILE.jsonl]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_record import BenchRecorder, add_out_argument
 
 from geal.features.clusters import ClusterCache
 from geal.features.store import FeatureStore, ShardData, fingerprint
@@ -66,7 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--files", type=int, default=16551)
+    add_out_argument(parser)
     args = parser.parse_args()
+    rec = BenchRecorder("bench_verify", args.out, repeats=args.repeats)
     with tempfile.TemporaryDirectory(prefix="bench_verify_") as tmp:
         for name, n, k in (("mnist5k", 4000, 25), ("100k", 100_000, None)):
             root, key = build(Path(tmp) / name, n, 384, k)
@@ -77,9 +80,14 @@ def main() -> None:
                 checked.append(hit(root, key, n, k, True))
             a, b = statistics.median(plain), statistics.median(checked)
             size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
-            print(
+            rec.emit(
+                name,
                 f"verify {name}: {n:,} images, {size:,.0f} MB read per hit: hit {a:.3f}s unverified, "
-                f"{b:.3f}s verified: {b / a:.2f}x (+{100 * (b - a) / a:.0f}% of the hit)"
+                f"{b:.3f}s verified: {b / a:.2f}x (+{100 * (b - a) / a:.0f}% of the hit)",
+                images=n,
+                unverified_s=a,
+                verified_s=b,
+                ratio=b / a,
             )
         files = Path(tmp) / "files"
         files.mkdir()
@@ -90,7 +98,12 @@ def main() -> None:
         for p in paths:
             fingerprint(p)
         dt = time.perf_counter() - t0
-        print(f"verify fingerprints: stat of {args.files:,} files {1000 * dt:.0f} ms (page cache warm)")
+        rec.emit(
+            "fingerprints",
+            f"verify fingerprints: stat of {args.files:,} files {1000 * dt:.0f} ms (page cache warm)",
+            files=args.files,
+            seconds=dt,
+        )
 
 
 if __name__ == "__main__":
