@@ -166,7 +166,7 @@ class FeatureProvider:
         self.timings.store_dir = str(store.directory)
         t0 = time.perf_counter()
         waited = self._waited()
-        self._refresh(store, request, clusters)
+        self.refresh_store(store, request, clusters)
         checked = time.perf_counter() - t0 - (self._waited() - waited)
         hit = store.complete
         if not hit:
@@ -181,7 +181,7 @@ class FeatureProvider:
         if hit:
             log.info("features: cache hit (%s)", store.directory)
         t1 = time.perf_counter()
-        self._check_skipped(store)
+        self.check_skipped(store)
         checked += time.perf_counter() - t1
         self.timings.extra["store_check_s"] = self.timings.extra.get("store_check_s", 0.0) + checked
         return store
@@ -198,7 +198,7 @@ class FeatureProvider:
             self.timings.extra["lock_wait_s"] = self._waited() + time.perf_counter() - t0
             yield
 
-    def _refresh(
+    def refresh_store(
         self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
     ) -> None:
         """Before a store is used (once per provider and store): quarantine its damaged shards (digests of
@@ -229,7 +229,7 @@ class FeatureProvider:
         self.timings.quarantined.extend(str(store.shard_dir(s)) for s in damaged)
         self._checked.add(store.directory)
 
-    def _check_skipped(self, store: FeatureStore) -> None:
+    def check_skipped(self, store: FeatureStore) -> None:
         """The skipped images of the extraction that made the store (every run reports them); with
         ``on_error=raise`` they stop the run with the error the first one gave."""
         skipped = store.skipped()
