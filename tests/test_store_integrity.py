@@ -277,3 +277,83 @@ def test_corrupt_or_empty_checkpoint_is_one_line_naming_the_file(
         load_state_dict_file(path)
     message = str(err.value)
     assert str(path) in message and "\n" not in message and "weights_only" not in message
+
+
+def test_damaged_converted_imgfocus_weights_are_converted_again(tmp_path: Path) -> None:
+    import geal.features.backbones.imgfocus as imgfocus_mod
+
+    first = imgfocus_mod.ImgFocusViT(cache_dir=str(tmp_path))
+    path = imgfocus_mod.converted_weights_path(tmp_path, 224)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: a SafetensorError before the fix
+    again = imgfocus_mod.ImgFocusViT(cache_dir=str(tmp_path))
+    x = torch.rand(1, 3, 224, 224)
+    assert torch.equal(again.extract(x).tokens, first.extract(x).tokens)
+
+
+# ---------------------------------------------------------------- defect 2: clusters-only stores
+
+
+def test_damaged_cluster_file_of_a_clusters_only_store_re_extracts_its_shard(squares, tmp_path: Path) -> None:
+    cache_dir = tmp_path / "a"
+    p = provider(squares, CountingFactory(), cache_dir, cache_mode="clusters_only")
+    want = p.knowledge_clusters(DENSE, CLUSTERS)
+    store = p.open_store(DENSE)
+    flip_bytes(ClusterCache.of(store, CLUSTERS).shard_path(2), at_fraction=0.5)
+    factory = CountingFactory()
+    got = provider(squares, factory, cache_dir, cache_mode="clusters_only").knowledge_clusters(
+        DENSE, CLUSTERS
+    )
+    assert factory.images == 8  # shard 2, extracted again (no tokens to recompute its clusters from)
+    np.testing.assert_array_equal(got.owners, want.owners)
+    np.testing.assert_allclose(got.features, want.features)
+
+
+# ---------------------------------------------------------------- defect 8: lock wait, Ctrl-C
+
+
+def test_waiting_for_another_jobs_lock_is_not_booked_as_work(squares: SquaresPool, cache_dir: Path) -> None:
+    import threading
+
+    p = provider(squares, CountingFactory(), cache_dir)
+    store = p.open_store()
+    held, release = threading.Event(), threading.Event()
+
+    def other_job() -> None:
+        with store.lock("another job"):
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=other_job)
+    thread.start()
+    held.wait(5)
+    threading.Timer(1.0, release.set).start()
+    p.store()
+    thread.join()
+    assert p.timings.extra["lock_wait_s"] >= 0.9
+    assert p.timings.extra["store_check_s"] < 0.9
+
+
+def test_ctrl_c_prints_one_line_writes_failure_json_and_exits_130(tmp_path: Path, capsys) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from geal.run.cli import one_line_errors
+    from tests.test_configs import compose_root
+
+    cfg = compose_root("select", "seed=1")
+    cfg.hydra.runtime.output_dir = str(tmp_path)
+    HydraConfig.instance().set_config(cfg)
+
+    def interrupted(cfg) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as code:
+        one_line_errors(interrupted)(OmegaConf.create({}))
+    assert code.value.code == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "resume" in err
+    failure = json.loads((tmp_path / "failure.json").read_text())
+    assert failure["error"] == "KeyboardInterrupt" and failure["overrides"] == [
+        "paths.data_dir=/data",
+        "seed=1",
+    ]
