@@ -237,20 +237,28 @@ def test_images_changed_in_place_are_re_extracted(tmp_path: Path) -> None:
 @pytest.mark.parametrize("on_error", ["skip", "raise"])
 def test_random_never_picks_unreadable_images(tmp_path: Path, on_error: str) -> None:
     from baselines.random import RandomSelector
+    from downstream.datasets import synthetic
+    from downstream.datasets.folder import ImageFolderPool
     from geal.run.outputs import run_selection
 
-    pool = SquaresPool(10, broken=[2, 7])
+    synthetic.make_image_folder(tmp_path / "photos", n_per_class=4)  # 12 images
+    pool = ImageFolderPool(tmp_path / "photos")
+    broken = {2, 7}
+    for i in broken:
+        path = pool.file_path(i)
+        path.write_bytes(path.read_bytes()[:60])  # truncated JPEGs
     ctx = SelectionContext(seed=0, on_error=on_error)
+    out = tmp_path / "out"
     if on_error == "raise":
-        with pytest.raises(OSError, match=r"sq_000[27]"):
-            run_selection(pool, RandomSelector(), 9, ctx, tmp_path, split_name="r")
-        assert not (tmp_path / "selection.json").exists()
+        with pytest.raises(OSError, match=r"(square|circle|triangle)_00[0-3]\.jpg"):
+            run_selection(pool, RandomSelector(), 11, ctx, out, split_name="r")
+        assert not (out / "selection.json").exists()
         return
-    result = run_selection(pool, RandomSelector(), 8, ctx, tmp_path, split_name="r")
-    assert sorted(result.selection.global_ids) == [0, 1, 3, 4, 5, 6, 8, 9]
+    result = run_selection(pool, RandomSelector(), 10, ctx, out, split_name="r")
+    assert sorted(result.selection.global_ids) == sorted(set(range(12)) - broken)
     # only the picks are decoded: the unreadable images the draw hit are reported
-    reported = {s["image_id"] for s in result.run_info["features"]["skipped_images"]}
-    assert reported and reported <= {"sq_0002", "sq_0007"}
+    reported = {int(s["global_id"]) for s in result.run_info["features"]["skipped_images"]}
+    assert reported and reported <= broken
 
 
 # ---------------------------------------------------------------- defect 7: settings

@@ -245,9 +245,10 @@ def select_readable(
     pool: ImagePool, selector: Selector, budget: int, ctx: SelectionContext
 ) -> tuple[Selection, list[dict[str, str]]]:
     """``selector``'s picks, none of them unreadable. A selector that reads no image (random) cannot know:
-    its picks are decoded here (``budget`` images, not the pool); with ``ctx.on_error == "raise"`` the first
-    unreadable one stops the run naming it, with ``skip`` it is excluded and the selector picks again.
-    Selectors that read the features already never see what the extraction skipped."""
+    its picks that are image files are decoded here (``budget`` images, not the pool; an in-memory pool has
+    nothing to check); with ``ctx.on_error == "raise"`` the first unreadable one stops the run naming it,
+    with ``skip`` it is excluded and the selector picks again. Selectors that read the features never see
+    what the extraction skipped."""
     selection = selector.select(pool, budget, ctx)
     if "features" in selector.requires:
         return selection, []
@@ -255,6 +256,8 @@ def select_readable(
     while True:
         bad: list[tuple[int, Exception]] = []
         for i in selection.global_ids:
+            if pool.file_path(int(i)) is None:
+                continue
             try:
                 pool.load(int(i))
             except (OSError, ValueError) as err:
