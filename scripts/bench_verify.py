@@ -44,7 +44,7 @@ def build(root: Path, n: int, dim: int, k: int | None, seed: int = 0) -> tuple[P
         m = stop - start
         data = ShardData(None, None, rng.standard_normal((m, dim), dtype=np.float32), np.ones(m, bool), [])
         store.write_shard(shard, data)
-        if cache is not None:
+        if cache is not None and k:
             cents = rng.standard_normal((m, k, dim), dtype=np.float32)
             cache.write_shard(shard, cents, np.ones((m, k), bool))
     return root, key
