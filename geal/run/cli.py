@@ -87,7 +87,7 @@ def one_line_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfig]
         except USER_ERRORS as err:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            raise UserError(f"{type(err).__name__}: {err}".replace("\n", " ")) from err
+            raise UserError(str(err).replace("\n", " ")) from err
         except KeyboardInterrupt as err:
             out_dir = Path(HydraConfig.get().runtime.output_dir)
             message = (
