@@ -211,8 +211,16 @@ class FeatureProvider:
         if damaged or stale:
             with self._locked(store.lock("repairing")):
                 damaged = store.check()  # another job may have repaired it meanwhile
+                old = [s for s, err in damaged.items() if err.reason.startswith("no digest")]
+                if old:
+                    log.warning(
+                        "features: %d shard(s) of %s were written without digests (an older version): not "
+                        "trusted, moved to its quarantine/ (delete it once done) and extracted again",
+                        len(old),
+                        store.directory,
+                    )
                 for shard, err in damaged.items():
-                    store.quarantine(shard, f"damaged ({err.reason})")
+                    store.quarantine(shard, f"damaged ({err.reason})", quiet=shard in old)
                 stale = store.stale_images(self.fingerprints())
                 if stale:
                     log.warning(

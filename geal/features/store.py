@@ -326,9 +326,10 @@ class FeatureStore:
         self._verified = {v for v in self._verified if v[0] != shard}
         self._metas.pop(shard, None)
 
-    def quarantine(self, shard: int, reason: str) -> Path | None:
+    def quarantine(self, shard: int, reason: str, quiet: bool = False) -> Path | None:
         """Move shard ``shard``'s folder to ``quarantine/`` inside the store (kept for inspection, never
-        deleted) and say so; None if it was gone already."""
+        deleted; delete the folder once inspected) and say so (``quiet``: at debug level, for a caller that
+        says it once for many shards); None if it was gone already."""
         source = self.shard_dir(shard)
         self._cache.pop(shard, None)
         self._verified = {v for v in self._verified if v[0] != shard}
@@ -347,7 +348,13 @@ class FeatureStore:
             os.rename(source, target)
         except FileNotFoundError:  # another job moved it first
             return None
-        log.warning("feature store shard %s: %s; moved to %s, it is extracted again", source, reason, target)
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "feature store shard %s: %s; moved to %s, it is extracted again",
+            source,
+            reason,
+            target,
+        )
         return target
 
     def remove_stale_temporaries(self) -> None:
