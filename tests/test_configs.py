@@ -7,11 +7,21 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from geal.run.builders import extraction_settings
 from geal.run.cli import CONFIG_DIR
-from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.run.schemas import (
+    POOL_RUN_KEYS,
+    TASK_RUN_KEYS,
+    RunConfig,
+    SelectConfig,
+    check_known_keys,
+    check_target_kwargs,
+    register_schemas,
+)
 
 register_schemas()
 
@@ -80,6 +90,11 @@ def test_composes_and_targets_accept_keys(root: str, override: str) -> None:
         OmegaConf.select(cfg, key, throw_on_missing=True)
     if root == "select":
         assert cfg.output.split_name == f"{cfg.selector.name}_{cfg.budget}"
+    # no key outside the root's struct schema (what `+key=...` could add), valid extraction settings
+    HydraConfig.instance().set_config(cfg)  # as in a job: ${hydra:...} resolves
+    job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    check_known_keys(job, {"select": SelectConfig, "run": RunConfig}[root])
+    extraction_settings(job)
 
 
 def test_demo_is_the_embedded_default() -> None:

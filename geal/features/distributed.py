@@ -76,6 +76,8 @@ def extract_distributed(
         return provider.store(request, clusters)
     store = provider.open_store(request)
     provider.timings.store_dir = str(store.directory)
+    if rank == 0:  # damaged or stale shards become missing ones (the other ranks wait for the plan below)
+        provider.refresh_store(store, request, clusters)
     lock = store.lock("extracting features with several ranks") if rank == 0 else contextlib.nullcontext()
     with lock:
         plan: list[tuple[list[int], ClusterSettings | None] | None] = [
@@ -109,4 +111,5 @@ def extract_distributed(
     if settings is not None and missing:  # every rank's shards were clustered during this job's extraction
         provider.note_clustered_in_extraction(ClusterCache.of(store, settings), missing)
     provider.timings.extraction_cache_hit = not missing
+    provider.check_skipped(store)
     return store

@@ -28,7 +28,7 @@ from geal.report.loggers.base import RunLogger
 from geal.run.device_lease import current_lease
 from geal.run.outputs import load_selection, read_labeled_ids
 from geal.run.schedule import ONE_PASS, CycleSchedule, check_budgets
-from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs
+from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_known_keys, check_target_kwargs
 from geal.util.resources import sha256_file
 
 log = logging.getLogger("geal")
@@ -115,6 +115,13 @@ def build_selector(node: DictConfig, group: str = "selector") -> Selector:
     return instantiate(node, _convert_="all")
 
 
+def check_settings(cfg: DictConfig, schema: type) -> None:
+    """What every entry point checks first: no key outside its struct ``schema`` (``+key=...`` included),
+    and valid extraction settings and ``data.on_error`` (whether or not features are needed)."""
+    check_known_keys(cfg, schema)
+    extraction_settings(cfg)
+
+
 def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
     """``extraction`` (geal/conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates
     every value; ``data.on_error`` says how the pass treats unreadable images."""
@@ -158,6 +165,7 @@ def build_selection_context(
         device=device,
         features=feature_provider(cfg, pool, device) if needs_features else None,
         progress=cfg.extraction.progress,
+        on_error=str(cfg.data.get("on_error", "raise")),
     )
 
 

@@ -13,19 +13,25 @@ Each entry point builds what it needs (geal.run.builders), runs it, and prints o
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
+from geal.features.clusters import ClustersNotStoredError
+from geal.features.store import StoreMismatchError
 from geal.method.geal_selector import GEALSelector
 from geal.report.style import MethodStyle
 from geal.report.sweep_report import ReportOptions, report
@@ -39,6 +45,7 @@ from geal.run.builders import (
     build_start,
     build_task,
     build_task_context,
+    check_settings,
     expand_home_paths,
     feature_provider,
     resolve_device,
@@ -46,13 +53,61 @@ from geal.run.builders import (
 )
 from geal.run.loop import run_cycles
 from geal.run.outputs import load_selection, run_selection
-from geal.run.schemas import CONFIG_DIR, register_schemas
+from geal.run.schemas import CONFIG_DIR, RunConfig, SelectConfig, VisualizeConfig, register_schemas
 from geal.run.summaries import run_summary, selection_summary
 from geal.util.distributed import init_from_env as init_distributed_from_env
 from geal.util.io import atomic_write_json
 
 log = logging.getLogger("geal")
 register_schemas()
+
+
+#: errors that are the user's to fix (a setting, a file, an image, a cache): one line, no traceback (unless
+#: HYDRA_FULL_ERROR=1); anything else is a bug and keeps its traceback. failure.json keeps it either way.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    StoreMismatchError,
+    ClustersNotStoredError,
+)
+
+
+class UserError(CompactHydraException):
+    """A user error as Hydra prints it: its message alone (the original is its ``__cause__``)."""
+
+
+def one_line_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Wrap an entry point: a user error becomes one line (:class:`UserError`); Ctrl-C prints one line,
+    writes ``failure.json`` and exits 130 (a sweep stops)."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig) -> None:
+        try:
+            main(cfg)
+        except USER_ERRORS as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise UserError(str(err).replace("\n", " ")) from err
+        except KeyboardInterrupt as err:
+            out_dir = Path(HydraConfig.get().runtime.output_dir)
+            message = (
+                f"interrupted (Ctrl-C): finished feature shards and budgets are kept (cache dir and "
+                f"{out_dir}); run the same command again to resume"
+            )
+            atomic_write_json(
+                out_dir / "failure.json",
+                {
+                    "error": "KeyboardInterrupt",
+                    "raised_as": "KeyboardInterrupt",
+                    "message": message,
+                    "traceback": traceback.format_exception(err),
+                    "overrides": list(HydraConfig.get().overrides.task),
+                },
+            )
+            print(f"geal: {message}", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -63,11 +118,13 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
+@one_line_errors
 def select_main(cfg: DictConfig) -> None:
     """``geal-select``: one selection run (see geal/conf/select.yaml); under ``torchrun`` every rank extracts
     its share of the features (geal.features.distributed) and the k-center runs sharded."""
     expand_home_paths(cfg)
     t_start = time.perf_counter()
+    check_settings(cfg, SelectConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     init_distributed_from_env()
     device = resolve_device(cfg.device)
@@ -98,11 +155,13 @@ def select_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
+@one_line_errors
 def run_main(cfg: DictConfig) -> None:
     """``geal-run``: select → train the task → evaluate → metrics.json, over the one-pass schedule (every
     budget of ``budgets``) or an active-learning schedule (``cycles=...``); see geal/conf/run.yaml."""
     expand_home_paths(cfg)
     t_start = time.perf_counter()
+    check_settings(cfg, RunConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     schedule, budgets = build_schedule(cfg)  # budgets come from `budgets` or from the schedule, not both
     device = resolve_device(cfg.device)
@@ -145,9 +204,11 @@ VISUALIZE_FIGURES = ("clusters", "contact_sheet", "histograms")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="visualize")
+@one_line_errors
 def visualize_main(cfg: DictConfig) -> None:
     """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (geal/conf/visualize.yaml)."""
     expand_home_paths(cfg)
+    check_settings(cfg, VisualizeConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     unknown = sorted(set(cfg.figures) - set(VISUALIZE_FIGURES))
     if unknown:

@@ -301,6 +301,7 @@ class CycleRunner:
                 excluded=list(self.context.excluded),
                 task=self.task,
                 progress=self.context.progress,
+                on_error=self.context.on_error,
             )
             log.info(
                 "cycle %d: %s selects %d of %d unlabeled images",

@@ -165,6 +165,27 @@ def register_schemas() -> None:
     ConfigStore.instance().store(name="visualize_schema", node=VisualizeConfig)
 
 
+def check_known_keys(cfg: DictConfig, schema: type, where: str = "") -> None:
+    """Fail naming the key if ``cfg`` has a key its struct ``schema`` (a dataclass) does not declare: Hydra
+    lets ``+key=value`` add one to a struct config, which would otherwise be accepted and ignored. Nodes
+    typed with a dataclass are checked the same way; the groups (``Any``) are checked by their builders."""
+    names = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key in cfg:
+        key = str(key)
+        if key not in names:
+            raise ValueError(
+                f"unknown setting '{where}{key}' (added with '+'?): valid keys here are {sorted(names)}; "
+                f"GEAL's τ is selector.clusters.tau, K selector.clusters.k"
+            )
+        value = cfg.get(key)
+        if isinstance(value, DictConfig):
+            for option in (hints[key], *typing.get_args(hints[key])):
+                if isinstance(option, type) and dataclasses.is_dataclass(option):
+                    check_known_keys(value, option, f"{where}{key}.")
+                    break
+
+
 def check_target_kwargs(node: DictConfig | dict, group: str, ignore: tuple[str, ...] = ()) -> None:
     """Fail now, with the group's name, if a config node has keys its ``_target_`` does not accept; a
     nested node passed to a parameter typed with a dataclass (``selector.clusters``: ClusterSettings) is
