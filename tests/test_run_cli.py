@@ -174,7 +174,9 @@ def test_pets_classification_sweep_on_an_earlier_selection(
         tmp=tmp,
     )
     groups, names = set(), set()
-    for job in ("0", "1"):
+    jobs = sorted(d.name for d in sweep.iterdir() if d.is_dir())  # named by their settings: ...seed=0...
+    assert len(jobs) == 2 and "seed=0" in jobs[0] and "seed=1" in jobs[1]
+    for job in jobs:
         doc = read_json(sweep / job / "metrics.json")
         assert doc["task"] == "pets_classification" and doc["selection_file"] == str(selection)
         assert [r["budget"] for r in doc["results"]] == [4, 8]
@@ -195,7 +197,7 @@ def test_pets_classification_sweep_on_an_earlier_selection(
     assert groups == {"debug:sweep"}  # every job of the sweep in one group: task_name (debug) + sweep dir
     assert len(names) == 2 and all("seed=" in n for n in names)
     # the two seeds trained on the same images but from different initialisations
-    a, b = (read_json(sweep / j / "metrics.json")["results"][1]["fit"]["loss"] for j in ("0", "1"))
+    a, b = (read_json(sweep / j / "metrics.json")["results"][1]["fit"]["loss"] for j in jobs)
     assert a != b
 
 

@@ -55,6 +55,12 @@ class RankedExtractor(Protocol):
 
     def note_clustered_in_extraction(self, cache: ClusterCache, shards: list[int]) -> None: ...
 
+    def refresh_store(
+        self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
+    ) -> None: ...
+
+    def check_skipped(self, store: FeatureStore) -> None: ...
+
 
 def extract_distributed(
     provider: RankedExtractor,
