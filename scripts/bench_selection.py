@@ -3,10 +3,10 @@
 Lines printed (every ratio is reference time / our time on identical inputs, in this process):
 
 * ``kcenter``: ``geal.method.kcenter.kcenter_greedy`` (default ``pruning="auto"``: lazy exact argmax
-  with triangle bounds on a CPU) vs the per-step **broadcast reference** research code uses (each step recomputes the
-  distances of all clusters to ALL selected clusters, then min/argmax), over the reference's first
-  ``--ref-steps`` picks (it grows with the picks), at ``--sizes`` images × 25 clusters × 384. "same picks"
-  checks ours against the reference on that prefix AND against the plain full scan
+  with triangle bounds on a CPU) vs the per-step **broadcast reference** research code uses (each step
+  recomputes the distances of all clusters to ALL selected clusters, then min/argmax), over the reference's
+  first ``--ref-steps`` picks (it grows with the picks), at ``--sizes`` images × 25 clusters × 384. "same
+  picks" checks ours against the reference on that prefix AND against the plain full scan
   (``pruning="none"``: one matrix product of all clusters against the new image's clusters per step) over
   the whole ``--budget-frac`` budget; the full scan's time over that budget gives the second ratio.
 * ``VOC``: the paper's pool size (16,551 images × K=25 × 384, budget 7,000, cosine): our total time for the

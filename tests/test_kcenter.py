@@ -490,14 +490,14 @@ def test_options_drive_the_lazy_path_without_changing_picks():
     take other paths through the lazy code; the picks stay those of the default options."""
     x, g = clustered_set(7, 200, per_group=4, dim=8, n_modes=20)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
-    kw = {"distance": "euclidean", "pruning": "bounds", "block_size": 8, "generator": gen(3)}
-    want = kcenter_greedy(pts, grp, 150, **kw).order
+    kw = {"distance": "euclidean", "pruning": "bounds", "block_size": 8}
+    want = kcenter_greedy(pts, grp, 150, generator=gen(3), **kw).order
     for options in (
         KCenterOptions(lazy_first_blocks=1, lazy_max_blocks=2, lloyd_steps=0, partition_seed=5),
         KCenterOptions(eager_when=1e9, lazy_bound_rows=10**6, lazy_bound_max_fraction=1.0),
         KCenterOptions(eager_when=0.0, lazy_centers=8, center_block=3),
     ):
-        assert kcenter_greedy(pts, grp, 150, options=options, **kw).order == want
+        assert kcenter_greedy(pts, grp, 150, generator=gen(3), options=options, **kw).order == want
 
 
 def test_options_are_checked_and_frozen():

@@ -43,7 +43,8 @@ def kcenter_greedy_sharded(
     Each rank passes its own rows: points (m_r,D), groups (m_r,) global group ids; the ranks' rows are
     consecutive slices of the global point order, rank 0 first (so ties still go to the lowest global
     point index). A group's points may span ranks. ``initial``, ``eligible`` (G,) and the ``generator``'s
-    seed must be the same on every rank. Every rank returns the same result.
+    seed must be the same on every rank. Every rank returns the same result. ``options``: the tuning
+    constants (here ``gpu_min_chunk`` and ``gather_rows``).
     """
     shard = _Shard(points, groups, distance, eligible, chunk_size, group, options)
     st = shard.st
