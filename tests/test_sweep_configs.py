@@ -189,7 +189,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
         cmd.append("budgets=[10,20]" if "efficiency" not in name else "cycles.initial_size=10")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sweep = tmp_path / "out" / name
+    sweep = tmp_path / "out" / "debug"  # debug=smoke names the task (and so the sweep dir) "debug"
     runs = collect(sweep).runs
     assert runs and all(r.status == DONE for r in runs), [(r.directory, r.status, r.reason) for r in runs]
     report = subprocess.run(
