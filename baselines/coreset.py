@@ -1,7 +1,7 @@
 """Core-Set (Sener & Savarese) over off-the-shelf global features of the same pretrained backbone.
 
 The "off-the-shelf features" baseline of the paper: k-center greedy where each image is one point (its global
-feature), using the same k-center implementation as GEAL (``geal.method.kcenter.greedy``).
+feature), using the same k-center implementation as GEAL (``geal.method.kcenter``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from geal.api.pool import ImagePool
 from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
-from geal.method.kcenter.greedy import kcenter_greedy
+from geal.method.kcenter import kcenter_greedy
 
 
 class CoreSetSelector(Selector):
@@ -45,7 +45,7 @@ class CoreSetSelector(Selector):
             distance=self.distance,
             initial=list(ctx.labeled),
             eligible=eligible,
-            generator=ctx.generator(ctx.device),
+            generator=ctx.generator("cpu"),  # same seed, same picks on every device
             chunk_size=self.chunk_size,
             progress=ctx.progress,
         )

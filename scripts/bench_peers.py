@@ -3,7 +3,7 @@
 Each (selector, pool size) runs in a fresh child process, so its peak resident memory (``ru_maxrss``) is its
 own: the child builds the features — clustered Gaussians (``--clusters`` centres ~ N(0, 1)^D of Dirichlet
 sizes, points = centre + N(0, 0.5²)^D, float32) — then selects ``--budget-frac`` of the pool with the
-selector's config from conf/selector/ (ProbCover with ``n_classes = 10``). One line per run:
+selector's config from geal/conf/selector/ (ProbCover with ``n_classes = 10``). One line per run:
 
     <selector> n=<pool> budget=<B> time <s> peak RSS <MiB> (+<MiB> over the features) [cuda peak <MiB>]
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from geal.api.features import GlobalFeatures, KnowledgeClusterSet
 
 PEERS = ["typiclust", "probcover", "maxherding", "usl", "kmeans_nearest", "activeft"]
-CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
+CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 
 
 def synthetic_features(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:

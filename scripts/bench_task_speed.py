@@ -1,6 +1,6 @@
 """Training speed (images/s) of the paper's dense-task configs: SSD300-VGG16
-(``conf/task/voc_detection.yaml``) and DeepLabV3-ResNet50 (``conf/task/cityscapes_segmentation.yaml``),
-random backbone weights (no network).
+(``geal/conf/task/voc_detection.yaml``) and DeepLabV3-ResNet50
+(``geal/conf/task/cityscapes_segmentation.yaml``), random backbone weights (no network).
 
 For each config, on generated VOC-sized (500×375 JPEG) / Cityscapes-sized (2048×1024 PNG) images:
 

@@ -22,7 +22,7 @@ from geal.features.backbones.imgfocus import ImgFocusViT
 from geal.features.backbones.vit import CheckpointMismatchError, TimmViT
 from geal.method.knowledge import reduce_heads
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "backbone"
+CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "backbone"
 TINY = dict(
     model_name="vit_tiny_patch16_224",
     resolution=32,

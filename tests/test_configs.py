@@ -7,11 +7,21 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from geal.run.builders import extraction_settings
 from geal.run.cli import CONFIG_DIR
-from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, register_schemas
+from geal.run.schemas import (
+    POOL_RUN_KEYS,
+    TASK_RUN_KEYS,
+    RunConfig,
+    SelectConfig,
+    check_known_keys,
+    check_target_kwargs,
+    register_schemas,
+)
 
 register_schemas()
 
@@ -27,7 +37,7 @@ def options(group: str) -> list[str]:
 
 
 def experiments(root: str) -> list[str]:
-    """The experiments of a command: the files of its own folder, conf/<root>/experiment/."""
+    """The experiments of a command: the files of its own folder, geal/conf/<root>/experiment/."""
     return sorted(p.stem for p in (CONFIG_DIR / root / "experiment").glob("*.yaml"))
 
 
@@ -80,6 +90,11 @@ def test_composes_and_targets_accept_keys(root: str, override: str) -> None:
         OmegaConf.select(cfg, key, throw_on_missing=True)
     if root == "select":
         assert cfg.output.split_name == f"{cfg.selector.name}_{cfg.budget}"
+    # no key outside the root's struct schema (what `+key=...` could add), valid extraction settings
+    HydraConfig.instance().set_config(cfg)  # as in a job: ${hydra:...} resolves
+    job = OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"])
+    check_known_keys(job, {"select": SelectConfig, "run": RunConfig}[root])
+    extraction_settings(job)
 
 
 def test_demo_is_the_embedded_default() -> None:
@@ -150,13 +165,13 @@ def test_cluster_setting_typos_fail_naming_the_nested_key() -> None:
 
 
 def test_config_dir_is_the_repository_conf() -> None:
-    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "geal" / "conf"
     assert (CONFIG_DIR / "select.yaml").is_file()
 
 
 def test_an_experiment_belongs_to_the_command_of_its_folder() -> None:
-    """conf/run/experiment/ is geal-run's, conf/select/experiment/ geal-select's: composing one with the
-    other command fails naming the experiment and listing that command's own."""
+    """geal/conf/run/experiment/ is geal-run's, geal/conf/select/experiment/ geal-select's: composing one
+    with the other command fails naming the experiment and listing that command's own."""
     assert "paper_voc" in experiments("run") and experiments("select") == ["demo"]
     only_demo = r"experiment/paper_voc[\s\S]*Available options in .experiment.:\s*demo\n"
     with pytest.raises(Exception, match=only_demo):
@@ -176,7 +191,7 @@ def test_every_command_shares_the_extraction_and_hydra_settings(root: str) -> No
 
 
 def test_local_settings_are_optional_and_loaded_last(tmp_path: Path) -> None:
-    """conf/local/default.yaml (git-ignored) is composed after experiments when it exists."""
+    """geal/conf/local/default.yaml (git-ignored) is composed after experiments when it exists."""
     import shutil
 
     conf = tmp_path / "conf"

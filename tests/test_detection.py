@@ -223,7 +223,7 @@ def test_small_detector_learns_the_generated_shapes(shapes: synthetic.GeneratedD
 def test_real_ssd300_config_builds_and_trains_one_step(
     voc: synthetic.GeneratedDataset, tmp_path: Path
 ) -> None:
-    """conf/task/voc_detection.yaml's SSD300-VGG16 (random weights) takes one SGD step on CPU; a local
+    """geal/conf/task/voc_detection.yaml's SSD300-VGG16 (random weights) takes one SGD step on CPU; a local
     VGG16 weights file is loaded into its backbone."""
     cfg = compose_root("run", "task=voc_detection", "data=voc0712", "task.model.backbone_weights=null")
     builder = instantiate(cfg.task.model)

@@ -22,8 +22,7 @@ from geal.features.clusters import ClusterCache
 from geal.features.distributed import extract_distributed
 from geal.features.extract import ExtractionSettings
 from geal.features.provider import FeatureProvider
-from geal.method.kcenter.greedy import kcenter_greedy
-from geal.method.kcenter.sharded import kcenter_greedy_sharded
+from geal.method.kcenter import kcenter_greedy, kcenter_greedy_sharded
 from geal.method.knowledge import ClusterSettings
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 

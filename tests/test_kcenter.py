@@ -1,4 +1,4 @@
-"""k-center greedy and D² sampling over grouped points (geal.method.kcenter.greedy)."""
+"""k-center greedy and D² sampling over grouped points (geal.method.kcenter)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-from geal.method.kcenter.greedy import GreedyResult, d2_sampling, kcenter_greedy
+from geal.method.kcenter import GreedyResult, KCenterOptions, d2_sampling, kcenter_greedy
+from geal.method.kcenter.lazy import LazyState
+from geal.method.kcenter.state import State
 
 
 @pytest.fixture(autouse=True)
@@ -375,11 +377,9 @@ def test_bounds_with_duplicate_points_and_float64(distance):
 
 def test_bounds_do_skip_work_on_clustered_points():
     # the equivalence above would be vacuous if the bounded path computed everything anyway
-    from geal.method.kcenter.greedy import _State
-
     x, g = clustered_set(0, 300, dim=16, n_modes=30)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
-    st = _State(pts, grp, "cosine", None, 65536, "bounds", 8, lazy=True)
+    st = LazyState(pts, grp, "cosine", None, 65536, block_size=8)
     st.add_group(0)
     for _ in range(150):
         st.add_group(int(st.groups[st.farthest()]))
@@ -397,53 +397,39 @@ def test_d2_bounds_draw_exactly_what_the_full_scan_draws(distance):
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
-def test_d2_backs_off_from_the_bounds_and_returns_to_them_with_the_same_draws(distance):
-    """Early on the bounds rule out too little: full scans, then 1, 2, 4, ... picks without the test (the
-    block maxima go stale), then the test again with maxima brought up to date. Every regime and switch
-    between them occurs here, and the draws stay the full scan's."""
-    from geal.method.kcenter.greedy import _draw, _State
+def test_d2_runs_the_exact_scan_whatever_the_pruning(distance):
+    """D² needs every distance at every draw: ``pruning="bounds"`` (and "auto" on a large set) keeps the
+    exact scan's state (so the draws are the full scan's by construction); k-center's takes the lazy one."""
+    from geal.method.kcenter.api import make_state
 
     x, g = clustered_set(3, 200, per_group=5, dim=3, n_modes=40)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
-    full, pruned = both(d2_sampling, pts, grp, 150, 1, distance=distance)
-    assert pruned.order == full.order
-    np.testing.assert_allclose(pruned.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
-    st = _State(pts, grp, distance, None, 65536, "bounds", 8)
-    reference = _State(pts, grp, distance, None, 65536, "none", 8)
-    generator = gen(1)
-    regimes = ""
-    for step in range(150):
-        g_next = 0 if step == 0 else int(st.groups_host[_draw(st.d2_weights(), generator)])
-        before = st.stats["bounded"]
-        st.add_group(g_next)
-        reference.add_group(g_next)
-        regimes += "b" if st.stats["bounded"] > before else "d"
-        torch.testing.assert_close(st.mind[~st.blocked], reference.mind[~st.blocked], rtol=0, atol=0)
-    assert "db" in regimes and "bd" in regimes and regimes.count("b") > 100
+    for pruning in ("bounds", "auto"):
+        options = KCenterOptions(auto_bounds_min_points=1)
+        assert type(make_state(pts, grp, distance, None, 65536, False, pruning, 8, options)) is State
+    lazy = make_state(pts, grp, distance, None, 65536, True, "bounds", 8)
+    assert isinstance(lazy, LazyState)
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 @pytest.mark.parametrize(("max_kept", "test_elements"), [(1.0, 1 << 22), (0.5, 1 << 22), (0.5, 64)])
-def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(
-    distance, max_kept, test_elements, monkeypatch
-):
+def test_refreshes_of_many_points_by_blocks_keep_the_full_scans_distances(distance, max_kept, test_elements):
     """Refreshes of many points (the catch-up before full scans) go block by block, each block reading only
     the centres its bound keeps. Here every refresh of 32+ points does (``max_kept`` 1.0: the bound always
     taken; 0.5: some groups of blocks decline it and take the plain pass; ``test_elements`` 64: many groups
     of a few blocks each), and after every pick each up-to-date point's distance is the full scan's (up
     to float32 rounding: a refresh's products have other shapes than the full scan's, and euclidean distances
     come from ‖x‖² + ‖c‖² − 2x·c), and so are the picks."""
-    import geal.method.kcenter.greedy
-    from geal.method.kcenter.greedy import _State
-
-    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MIN_ROWS", 32)
-    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MIN_CENTRES", 1)
-    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_REFRESH_MAX_KEPT", max_kept)
-    monkeypatch.setattr(geal.method.kcenter.greedy, "_BLOCK_TEST_ELEMENTS", test_elements)
+    options = KCenterOptions(
+        block_refresh_min_rows=32,
+        block_refresh_min_centres=1,
+        block_refresh_max_kept=max_kept,
+        block_test_elements=test_elements,
+    )
     x, g = clustered_set(2, 200, per_group=4, dim=8, n_modes=20)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
-    st = _State(pts, grp, distance, None, 65536, "bounds", 8, lazy=True)
-    reference = _State(pts, grp, distance, None, 65536, "none", 8)
+    st = LazyState(pts, grp, distance, None, 65536, block_size=8, options=options)
+    reference = State(pts, grp, distance, None, 65536)
     st.add_group(0)
     reference.add_group(0)
     checked = 0
@@ -483,11 +469,9 @@ def test_cuda_picks_what_the_cpu_picks(fn, distance):
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 @pytest.mark.parametrize("kind", ["random", "clustered"])
-def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, monkeypatch):
-    """The CPU lazy path keeps its bookkeeping in numpy; the torch version (what runs off the CPU) must take
-    exactly the same decisions: same picks and scores, and both those of the full scan."""
-    import geal.method.kcenter.greedy
-
+def test_lazy_path_picks_what_the_full_scan_picks(distance, kind):
+    """The lazy path (numpy bookkeeping, torch products) picks the full scan's points: the same order, and
+    scores equal up to the rounding of products of other shapes."""
     x, g = clustered_set(5, 150) if kind == "clustered" else random_set(5, 150, dim=8, max_per_group=6)
     pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
     budget = int(g.max()) - 2
@@ -496,12 +480,31 @@ def test_lazy_bookkeeping_in_numpy_and_in_torch_pick_the_same(distance, kind, mo
         kw = {"distance": distance, "pruning": pruning, "block_size": 8, "generator": gen(2)}
         return kcenter_greedy(pts, grp, budget, **kw)
 
-    host = run("bounds")
-    monkeypatch.setattr(geal.method.kcenter.greedy, "_HOST_BOOKKEEPING", False)
-    torch_path = run("bounds")
-    full = run("none")
-    assert host.order == torch_path.order == full.order
-    assert host.scores[1:] == torch_path.scores[1:]
+    lazy, full = run("bounds"), run("none")
+    assert lazy.order == full.order
+    np.testing.assert_allclose(lazy.scores[1:], full.scores[1:], rtol=1e-5, atol=1e-5)
+
+
+def test_options_drive_the_lazy_path_without_changing_picks():
+    """Other tuning constants (tiny first passes, eager switch never / always, bounds for every refresh)
+    take other paths through the lazy code; the picks stay those of the default options."""
+    x, g = clustered_set(7, 200, per_group=4, dim=8, n_modes=20)
+    pts, grp = torch.from_numpy(x).float(), torch.from_numpy(g)
+    kw = {"distance": "euclidean", "pruning": "bounds", "block_size": 8}
+    want = kcenter_greedy(pts, grp, 150, generator=gen(3), **kw).order
+    for options in (
+        KCenterOptions(lazy_first_blocks=1, lazy_max_blocks=2, lloyd_steps=0, partition_seed=5),
+        KCenterOptions(eager_when=1e9, lazy_bound_rows=10**6, lazy_bound_max_fraction=1.0),
+        KCenterOptions(eager_when=0.0, lazy_centers=8, center_block=3),
+    ):
+        assert kcenter_greedy(pts, grp, 150, generator=gen(3), options=options, **kw).order == want
+
+
+def test_options_are_checked_and_frozen():
+    with pytest.raises(ValueError, match="center_block"):
+        KCenterOptions(center_block=0)
+    with pytest.raises(AttributeError):
+        KCenterOptions().center_block = 2  # type: ignore[misc]
 
 
 @pytest.mark.parametrize("pruning", ["none", "bounds"])

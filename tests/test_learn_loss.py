@@ -191,7 +191,7 @@ def test_learn_loss_reads_the_source_layers_of_an_ssd_detector(tmp_path) -> None
 
 
 def test_learn_loss_reads_the_resnet_stages_of_a_deeplab_segmenter(tmp_path) -> None:
-    """The same plugin on the Cityscapes task (small DeepLabV3, conf/selector/learn_loss_deeplab.yaml's
+    """The same plugin on the Cityscapes task (small DeepLabV3, geal/conf/selector/learn_loss_deeplab.yaml's
     hooks): per-image pixel losses train the predictor; the picks are the highest predicted losses."""
     from omegaconf import OmegaConf
 

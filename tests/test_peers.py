@@ -20,7 +20,7 @@ from baselines.probcover import ExactSqDist, purity_threshold
 from geal.api.features import GlobalFeatures
 from geal.api.selector import SelectionContext, SelectionError, Selector
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
+CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 PEERS = ["typiclust", "probcover", "maxherding", "usl", "kmeans_nearest", "activeft"]
 BLOB_PEERS = PEERS[:-1]  # ActiveFT's few centroids need not land in distinct blobs (its own test below)
 

@@ -21,7 +21,7 @@ from downstream.datasets.voc import VOCPool
 from geal.api.pool import ImagePool
 from geal.util.imageio import ImageLoadError
 
-CONF_DATA = Path(__file__).resolve().parents[1] / "conf" / "data"
+CONF_DATA = Path(__file__).resolve().parents[1] / "geal" / "conf" / "data"
 
 
 def _roundtrip(pool: ImagePool) -> ImagePool:

@@ -1,6 +1,6 @@
-"""geal.report.tables / geal.report.results on hand-written run dirs: table cells, ± formatting, gaps for
-every kind of
-unfinished run, ablation rows from the runs' configs, the efficiency table, the files, wandb offline."""
+"""geal.report (results, tables, efficiency, sweep_report) on hand-written run dirs: table cells, ±
+formatting, gaps for every kind of unfinished run, ablation rows from the runs' configs, the efficiency
+table, the files, wandb offline."""
 
 from __future__ import annotations
 
@@ -13,18 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from geal.report.efficiency import efficiency_markdown, efficiency_table
 from geal.report.results import DONE, FAILED, INCOMPLETE, NOT_STARTED, collect, varying_settings
-from geal.report.tables import (
-    Cell,
-    ReportOptions,
-    budget_table,
-    efficiency_markdown,
-    efficiency_table,
-    metrics_of,
-    report,
-    to_latex,
-    to_markdown,
-)
+from geal.report.sweep_report import ReportOptions, report
+from geal.report.tables import Cell, budget_table, metrics_of, to_latex, to_markdown
 from geal.run.cli import report_main
 
 
@@ -260,7 +252,7 @@ def test_efficiency_table_from_seconds_and_run_info(tmp_path: Path) -> None:
         "| method | runs | selection (s) | clusters (s) | extraction (s) | sampling (s) |"
     )
     assert md[3].startswith("| vaal | 1 | 60.00 | – | – | – | 0 of 1 cold | 7200.00 |") and md[3].endswith(
-        "| 2 | ? |"
+        "| 2.00 h | ? |"
     )
 
 
@@ -325,9 +317,9 @@ def test_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     report_main([str(sweep), "--out", str(tmp_path / "cli"), "--methods", "random", "geal", "--digits", "2"])
     out = capsys.readouterr().out
     assert "| random | 35.00 ± 7.07 (2) | 55.00 (1) |" in out and "coreset_cos" not in out.split("##")[1]
-    report_main([str(sweep), "--out", str(tmp_path / "cli2"), "--budgets", "20", "30"])
+    report_main([str(sweep), "--out", str(tmp_path / "cli2"), "--budgets", "20"])
     out = capsys.readouterr().out
-    assert "| method | 20 | 30 |" in out and "| geal | 75.0 ± 7.1 (2) | – |" in out
+    assert "| method | 20 |" in out and "| geal | 75.0 ± 7.1 (2) |" in out
     assert f"latex: {tmp_path / 'cli2' / 'results.tex'}" in out
 
 
@@ -373,3 +365,176 @@ def test_unfinished_runs_stay_out_of_the_efficiency_table(sweep: Path) -> None:
     rand = next(r for r in eff.rows if r.row == ("random",))
     assert rand.runs == 1  # seed 1 is incomplete: its times are partial
     assert [r.row for r in eff.rows] == [("geal",), ("random",)]  # the failed coreset_cos run has no times
+
+
+# ------------------------------------------------------------------ issue 20: extendable studies, figures
+
+
+def test_unknown_methods_or_budgets_are_an_error_listing_the_known_ones(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['gael'\].*known: coreset_cos, geal, random"):
+        report(sweep, tmp_path / "a", ReportOptions(methods=["gael"]))
+    with pytest.raises(ValueError, match=r"unknown budget\(s\) \[30\].*known: 10, 20"):
+        report(sweep, tmp_path / "b", ReportOptions(budgets=[20, 30]))
+    for argv in (["--methods", "geal", "gael"], ["--budgets", "30"]):
+        with pytest.raises(SystemExit) as exit_info:
+            report_main([str(sweep), "--out", str(tmp_path / "cli"), *argv])
+        assert exit_info.value.code != 0
+        err = capsys.readouterr().err
+        assert err.startswith("geal-report: error: unknown") and len(err.strip().splitlines()) == 1
+        assert "Traceback" not in err
+    assert not (tmp_path / "cli" / "results_top1.png").exists()  # no empty plot written
+
+
+def test_rows_on_a_multi_method_sweep_keep_the_method(tmp_path: Path) -> None:
+    write_run(tmp_path, "g4", "geal", 0, {10: 0.5}, selector={"clusters": {"tau": 0.4}})
+    write_run(tmp_path, "g5", "geal", 0, {10: 0.6}, selector={"clusters": {"tau": 0.5}})
+    write_run(tmp_path, "r", "random", 0, {10: 0.2})
+    write_run(tmp_path, "u", "usl", 0, {10: 0.3}, selector={"clusters": {"tau": 0.4}})  # same τ, other method
+    table = budget_table(collect(tmp_path).trained, "top1", rows=["selector.clusters.tau"])
+    assert table.row_keys == ["method", "selector.clusters.tau"]
+    assert table.rows == [("geal", "0.4"), ("geal", "0.5"), ("random", "–"), ("usl", "0.4")]
+    assert table.cell(("usl", "0.4"), 10).mean == 0.3 and table.cell(("geal", "0.4"), 10).n == 1
+    # one method: the rows asked for, as before
+    from geal.report.plots import legend_label
+    from geal.report.style import MethodStyle
+
+    assert legend_label(table, ("random", "–"), MethodStyle()) == "Random, 1 seed"  # no "τ=–"
+    assert legend_label(table, ("usl", "0.4"), MethodStyle()) == "USL, τ=0.4, 1 seed"
+    one = budget_table(
+        [r for r in collect(tmp_path).trained if r.method == "geal"], "top1", rows=["selector.clusters.tau"]
+    )
+    assert one.row_keys == ["selector.clusters.tau"]
+
+
+def test_a_study_extended_into_a_sibling_folder_is_merged_and_conflicts_are_listed(tmp_path: Path) -> None:
+    """The same configuration and seed run with budgets [10, 20, 50] and later [100] (and a rerun of 50):
+    one seed with the union of the budgets; a budget scored twice with different values is a conflict."""
+    first = write_run(tmp_path / "study", "0", "geal", 0, {10: 0.3, 20: 0.4, 50: 0.5})
+    more = write_run(tmp_path / "study_more", "0", "geal", 0, {50: 0.55, 100: 0.6})
+    write_run(tmp_path / "study_more", "1", "geal", 1, {100: 0.7})
+    os.utime(first / "metrics.json", (1_000, 1_000))
+    os.utime(more / "metrics.json", (2_000, 2_000))
+    table = budget_table(collect(tmp_path).trained, "top1")
+    assert table.budgets == [10, 20, 50, 100]
+    assert table.cell("geal", 10) == Cell(pytest.approx(0.3), 0.0, 1, (0,))  # kept, not replaced
+    assert table.cell("geal", 100).n == 2 and table.cell("geal", 100).mean == pytest.approx(0.65)
+    assert table.cell("geal", 50).mean == pytest.approx(0.55)  # the newer value, the conflict listed
+    [conflict] = table.conflicts
+    assert conflict.row == ("geal",) and conflict.seed == 0 and conflict.budget == 50
+    assert [v for v, _ in conflict.values] == [pytest.approx(0.5), pytest.approx(0.55)]
+    done = report(tmp_path, tmp_path / "out")
+    assert "Conflicting results (1)" in done.markdown and str(first) in done.markdown
+    assert str(more) in done.markdown
+    doc = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert doc["conflicts"][0]["budget"] == 50 and doc["conflicts"][0]["seed"] == 0
+
+
+def test_the_same_value_twice_is_no_conflict(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", "0", "geal", 0, {10: 0.3, 20: 0.4})
+    write_run(tmp_path / "b", "0", "geal", 0, {20: 0.4, 50: 0.5})
+    table = budget_table(collect(tmp_path).trained, "top1")
+    assert table.conflicts == [] and [table.cell("geal", b).n for b in (10, 20, 50)] == [1, 1, 1]
+
+
+def test_device_time_prints_as_a_plain_number(tmp_path: Path) -> None:
+    for name, seconds in (("a", 0.2838), ("b", 283.8)):
+        write_run(tmp_path / name, "0", name, 0, {10: 0.5}, seconds={"selection": seconds, "total": 1.0})
+    eff = efficiency_table(collect(tmp_path).runs, ["method"])
+    md = efficiency_markdown(eff)
+    assert "e-0" not in md and "e+0" not in md
+    assert md.splitlines()[2].endswith("| 0.28 s | ? |") and md.splitlines()[3].endswith("| 4.73 min | ? |")
+    from geal.report.efficiency import efficiency_latex
+
+    assert "e-0" not in efficiency_latex(eff) and "0.28 s" in efficiency_latex(eff)
+
+
+def test_report_json_holds_numbers_as_numbers(sweep: Path, tmp_path: Path) -> None:
+    report(sweep, tmp_path / "r")
+    cells = json.loads((tmp_path / "r" / "report.json").read_text())["cells"]
+    geal10 = next(c for c in cells if c["method"] == "geal" and c["budget"] == 10)
+    assert geal10["mean"] == pytest.approx(0.55) and isinstance(geal10["std"], float)
+    assert geal10["n"] == 2 and geal10["seeds"] == [0, 1] and geal10["scale"] == 100.0
+    gap = next(c for c in cells if c["method"] == "coreset_cos" and c["budget"] == 20)
+    assert gap["mean"] is None and gap["n"] == 0
+    rows = list(csv.DictReader((tmp_path / "r" / "results.csv").open()))
+    assert rows[2]["budget"] == "10" and rows[2]["seeds"] == "0 1"  # the CSV as before
+
+
+def _legend(table: Any, style: Any = None) -> dict[str, str]:
+    """legend label → line colour (hex) of the metric-vs-budget figure of ``table``."""
+    from matplotlib.colors import to_hex
+
+    from geal.report.plots import figure
+
+    fig = figure(table, style=style)
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return {label: to_hex(h.get_color()) for h, label in zip(handles, labels, strict=True)}
+
+
+def test_a_method_keeps_its_colour_and_display_name_in_every_plot(sweep: Path) -> None:
+    from geal.report.style import DEFAULT_COLORS, MethodStyle
+
+    runs = collect(sweep).trained
+    both = _legend(budget_table(runs, "top1"))
+    alone = _legend(budget_table(runs, "top1", methods=["geal"]))
+    reordered = _legend(budget_table(runs, "top1", methods=["random", "geal"]))
+    assert set(both) == {"GEAL, 2 seeds", "Random, 2 seeds"}  # coreset_cos has no value: no line
+    assert both["GEAL, 2 seeds"] == alone["GEAL, 2 seeds"] == reordered["GEAL, 2 seeds"]
+    assert (
+        both["GEAL, 2 seeds"] == DEFAULT_COLORS["geal"]
+        and both["Random, 2 seeds"] == DEFAULT_COLORS["random"]
+    )
+    assert len(set(DEFAULT_COLORS.values())) == len(DEFAULT_COLORS)  # every default method its own colour
+    style = MethodStyle.from_options(names=["geal=Ours"], colors=["geal=#000000"])
+    custom = _legend(budget_table(runs, "top1"), style)
+    assert custom["Ours, 2 seeds"] == "#000000" and custom["Random, 2 seeds"] == DEFAULT_COLORS["random"]
+    # an unknown method: a colour from its name (the same in every process), never from its position
+    assert (
+        MethodStyle().color("my_method") == MethodStyle().color("my_method") != MethodStyle().color("other")
+    )
+    assert MethodStyle().name("my_method") == "my_method"
+    assert MethodStyle().name("coreset_cos") == "Core-Set (cos)"
+
+
+def test_style_from_a_yaml_file_and_bad_pairs(tmp_path: Path) -> None:
+    from geal.report.style import MethodStyle
+
+    path = tmp_path / "style.yaml"
+    path.write_text("names: {geal: Ours}\ncolors: {random: 'tab:gray'}\n")
+    style = MethodStyle.from_options(style_file=path, names=["usl=USL*"])
+    assert style.name("geal") == "Ours" and style.name("usl") == "USL*" and style.color("random") == "#7f7f7f"
+    with pytest.raises(ValueError, match="METHOD=NAME"):
+        MethodStyle.from_options(names=["geal"])
+    with pytest.raises(ValueError, match="not a colour"):
+        MethodStyle.from_options(colors=["geal=notacolour"])
+
+
+def test_cli_names_and_colors(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import geal.report.sweep_report as sweep_report
+
+    seen = []
+    real = sweep_report.plot
+    monkeypatch.setattr(sweep_report, "plot", lambda *a, **k: seen.append(k["style"]) or real(*a, **k))
+    report_main(
+        [str(sweep), "--out", str(tmp_path / "cli"), "--names", "geal=Ours", "--colors", "geal=#000000"]
+    )
+    assert "| geal |" in capsys.readouterr().out  # tables keep the config names
+    [style] = seen
+    assert style.name("geal") == "Ours" and style.color("geal") == "#000000"
+    assert style.name("random") == "Random"
+
+
+def test_ablation_of_one_method_shades_its_settings(tmp_path: Path) -> None:
+    for i, tau in enumerate((0.4, 0.5, 0.6)):
+        write_run(tmp_path, str(i), "geal", 0, {10: 0.3 + i / 10}, selector={"clusters": {"tau": tau}})
+    legend = _legend(budget_table(collect(tmp_path).trained, "top1"))
+    assert list(legend) == ["GEAL, τ=0.4, 1 seed", "GEAL, τ=0.5, 1 seed", "GEAL, τ=0.6, 1 seed"]
+    assert len(set(legend.values())) == 3

@@ -122,6 +122,41 @@ def test_linear_probe_end_to_end_and_resume(
     assert read_json(out / "metrics.json")["results"] == doc["results"]
 
 
+def test_a_finished_one_pass_run_grows_by_new_budgets(
+    tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    """More budgets into a finished run dir of a nested selector: the earlier picks stay the prefix of the
+    larger selection and the trained budgets are kept, not retrained."""
+    import shutil
+
+    out = tmp / "out" / "grown"
+    shutil.copytree(probe_run[0], out)
+    before = read_json(out / "metrics.json")["results"]
+    old_ids = read_json(out / "selection.json")["global_ids"]
+    proc = geal_run("data=pets", "budgets=[2,4,8,10]", tmp=tmp, run_dir=out)
+    doc = read_json(out / "metrics.json")
+    assert [r["budget"] for r in doc["results"]] == [2, 4, 8, 10]
+    assert [r for r in doc["results"] if r["budget"] in (4, 8)] == before  # kept as they were
+    ids = read_json(out / "selection.json")["global_ids"]
+    assert len(ids) == 10 and ids[:8] == old_ids
+    assert doc["config"]["budgets"] == [2, 4, 8, 10] and "grows" in proc.stdout + proc.stderr
+
+
+def test_a_sweep_grows_by_new_seeds_and_keeps_its_finished_jobs(tmp: Path) -> None:
+    """A job's folder is named by its swept settings, not by its position in the sweep: rerun with one more
+    seed, the earlier jobs find their own folders (nothing retrained) and the new one gets its own."""
+    sweep = tmp / "out" / "growing_sweep"
+    common = ("-m", "data=pets", "selector=random", "budgets=[4]", f"hydra.sweep.dir={sweep}")
+    geal_run(*common, "seed=0,1", tmp=tmp)
+    first = {d.name: read_json(d / "metrics.json")["results"] for d in sweep.iterdir() if d.is_dir()}
+    assert len(first) == 2 and all("seed=" in name for name in first)
+    geal_run(*common, "seed=2,0,1", tmp=tmp)
+    after = {d.name: read_json(d / "metrics.json") for d in sweep.iterdir() if d.is_dir()}
+    assert len(after) == 3 and {doc["seed"] for doc in after.values()} == {0, 1, 2}
+    for name, results in first.items():
+        assert after[name]["results"] == results  # found and kept, not replaced by another seed's run
+
+
 def test_pets_classification_sweep_on_an_earlier_selection(
     tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
 ) -> None:
@@ -139,7 +174,9 @@ def test_pets_classification_sweep_on_an_earlier_selection(
         tmp=tmp,
     )
     groups, names = set(), set()
-    for job in ("0", "1"):
+    jobs = sorted(d.name for d in sweep.iterdir() if d.is_dir())  # named by their settings: ...seed=0...
+    assert len(jobs) == 2 and "seed=0" in jobs[0] and "seed=1" in jobs[1]
+    for job in jobs:
         doc = read_json(sweep / job / "metrics.json")
         assert doc["task"] == "pets_classification" and doc["selection_file"] == str(selection)
         assert [r["budget"] for r in doc["results"]] == [4, 8]
@@ -160,7 +197,7 @@ def test_pets_classification_sweep_on_an_earlier_selection(
     assert groups == {"debug:sweep"}  # every job of the sweep in one group: task_name (debug) + sweep dir
     assert len(names) == 2 and all("seed=" in n for n in names)
     # the two seeds trained on the same images but from different initialisations
-    a, b = (read_json(sweep / j / "metrics.json")["results"][1]["fit"]["loss"] for j in ("0", "1"))
+    a, b = (read_json(sweep / j / "metrics.json")["results"][1]["fit"]["loss"] for j in jobs)
     assert a != b
 
 
@@ -185,9 +222,18 @@ BAD_INPUT = {
         "logger.mode=offline",
     ),
     "task setting typo": (["data=pets", *TINY_PETS, "+task.train.epohcs=3"], "epohcs"),
+    "image folder without a test split": (
+        ["data=image_folder", "data.root={data}/shapes"],
+        "needs a test split: set data.test.root",
+    ),
 }
 # bad task input fails in its pre-flight check, before the selection is made or written
-FAILS_BEFORE_SELECTION = {"task without labels", "empty test split", "task setting typo"}
+FAILS_BEFORE_SELECTION = {
+    "task without labels",
+    "empty test split",
+    "task setting typo",
+    "image folder without a test split",
+}
 
 
 def run_in_process(tmp: Path, out: Path, *overrides: str) -> None:
@@ -234,3 +280,27 @@ def test_bad_input_gives_clear_errors(
     assert message in text, text
     if case in FAILS_BEFORE_SELECTION:
         assert not (out / "selection.json").exists()
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda0", "tpu:1"])
+def test_a_device_name_torch_does_not_know_is_an_error_naming_the_choices(name: str) -> None:
+    from geal.run.builders import resolve_device
+
+    with pytest.raises(ValueError, match=rf"device={name} is not a device: use auto, cpu, cuda, cuda:N"):
+        resolve_device(name)
+
+
+@pytest.mark.parametrize("command", ["select", "run", "visualize"])
+def test_help_shows_the_commands_purpose_options_and_examples(command: str) -> None:
+    import subprocess
+    import sys
+
+    code = f"from geal.run.cli import {command}_main; {command}_main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=120, check=True
+    )
+    text = proc.stdout
+    assert text.startswith(f"geal-{command}: ") and "Main options:" in text
+    examples = text.split("Examples:", 1)[1].strip().splitlines()
+    assert len(examples) == 3 and all(line.strip().startswith(f"geal-{command} ") for line in examples)
+    assert "selector: " in text and "Powered by Hydra" not in text

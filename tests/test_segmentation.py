@@ -126,7 +126,7 @@ def test_small_segmenter_learns_the_generated_scenes(city: synthetic.GeneratedDa
 
 
 def test_real_deeplabv3_config_builds_and_trains_one_step(city: synthetic.GeneratedDataset) -> None:
-    """conf/task/cityscapes_segmentation.yaml's DeepLabV3-ResNet50 (random weights) takes one SGD step."""
+    """geal/conf/task/cityscapes_segmentation.yaml's DeepLabV3-ResNet50 (random weights): one SGD step."""
     cfg = compose_root(
         "run", "task=cityscapes_segmentation", "data=cityscapes", "task.model.backbone_weights=null"
     )

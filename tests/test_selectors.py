@@ -20,7 +20,7 @@ from geal.features.store import ShardData
 from geal.method.knowledge import ClusterSettings
 from tests.conftest import TINY_VIT, CountingFactory, SquaresPool
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "selector"
+CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 SETTINGS = ExtractionSettings(batch_size=8, num_workers=0, amp="none", shard_size=16, progress=False)
 
 
@@ -316,9 +316,16 @@ def test_geal_takes_its_cluster_settings_as_one_value() -> None:
     assert not hasattr(make_selector("coreset_cos"), "feature_layer")  # Core-Set asks for global features
 
 
-@pytest.mark.parametrize("sampler", ["kcenter", "d2"])
-def test_geal_draws_come_from_a_cpu_generator_whatever_the_device(
-    concept_ctx, monkeypatch: pytest.MonkeyPatch, sampler: str
+@pytest.mark.parametrize(
+    ("name", "settings"),
+    [
+        ("geal", {"clusters": {"k": 2, "kmeans_iters": 20}, "sampler": "kcenter"}),
+        ("geal", {"clusters": {"k": 2, "kmeans_iters": 20}, "sampler": "d2"}),
+        ("coreset_cos", {}),
+    ],
+)
+def test_draws_come_from_a_cpu_generator_whatever_the_device(
+    concept_ctx, monkeypatch: pytest.MonkeyPatch, name: str, settings: dict
 ) -> None:
     """Same seed, same picks on every device: the first image and the D² draws come from a CPU generator.
 
@@ -326,8 +333,7 @@ def test_geal_draws_come_from_a_cpu_generator_whatever_the_device(
     context's device is ``cpu:0`` (computes on the CPU, but is not the plain CPU device) and a generator
     asked for any device other than the plain CPU draws another stream, as a CUDA one would."""
     pool, ctx, _ = concept_ctx
-    settings = {"clusters": {"k": 2, "kmeans_iters": 20}, "sampler": sampler}
-    cpu = [make_selector("geal", **settings).select(pool, 8, ctx(seed)).global_ids for seed in range(4)]
+    cpu = [make_selector(name, **settings).select(pool, 8, ctx(seed)).global_ids for seed in range(4)]
     real = SelectionContext.generator
     asked: list[torch.device] = []
 
@@ -343,7 +349,7 @@ def test_geal_draws_come_from_a_cpu_generator_whatever_the_device(
     for seed in range(4):
         c = ctx(seed)
         c.device = torch.device("cpu", 0)
-        on_device.append(make_selector("geal", **settings).select(pool, 8, c).global_ids)
+        on_device.append(make_selector(name, **settings).select(pool, 8, c).global_ids)
     assert asked and all(d == torch.device("cpu") for d in asked)
     assert on_device == cpu
     assert len({tuple(ids) for ids in cpu}) > 1  # the seed does draw the picks

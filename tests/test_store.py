@@ -392,7 +392,7 @@ def test_full_extraction_writes_the_cluster_cache_compute_would(tmp_path, monkey
     ).read_text()
     for shard in range(store.n_shards):
         with np.load(cache.shard_path(shard)) as got, np.load(ref_cache.shard_path(shard)) as ref:
-            assert sorted(got.files) == sorted(ref.files) == ["counts", "features"]
+            assert sorted(got.files) == sorted(ref.files) == ["counts", "digest", "features"]
             for name in got.files:
                 assert got[name].dtype == ref[name].dtype
                 np.testing.assert_array_equal(got[name], ref[name])

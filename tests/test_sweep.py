@@ -74,9 +74,16 @@ def test_tiny_joblib_sweep_then_report(data: Path, capsys: pytest.CaptureFixture
         "seed=0,1",
         "budgets=[4,8]",
     )
-    # one multirun dir, one sub-dir per job
+    # one multirun dir, one sub-dir per job, named by the job's settings (paths by their last part)
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1", "2", "3"] and (sweep / "multirun.yaml").is_file()
+    assert [p.name.split(",logger=none,")[1].rsplit("-", 1)[0] for p in jobs] == [
+        "seed=0,selector=geal",
+        "seed=0,selector=random",
+        "seed=1,selector=geal",
+        "seed=1,selector=random",
+    ]
+    assert all(p.name.startswith("budgets=[4,8],data.root=train,data.test.root=test,") for p in jobs)
+    assert (sweep / "multirun.yaml").is_file()
     docs = [json.loads((p / "metrics.json").read_text()) for p in jobs]
     assert sorted((d["method"], d["seed"]) for d in docs) == [
         ("geal", 0),

@@ -21,7 +21,7 @@ from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs, 
 
 register_schemas()
 REPO = Path(__file__).resolve().parents[1]
-#: geal-run's experiments (conf/run/experiment/; geal-select's sit in conf/select/experiment/)
+#: geal-run's experiments (geal/conf/run/experiment/; geal-select's sit in geal/conf/select/experiment/)
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "run" / "experiment").glob("*.yaml"))
 #: the experiments of issue 6 (the paper's tables and figures) and their offline variants
 PAPER = [
@@ -189,7 +189,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
         cmd.append("budgets=[10,20]" if "efficiency" not in name else "cycles.initial_size=10")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    sweep = tmp_path / "out" / name
+    sweep = tmp_path / "out" / "debug"  # debug=smoke names the task (and so the sweep dir) "debug"
     runs = collect(sweep).runs
     assert runs and all(r.status == DONE for r in runs), [(r.directory, r.status, r.reason) for r in runs]
     report = subprocess.run(
@@ -209,7 +209,7 @@ def test_demo_runs(name: str, tmp_path: Path) -> None:
     )
     assert report.returncode == 0, report.stderr[-3000:]
     summary = json.loads((sweep / "report.json").read_text())
-    assert {c["n"] for c in summary["cells"]} == {"1"}  # one seed per setting, no gap
+    assert {c["n"] for c in summary["cells"]} == {1}  # one seed per setting, no gap (numbers as numbers)
     swept = {"ablation_tau_demo": "selector.clusters.tau", "ablation_k_demo": "selector.clusters.k"}
     if name in swept:  # the rows are the swept cluster setting, as `--rows selector.clusters.tau` asks
-        assert {c[swept[name]] for c in summary["cells"]} == set(overrides[1].split("=")[1].split(","))
+        assert {str(c[swept[name]]) for c in summary["cells"]} == set(overrides[1].split("=")[1].split(","))

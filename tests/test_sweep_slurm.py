@@ -126,7 +126,8 @@ def test_slurm_sweep_through_submitit(tmp_path: Path) -> None:
     assert "#SBATCH --array=0-1%2" in script and "#SBATCH --partition=gpu" in script
     assert "#SBATCH --gpus-per-node=1" in script and "#SBATCH --time=30" in script
     runs = collect(sweep).runs
-    assert sorted(r.directory.name for r in runs) == ["0", "1"] and all(r.status == DONE for r in runs)
+    names = sorted(r.directory.name.rsplit("-", 1)[0].split(",logger=none,")[1] for r in runs)
+    assert names == ["seed=0,selector=geal", "seed=0,selector=random"] and all(r.status == DONE for r in runs)
     assert sorted(r.method for r in runs) == ["geal", "random"]
     assert (sweep / ".submitit").is_dir()  # submitit's own files inside the sweep dir
     for run in runs:

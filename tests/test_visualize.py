@@ -154,7 +154,7 @@ def test_class_histograms_against_the_labels(tmp_path: Path) -> None:
     drawn = random_draw(30, 5, 4)
     assert drawn == random_draw(30, 5, 4) and len(set(drawn)) == 5
     want = Counter(g % 3 for g in drawn)
-    assert hist.counts["random (seed 4)"] == [want[0], want[1], want[2]]
+    assert hist.counts["random draw, seed 4"] == [want[0], want[1], want[2]]
     assert hist.as_dict()["covered"]["selection"] == 2 and hist.sizes["pool"] == 30
     np.testing.assert_allclose(hist.fractions("selection"), [0.8, 0.2, 0.0])
     assert histogram_figure(hist, tmp_path / "h.png").stat().st_size > 5000
@@ -240,3 +240,70 @@ def test_imgfocus_attention_on_the_packaged_horse_photo(tmp_path: Path) -> None:
     items = image_clusters(store, clusters, list(range(6)), settings, pool.ids)
     assert all(it.kept_mass >= 0.5 - 1e-6 for it in items)
     assert Image.open(cluster_figure(pool, items, tmp_path / "photos.png", settings)).size[1] > 1000
+
+
+def _drawn_histogram(hist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The histogram figure as saved (drawn, for its geometry)."""
+    import geal.report.visualize as vis
+
+    drawn = []
+    real = vis._save_figure
+
+    def save(fig, path):
+        out = real(fig, path)  # saving lays the figure out; the same layout is drawn here
+        fig.canvas.draw()
+        drawn.append((fig, fig.canvas.get_renderer()))
+        return out
+
+    monkeypatch.setattr(vis, "_save_figure", save)
+    histogram_figure(hist, tmp_path / "h.png")
+    [(fig, renderer)] = drawn
+    return fig, renderer
+
+
+@pytest.mark.parametrize("n_classes", [3, 14])
+def test_histogram_ticks_sit_under_their_bars_and_the_legend_covers_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n_classes: int
+) -> None:
+    """Bars that fill the panel (equal shares): a legend inside the axes would cover some; each tick label
+    is centred under its group of bars (or, rotated, ends at it)."""
+    from geal.report.visualize import Histograms
+
+    names = [f"class_{k}_long_name" for k in range(n_classes)]
+    even = [5] * n_classes
+    hist = Histograms(
+        "class",
+        names,
+        {"selection": even, "pool": [50] * n_classes, "random draw, seed 0": even, "Random, seed 1": even},
+        {"selection": 5 * n_classes, "pool": 50 * n_classes, "random draw, seed 0": 5, "Random, seed 1": 5},
+    )
+    fig, renderer = _drawn_histogram(hist, tmp_path, monkeypatch)
+    ax = fig.axes[0]
+    figure_box = fig.bbox
+    bars = [p.get_window_extent(renderer) for p in ax.patches]
+    assert len(bars) == 4 * n_classes
+    legend = ax.get_legend() or fig.legends[0]
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(b) for b in bars)
+    assert box.x0 >= figure_box.x0 - 1 and box.x1 <= figure_box.x1 + 1  # not cut off
+    for tick, label in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True):
+        x_tick = ax.transData.transform((tick, 0))[0]
+        ext = label.get_window_extent(renderer)
+        if label.get_rotation() == 0:
+            assert abs((ext.x0 + ext.x1) / 2 - x_tick) < 1.5, label.get_text()
+        else:  # the label's end under its bars
+            assert label.get_rotation_mode() == "anchor" and abs(ext.x1 - x_tick) < 8, label.get_text()
+
+
+def test_compared_selections_have_readable_names() -> None:
+    from geal.report.visualize import compare_names
+
+    names = compare_names(
+        [
+            ("random", 0, Path("outputs/multirun/2026/1/selection.json")),
+            ("geal", 0, Path("outputs/a/selection.json")),
+            ("geal", 0, Path("outputs/b/selection.json")),
+            ("coreset_cos", None, Path("x/selection.json")),
+        ]
+    )
+    assert names == ["Random, seed 0", "GEAL, seed 0 (a)", "GEAL, seed 0 (b)", "Core-Set (cos)"]

@@ -23,6 +23,8 @@ from torchvision.models import VGG16_Weights, vgg16
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 
+from geal.util.checkpoints import load_weights_file
+
 log = logging.getLogger(__name__)
 
 #: input normalisation of torchvision's VGG16 "features" weights (caffe-style: 0-255 pixels minus the mean)
@@ -112,7 +114,7 @@ def load_vgg16_backbone(weights: str | os.PathLike[str] | None) -> nn.Module:
             f"backbone weights file '{path}' does not exist: set task.model.backbone_weights to a "
             "torchvision vgg16 state dict (.pth), 'imagenet' (hub) or null"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_weights_file(path, "task.model.backbone_weights")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     model = vgg16(weights=None)

@@ -20,6 +20,8 @@ from torchvision.models.segmentation import deeplabv3_resnet50
 from torchvision.models.segmentation.deeplabv3 import ASPP, DeepLabV3
 from torchvision.models.segmentation.fcn import FCNHead
 
+from geal.util.checkpoints import load_weights_file
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,7 +65,7 @@ class DeepLabV3ResNet50:
                 f"backbone weights file '{path}' does not exist: set task.model.backbone_weights to a "
                 "torchvision resnet50 state dict (.pth), 'imagenet' (hub) or null"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_file(path, "task.model.backbone_weights")
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -117,6 +117,12 @@ class FeatureTimings:
     clusters_cache_hit: bool | None = None
     clusters_in_extraction: bool = False
     store_dir: str | None = None
+    #: the unreadable images the extraction that made the store skipped (on a hit too)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    #: images re-extracted because their file changed since the store was written (size or mtime)
+    refreshed_images: int = 0
+    #: shards / cluster files found damaged, moved to the store's quarantine/ and computed again
+    quarantined: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -59,6 +59,8 @@ class SelectionContext:
     excluded: global ids that must never be picked (e.g. images skipped as unreadable).
     task:     the task model handle, for traditional methods.
     progress: show progress bars for long selection work (``extraction.progress`` in the config).
+    on_error: ``data.on_error``: what an unreadable image does (``raise``: stops the run naming it;
+              ``skip``: it is never picked).
     """
 
     labeled: Sequence[int] = ()
@@ -68,6 +70,7 @@ class SelectionContext:
     excluded: Sequence[int] = ()
     task: Any = None
     progress: bool = True
+    on_error: str = "raise"
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator seeded from ``seed`` (same seed → same draws, whatever ran before)."""

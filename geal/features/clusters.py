@@ -7,7 +7,8 @@ key, and deleting a store deletes what was derived from it; the store itself nev
     <store dir>/clusters/<hash of the settings and CLUSTERS_VERSION>/
         manifest.json       the settings, CLUSTERS_VERSION, the centroids' dtype, the store's sizes
         shard_00000.npz     the clusters of the images of the store's shard 0: features (m, D) centroids of
-                            the valid clusters, image by image; counts (n,) int32 clusters per image
+                            the valid clusters, image by image; counts (n,) int32 clusters per image;
+                            digest: the xxh3_64 of both (written with them; verified on every read)
         shard_00001.npz ...
         .lock               held by the job computing missing shards from the stored tokens
 
@@ -39,6 +40,9 @@ import contextlib
 import io
 import json
 import logging
+import os
+import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -51,6 +55,7 @@ from tqdm.auto import tqdm
 from geal.api.features import KnowledgeClusterSet
 from geal.features.store import FeatureStore, ShardArray, ShardData, StoreMismatchError, fp16_if_in_range
 from geal.method.knowledge import ClusterSettings, knowledge_clusters
+from geal.util.digest import arrays_digest, known_algorithm
 from geal.util.io import atomic_write_bytes, atomic_write_json, stable_hash
 from geal.util.locks import file_lock
 
@@ -63,6 +68,21 @@ CLUSTERS_VERSION = 3
 
 class ClustersNotStoredError(RuntimeError):
     """A token store without tokens does not hold the knowledge clusters a selector asks for."""
+
+
+class DamagedClusterShardError(StoreMismatchError):
+    """A cluster shard file is damaged (truncated, unreadable, no digest, digest mismatch): the provider
+    quarantines and recomputes it."""
+
+    def __init__(self, cache_dir: Path, shard: int, path: Path, reason: str) -> None:
+        self.cache_dir = cache_dir
+        self.shard = shard
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"knowledge-cluster file {path} is damaged ({reason}): it is recomputed automatically; else "
+            f"delete {cache_dir} to compute it again."
+        )
 
 
 def cluster_identity(settings: ClusterSettings) -> dict[str, Any]:
@@ -143,28 +163,44 @@ class ClusterCache:
         if ok.shape[0] != stop - start:
             raise ValueError(f"cluster shard {shard}: {ok.shape[0]} images, expected {stop - start}")
         features = centroids[ok]
+        stored = fp16_if_in_range(features) if self.compact else features.astype(np.float32)
+        counts = ok.sum(axis=1).astype(np.int32)
         buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            features=fp16_if_in_range(features) if self.compact else features.astype(np.float32),
-            counts=ok.sum(axis=1).astype(np.int32),
-        )
+        np.savez(buffer, features=stored, counts=counts, digest=np.array(arrays_digest([stored, counts])))
         atomic_write_bytes(self.shard_path(shard), buffer.getvalue())
 
-    def read(self, valid: np.ndarray) -> KnowledgeClusterSet:
+    def _load_shard(self, shard: int, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Arrays ``names`` of a cluster shard file; a :class:`DamagedClusterShardError` names a file
+        that cannot be read (truncated, a bad zip CRC...)."""
+        path = self.shard_path(shard)
+        try:
+            with np.load(path) as part:
+                return {name: part[name] for name in names}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            reason = "no digest: written by an older version" if isinstance(err, KeyError) else f"{err}"
+            raise DamagedClusterShardError(self.directory, shard, path, reason) from err
+
+    def read(self, valid: np.ndarray, verify: bool = True) -> KnowledgeClusterSet:
         """Every shard's clusters in one :class:`KnowledgeClusterSet` (float32 centroids, allocated once);
-        ``valid``: the store's (n_images,) validity. The cache must be complete."""
+        ``valid``: the store's (n_images,) validity. The cache must be complete. Each shard is checked
+        against its digest (``verify=False`` only to measure what that costs, scripts/bench_verify.py)."""
         self._check_manifest()
         counts = []
         for shard in range(self.store.n_shards):
-            with np.load(self.shard_path(shard)) as part:
-                counts.append(part["counts"])
+            counts.append(self._load_shard(shard, ("counts",))["counts"])
         total = int(sum(int(c.sum()) for c in counts))
         features: np.ndarray | None = None
         at = 0
         for shard in range(self.store.n_shards):
-            with np.load(self.shard_path(shard)) as part:
-                block = part["features"]
+            part = self._load_shard(shard, ("features", "digest"))
+            block, digest = part["features"], str(part["digest"])
+            if verify and (
+                not known_algorithm(digest)
+                or arrays_digest([block, counts[shard]], digest.split(":")[0]) != digest
+            ):
+                raise DamagedClusterShardError(
+                    self.directory, shard, self.shard_path(shard), "its content does not match its digest"
+                )
             if features is None:
                 features = np.empty((total, block.shape[1]), dtype=np.float32)
             features[at : at + len(block)] = block
@@ -177,6 +213,26 @@ class ClusterCache:
             ]
         )
         return KnowledgeClusterSet(features, owners, np.asarray(valid, dtype=bool))
+
+
+def quarantine_cluster_file(store: FeatureStore, path: Path, reason: str) -> None:
+    """Move a cluster shard file to the store's ``quarantine/`` (kept, not deleted) and say so."""
+    folder = store.directory / "quarantine"
+    folder.mkdir(exist_ok=True)
+    target = folder / f"clusters-{path.parent.name}-{path.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # another job moved it first
+        return
+    log.warning("knowledge-cluster file %s: %s; moved to %s, it is computed again", path, reason, target)
+
+
+def drop_cluster_shards(store: FeatureStore, shards: list[int]) -> None:
+    """Delete the cluster shards derived from store shards ``shards`` in every cluster cache of ``store``
+    (their images changed: they are computed again with the new tokens)."""
+    for shard in shards:
+        for path in (store.directory / "clusters").glob(f"*/shard_{shard:05d}.npz"):
+            path.unlink(missing_ok=True)
 
 
 def started_settings(store: FeatureStore) -> ClusterSettings | None:

@@ -13,23 +13,57 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Protocol
 
 import torch.distributed as dist
 
-from geal.api.features import FeatureRequest
+from geal.api.features import ExtractionReport, FeatureRequest, FeatureTimings
 from geal.features.clusters import ClusterCache
-from geal.features.provider import FeatureProvider
 from geal.features.store import FeatureStore
 from geal.method.knowledge import ClusterSettings
 from geal.util.distributed import rank_and_world
 
-__all__ = ["extract_distributed"]
+__all__ = ["RankedExtractor", "extract_distributed"]
 
 log = logging.getLogger(__name__)
 
 
+class RankedExtractor(Protocol):
+    """What :func:`extract_distributed` uses of a feature provider
+    (:class:`geal.features.provider.FeatureProvider`, which calls it: a protocol, so this module does not
+    import the provider back)."""
+
+    timings: FeatureTimings
+
+    def store(
+        self, request: FeatureRequest | None = None, clusters: ClusterSettings | None = None
+    ) -> FeatureStore: ...
+
+    def open_store(self, request: FeatureRequest) -> FeatureStore: ...
+
+    def extraction_clusters(
+        self, store: FeatureStore, requested: ClusterSettings | None
+    ) -> ClusterSettings | None: ...
+
+    def extract(
+        self,
+        store: FeatureStore,
+        request: FeatureRequest,
+        shards: list[int] | None = None,
+        clusters: ClusterSettings | None = None,
+    ) -> ExtractionReport: ...
+
+    def note_clustered_in_extraction(self, cache: ClusterCache, shards: list[int]) -> None: ...
+
+    def refresh_store(
+        self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
+    ) -> None: ...
+
+    def check_skipped(self, store: FeatureStore) -> None: ...
+
+
 def extract_distributed(
-    provider: FeatureProvider,
+    provider: RankedExtractor,
     request: FeatureRequest | None = None,
     clusters: ClusterSettings | None = None,
     group: dist.ProcessGroup | None = None,
@@ -48,6 +82,8 @@ def extract_distributed(
         return provider.store(request, clusters)
     store = provider.open_store(request)
     provider.timings.store_dir = str(store.directory)
+    if rank == 0:  # damaged or stale shards become missing ones (the other ranks wait for the plan below)
+        provider.refresh_store(store, request, clusters)
     lock = store.lock("extracting features with several ranks") if rank == 0 else contextlib.nullcontext()
     with lock:
         plan: list[tuple[list[int], ClusterSettings | None] | None] = [
@@ -81,4 +117,5 @@ def extract_distributed(
     if settings is not None and missing:  # every rank's shards were clustered during this job's extraction
         provider.note_clustered_in_extraction(ClusterCache.of(store, settings), missing)
     provider.timings.extraction_cache_hit = not missing
+    provider.check_skipped(store)
     return store

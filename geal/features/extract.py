@@ -46,6 +46,7 @@ from geal.util.cores import usable_cores
 log = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
+ON_ERRORS: tuple[str, ...] = ("raise", "skip")
 Amp = Literal["auto", "bf16", "fp16", "none"]
 AMPS: tuple[str, ...] = ("auto", "bf16", "fp16", "none")
 CacheMode = Literal["full", "clusters_only"]
@@ -86,6 +87,8 @@ class ExtractionSettings:
     decode: Decode = "workers"
 
     def __post_init__(self) -> None:
+        if self.on_error not in ON_ERRORS:
+            raise ValueError(f"data.on_error must be one of {ON_ERRORS}, got {self.on_error!r}")
         if self.amp not in AMPS:
             raise ValueError(f"extraction.amp must be one of {AMPS}, got {self.amp!r}")
         if self.decode not in DECODES:

@@ -20,16 +20,24 @@ from the stored tokens.
 
 Both stages are computed under a file lock, so parallel jobs that share the cache dir (a sweep started all
 at once) extract a store once and compute each cluster setting once; the others wait and read them.
+
+Every hit is checked as a fresh run would be (docs/design.md §3.1): the shards' digests (global features and
+validity on open, tokens and cluster files when read), the images' fingerprints (size, mtime: changed
+images are re-extracted, ``timings.refreshed_images``), the skipped images of the extraction that made the
+store (``timings.skipped``; with ``on_error=raise`` they raise, as a fresh run would), and the finiteness of
+the features handed out. A damaged shard or cluster file is quarantined and computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -46,15 +54,34 @@ from geal.features.backbones.base import Backbone
 from geal.features.clusters import (
     ClusterCache,
     ClusterShardWriter,
+    DamagedClusterShardError,
     compute_cluster_shards,
+    drop_cluster_shards,
     not_stored_error,
+    quarantine_cluster_file,
     started_settings,
 )
+from geal.features.distributed import extract_distributed
 from geal.features.extract import ExtractionSettings, extract_to_store
-from geal.features.store import STORE_VERSION, FeatureStore
+from geal.features.store import (
+    STORE_VERSION,
+    DamagedShardError,
+    FeatureStore,
+    Fingerprint,
+    SkippedImageError,
+    fingerprint,
+)
 from geal.method.knowledge import ClusterSettings
 
 log = logging.getLogger(__name__)
+
+#: how many times a read that finds damage repairs and reads again before giving up
+REPAIR_ATTEMPTS = 3
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Features of some images are NaN or infinite (a broken backbone, weights or precision)."""
+
 
 #: the layers of the store that serves requests for global features only
 GLOBAL_REQUEST_LAYERS = TokenLayers()
@@ -88,6 +115,15 @@ class FeatureProvider:
         self.timings = FeatureTimings()
         #: cluster cache directory → the shards this provider's extractions clustered (for the timings only)
         self._clustered_in_extraction: dict[Path, set[int]] = {}
+        self._fingerprints: list[Fingerprint] | None = None
+        #: store directories checked by this provider (digests of the small arrays, fingerprints)
+        self._checked: set[Path] = set()
+
+    def fingerprints(self) -> list[Fingerprint]:
+        """(size, mtime_ns) of every image file of the pool (one ``stat`` each; None: not a file)."""
+        if self._fingerprints is None:
+            self._fingerprints = [fingerprint(self.pool.file_path(i)) for i in range(len(self.pool))]
+        return self._fingerprints
 
     # ------------------------------------------------------------------ stage 1: the token store
     def open_store(self, request: FeatureRequest | None = None) -> FeatureStore:
@@ -103,7 +139,7 @@ class FeatureProvider:
             "pool": self.pool.identity(),
         }
         dense = self.settings.cache_mode == "full"
-        return FeatureStore.open(
+        store = FeatureStore.open(
             self.cache_dir,
             key,
             len(self.pool),
@@ -111,6 +147,8 @@ class FeatureProvider:
             label=f"{self.label}-{self.pool.name}" + ("" if dense else "-global"),
             contents="dense" if dense else "global",
         )
+        store.fingerprints = self.fingerprints()
+        return store
 
     def store(
         self, request: FeatureRequest | None = None, clusters: ClusterSettings | None = None
@@ -122,14 +160,16 @@ class FeatureProvider:
         :meth:`extraction_clusters`)."""
         request = request if request is not None else FeatureRequest.global_only()
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            from geal.features.distributed import extract_distributed  # (it imports this module)
-
             return extract_distributed(self, request, clusters)
         store = self.open_store(request)
         self.timings.store_dir = str(store.directory)
+        t0 = time.perf_counter()
+        waited = self._waited()
+        self.refresh_store(store, request, clusters)
+        checked = time.perf_counter() - t0 - (self._waited() - waited)
         hit = store.complete
         if not hit:
-            with store.lock():
+            with self._locked(store.lock()):
                 if store.complete:  # another job filled it while we waited
                     log.info("features: extracted meanwhile by another job (%s)", store.directory)
                 else:
@@ -139,7 +179,85 @@ class FeatureProvider:
             self.timings.extraction_cache_hit = self.timings.extraction is None
         if hit:
             log.info("features: cache hit (%s)", store.directory)
+        t1 = time.perf_counter()
+        self.check_skipped(store)
+        checked += time.perf_counter() - t1
+        self.timings.extra["store_check_s"] = self.timings.extra.get("store_check_s", 0.0) + checked
         return store
+
+    def _waited(self) -> float:
+        return float(self.timings.extra.get("lock_wait_s", 0.0))
+
+    @contextlib.contextmanager
+    def _locked(self, lock: contextlib.AbstractContextManager[None]) -> Iterator[None]:
+        """Hold ``lock``; the time spent waiting for it (another job extracting) is booked as
+        ``lock_wait_s``, not as this run's work."""
+        t0 = time.perf_counter()
+        with lock:
+            self.timings.extra["lock_wait_s"] = self._waited() + time.perf_counter() - t0
+            yield
+
+    def refresh_store(
+        self, store: FeatureStore, request: FeatureRequest, clusters: ClusterSettings | None
+    ) -> None:
+        """Before a store is used (once per provider and store): quarantine its damaged shards (digests of
+        the small arrays, readable meta) and drop the shards whose images changed since they were written;
+        both become missing and are extracted again by the caller."""
+        if store.directory in self._checked:
+            return
+        damaged = store.check()
+        stale = store.stale_images(self.fingerprints())
+        if damaged or stale:
+            with self._locked(store.lock("repairing")):
+                damaged = store.check()  # another job may have repaired it meanwhile
+                old = [s for s, err in damaged.items() if err.reason.startswith("no digest")]
+                if old:
+                    log.warning(
+                        "features: %d shard(s) of %s were written without digests (an older version): not "
+                        "trusted, moved to its quarantine/ (delete it once done) and extracted again",
+                        len(old),
+                        store.directory,
+                    )
+                for shard, err in damaged.items():
+                    store.quarantine(shard, f"damaged ({err.reason})", quiet=shard in old)
+                stale = store.stale_images(self.fingerprints())
+                if stale:
+                    log.warning(
+                        "features: %d image(s) changed since they were extracted (size or mtime): "
+                        "re-extracting %d shard(s) of %s",
+                        sum(stale.values()),
+                        len(stale),
+                        store.directory,
+                    )
+                    for shard in stale:
+                        store.quarantine(shard, "its images changed")
+                    drop_cluster_shards(store, list(stale))
+        self.timings.refreshed_images += sum(stale.values())
+        self.timings.quarantined.extend(str(store.shard_dir(s)) for s in damaged)
+        self._checked.add(store.directory)
+
+    def check_skipped(self, store: FeatureStore) -> None:
+        """The skipped images of the extraction that made the store (every run reports them); with
+        ``on_error=raise`` they stop the run with the error the first one gave."""
+        skipped = store.skipped()
+        self.timings.skipped = skipped
+        if skipped and self.settings.on_error == "raise":
+            raise SkippedImageError(skipped[0].get("error") or f"cannot load image {skipped[0]['source']}")
+
+    def _repair(self, err: DamagedShardError | DamagedClusterShardError, request: FeatureRequest) -> None:
+        """After a read found damage: quarantine what is damaged (under the store's lock) so that the next
+        :meth:`store` / cluster computation makes it again."""
+        store = self.open_store(request)
+        with self._locked(store.lock("repairing")):
+            if isinstance(err, DamagedClusterShardError):
+                quarantine_cluster_file(store, err.path, f"damaged ({err.reason})")
+                self.timings.quarantined.append(str(err.path))
+                if not store.keeps_tokens:  # no tokens to recompute it from: extract the shard again
+                    store.quarantine(err.shard, "its cluster file is damaged and the store keeps no tokens")
+            else:
+                store.quarantine(err.shard, f"damaged ({err.reason})")
+                self.timings.quarantined.append(str(err.path))
+        self._checked.discard(store.directory)
 
     def extraction_clusters(
         self, store: FeatureStore, requested: ClusterSettings | None
@@ -189,9 +307,32 @@ class FeatureProvider:
         self._clustered_in_extraction.setdefault(cache.directory, set()).update(shards)
 
     def global_features(self) -> GlobalFeatures:
-        """Global features (n, D') float32 and validity (n,) of every image."""
-        store = self.store()
-        return GlobalFeatures(store.global_features(), store.valid())
+        """Global features (n, D') float32 and validity (n,) of every image (a
+        :class:`NonFiniteFeaturesError` names images whose features are not finite)."""
+        request = FeatureRequest.global_only()
+        for attempt in range(REPAIR_ATTEMPTS):
+            try:
+                store = self.store()
+                features, valid = store.global_features(), store.valid()
+                break
+            except DamagedShardError as err:
+                if attempt == REPAIR_ATTEMPTS - 1:
+                    raise
+                self._repair(err, request)
+        self._check_finite(np.isfinite(features).all(axis=1) | ~valid, np.arange(len(valid)), store)
+        return GlobalFeatures(features, valid)
+
+    def _check_finite(self, finite_rows: np.ndarray, owners: np.ndarray, store: FeatureStore) -> None:
+        """Raise naming the images of the rows that are not finite."""
+        if bool(finite_rows.all()):
+            return
+        images = sorted(set(int(i) for i in owners[~finite_rows]))
+        named = ", ".join(self.pool.source(i) for i in images[:5]) + (" ..." if len(images) > 5 else "")
+        raise NonFiniteFeaturesError(
+            f"features of {len(images)} image(s) are not finite (NaN or inf): {named}; the backbone, its "
+            f"weights or its precision produce them (try extraction.amp=none), or the store "
+            f"{store.directory} is damaged (delete it to extract again)"
+        )
 
     # ------------------------------------------------------------------ stage 2: the cluster cache
     def knowledge_clusters(self, request: FeatureRequest, settings: ClusterSettings) -> KnowledgeClusterSet:
@@ -203,6 +344,16 @@ class FeatureProvider:
             raise ValueError(
                 "knowledge clusters are computed from dense tokens: ask with FeatureRequest.dense(...)"
             )
+        for attempt in range(REPAIR_ATTEMPTS):
+            try:
+                return self._knowledge_clusters(request, settings)
+            except (DamagedShardError, DamagedClusterShardError) as err:
+                if attempt == REPAIR_ATTEMPTS - 1:
+                    raise
+                self._repair(err, request)
+        raise AssertionError("unreachable")
+
+    def _knowledge_clusters(self, request: FeatureRequest, settings: ClusterSettings) -> KnowledgeClusterSet:
         store = self.store(request, clusters=settings)
         t0 = time.perf_counter()
         cache = ClusterCache.of(store, settings)
@@ -223,6 +374,10 @@ class FeatureProvider:
                     compute_cluster_shards(store, cache, missing, self.device, progress=progress)
                     computed_now = True
         clusters = cache.read(store.valid())
+        finite = np.isfinite(clusters.features.sum(axis=1)) if len(clusters.features) else np.ones(0, bool)
+        if not bool(finite.all()):
+            finite = np.isfinite(clusters.features).all(axis=1)
+        self._check_finite(finite, clusters.owners, store)
         in_extraction = bool(self._clustered_in_extraction.get(cache.directory)) and not computed_now
         self.timings.clusters_cache_hit = not computed_now and not in_extraction
         self.timings.clusters_in_extraction = in_extraction

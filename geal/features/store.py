@@ -9,7 +9,8 @@ Layout of one store (a directory under the cache dir, never inside a dataset fol
             attention.npy       (n, H, N) fp32 per-head importance (ViT: raw CLS→patch rows, sum ≤ 1)
             global.npy          (n, D')   fp32 global feature
             valid.npy           (n,)      bool, False for images skipped as unreadable
-            meta.json           range, arrays, dtypes, skipped files
+            meta.json           range, arrays, dtypes, skipped files, a digest per array, the images'
+                                fingerprints (size, mtime_ns) when they are files
         shard_00001/ ...
         .extract.lock           held by the job (or rank 0 of the distributed job) filling the store
 
@@ -28,6 +29,13 @@ A shard directory is written under a temporary name and renamed into place when 
 that exists is complete; an interrupted extraction resumes at the first missing shard. Jobs that share a
 cache dir (sweeps, several nodes on one file system) take the store's file lock before filling it, so it is
 written once; the others wait and then read it.
+
+Integrity (docs/design.md §3.1): each array's file digest (:mod:`geal.util.digest`, xxh3_64) is written into
+the shard's ``meta.json``, which is written last, inside the temporary directory that is renamed into place:
+digests and data appear together. An array is verified (streamed) the first time this object reads it; a
+shard whose meta is unreadable, has no digests (written by an older version: never trusted, re-extracted), or
+whose array does not match its digest raises :class:`DamagedShardError`, and the provider moves it to
+``quarantine/`` inside the store (:meth:`FeatureStore.quarantine`, never deleted) and re-extracts it.
 """
 
 from __future__ import annotations
@@ -39,7 +47,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +56,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from geal.util.io import atomic_write_json, stable_hash
+from geal.util.digest import check_file, file_digest
+from geal.util.io import atomic_write_json, shared_dir_mode, stable_hash
 from geal.util.locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -66,6 +76,41 @@ ARRAYS: dict[str, tuple[str, ...]] = {
 
 class StoreMismatchError(RuntimeError):
     """The manifest on disk does not describe what this run expects."""
+
+
+class DamagedShardError(StoreMismatchError):
+    """A shard of the store is damaged (unreadable meta, no digests, an array that does not match its
+    digest or has the wrong shape): the provider quarantines and re-extracts it."""
+
+    def __init__(self, directory: Path, shard: int, path: Path, reason: str) -> None:
+        self.directory = directory
+        self.shard = shard
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"feature store shard {path} is damaged ({reason}): it is re-extracted automatically when the "
+            f"images are available; else delete {directory} and extract again."
+        )
+
+
+class SkippedImageError(OSError):
+    """``data.on_error=raise`` on a store whose extraction skipped unreadable images: the error the first
+    skipped image gave when it was extracted (what a fresh run with ``raise`` stops with)."""
+
+
+#: (size in bytes, mtime in ns) of an image file; None where the image is not a file
+Fingerprint = tuple[int, int] | None
+
+
+def fingerprint(path: Path | None) -> Fingerprint:
+    """The cheap per-image fingerprint the store keeps: size and modification time (one ``stat``)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (int(st.st_size), int(st.st_mtime_ns))
 
 
 #: a shard's array: numpy in the store; a torch tensor on the extraction device while the shard is in the
@@ -128,7 +173,14 @@ class FeatureStore:
         self.n_images = int(n_images)
         self.shard_size = int(shard_size)
         self.contents: StoreContents = contents
-        self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._cache: dict[int, Mapping[str, np.ndarray]] = {}
+        #: (shard, array) verified against its digest by this object, and the metas it read
+        self._verified: set[tuple[int, str]] = set()
+        self._metas: dict[int, dict[str, Any]] = {}
+        #: the pool's per-image fingerprints (set by the provider), recorded in each shard written
+        self.fingerprints: Sequence[Fingerprint] | None = None
+        #: False only to measure what verification costs (scripts/bench_verify.py)
+        self.verify_reads = True
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -242,14 +294,20 @@ class FeatureStore:
         final = self.shard_dir(shard)
         tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{final.name}.", suffix=".tmp"))
         try:
+            tmp.chmod(shared_dir_mode())
+            digests = {}
             for name, arr in arrays.items():
                 np.save(tmp / f"{name}.npy", arr)
+                digests[name] = file_digest(tmp / f"{name}.npy")  # read back from the page cache
+            fps = self.fingerprints
             meta = {
                 "start": start,
                 "stop": stop,
                 "skipped": data.skipped,
                 "arrays": list(arrays),
                 "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
+                "digests": digests,
+                "fingerprints": [fps[i] for i in range(start, stop)] if fps is not None else None,
             }
             # meta.json last: its presence marks the shard complete
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -258,12 +316,48 @@ class FeatureStore:
             except OSError:
                 if (final / "meta.json").exists():  # another process finished the same shard first
                     shutil.rmtree(tmp, ignore_errors=True)
+                elif final.exists():  # a partial folder (no meta.json) must never block a rerun
+                    self.quarantine(shard, "incomplete: no meta.json")
+                    os.rename(tmp, final)
                 else:
                     raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         self._cache.pop(shard, None)
+        self._verified = {v for v in self._verified if v[0] != shard}
+        self._metas.pop(shard, None)
+
+    def quarantine(self, shard: int, reason: str, quiet: bool = False) -> Path | None:
+        """Move shard ``shard``'s folder to ``quarantine/`` inside the store (kept for inspection, never
+        deleted; delete the folder once inspected) and say so (``quiet``: at debug level, for a caller that
+        says it once for many shards); None if it was gone already."""
+        source = self.shard_dir(shard)
+        self._cache.pop(shard, None)
+        self._verified = {v for v in self._verified if v[0] != shard}
+        self._metas.pop(shard, None)
+        if not source.exists():
+            return None
+        folder = self.directory / "quarantine"
+        folder.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target = folder / f"{source.name}-{stamp}"
+        n = 1
+        while target.exists():
+            n += 1
+            target = folder / f"{source.name}-{stamp}-{n}"
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:  # another job moved it first
+            return None
+        log.log(
+            logging.DEBUG if quiet else logging.WARNING,
+            "feature store shard %s: %s; moved to %s, it is extracted again",
+            source,
+            reason,
+            target,
+        )
+        return target
 
     def remove_stale_temporaries(self) -> None:
         """Delete temporary shard directories left by an interrupted run."""
@@ -271,31 +365,111 @@ class FeatureStore:
             shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ reading
-    def _shard_arrays(self, shard: int, keep: bool = True) -> dict[str, np.ndarray]:
-        """The memory-mapped arrays of one shard; ``keep=False`` does not keep the maps open afterwards
-        (a pass over a large store then never holds more than one shard's pages resident)."""
+    def read_meta(self, shard: int) -> dict[str, Any]:
+        """Shard ``shard``'s ``meta.json`` (a :class:`DamagedShardError` if it cannot be read), read once
+        per object."""
+        if shard in self._metas:
+            return self._metas[shard]
+        path = self.shard_dir(shard) / "meta.json"
+        try:
+            meta = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"shard {self.shard_dir(shard)} is missing: the store is incomplete (run extraction)"
+            ) from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DamagedShardError(self.directory, shard, path, f"unreadable meta.json: {err}") from err
+        if not isinstance(meta, dict) or not isinstance(meta.get("skipped"), list):
+            raise DamagedShardError(self.directory, shard, path, "meta.json is not a shard's meta")
+        self._metas[shard] = meta
+        return meta
+
+    def verify(self, shard: int, name: str, meta: dict[str, Any] | None = None) -> None:
+        """Check array ``name`` of shard ``shard`` against the digest in its meta (streamed; once per
+        object); a :class:`DamagedShardError` names the file."""
+        if (shard, name) in self._verified or not self.verify_reads:
+            return
+        meta = meta if meta is not None else self.read_meta(shard)
+        path = self.shard_dir(shard) / f"{name}.npy"
+        digest = (meta.get("digests") or {}).get(name)
+        if digest is None:
+            raise DamagedShardError(
+                self.directory, shard, path, "no digest: written by an older version, so not trusted"
+            )
+        problem = check_file(path, digest)
+        if problem is not None:
+            raise DamagedShardError(self.directory, shard, path, problem)
+        self._verified.add((shard, name))
+
+    def check(self, names: Sequence[str] | None = None) -> dict[int, DamagedShardError]:
+        """The damaged shards among the complete ones, verifying the arrays ``names`` (default: the small
+        ones, global features and validity; tokens and attention are verified when read)."""
+        names = tuple(names) if names is not None else ("global", "valid")
+        missing = set(self.missing_shards())
+        bad: dict[int, DamagedShardError] = {}
+        for shard in range(self.n_shards):
+            if shard in missing:
+                continue
+            try:
+                meta = self.read_meta(shard)
+                for name in names:
+                    if name in self.array_names:
+                        self.verify(shard, name, meta)
+            except DamagedShardError as err:
+                bad[shard] = err
+        return bad
+
+    def stale_images(self, fingerprints: Sequence[Fingerprint]) -> dict[int, int]:
+        """Shard → how many of its images changed since it was written (size or mtime differs), for the
+        complete shards whose meta records fingerprints."""
+        missing = set(self.missing_shards())
+        out: dict[int, int] = {}
+        for shard in range(self.n_shards):
+            if shard in missing:
+                continue
+            try:
+                recorded = self.read_meta(shard).get("fingerprints")
+            except DamagedShardError:
+                continue  # check() reports it
+            if recorded is None:
+                continue
+            start, stop = self.shard_range(shard)
+            now = [list(f) if f is not None else None for f in fingerprints[start:stop]]
+            changed = sum(1 for a, b in zip(recorded, now, strict=False) if a != b)
+            if changed:
+                out[shard] = changed
+        return out
+
+    def _shard_arrays(self, shard: int, keep: bool = True) -> Mapping[str, np.ndarray]:
+        """The memory-mapped arrays of one shard, each verified against its digest when first read;
+        ``keep=False`` does not keep the maps open afterwards (a pass over a large store then never holds
+        more than one shard's pages resident)."""
         if shard in self._cache:
             return self._cache[shard]
-        directory = self.shard_dir(shard)
-        if not (directory / "meta.json").exists():
-            raise FileNotFoundError(f"shard {directory} is missing: the store is incomplete (run extraction)")
-        start, stop = self.shard_range(shard)
-        meta = json.loads((directory / "meta.json").read_text())
-        names = meta.get("arrays", ARRAYS["dense"])
-        arrays = {name: np.load(directory / f"{name}.npy", mmap_mode="r") for name in names}
-        for name, arr in arrays.items():
-            if arr.shape[0] != stop - start:
-                raise StoreMismatchError(
-                    f"{directory / (name + '.npy')} has {arr.shape[0]} rows, expected {stop - start}: "
-                    f"the store is damaged; delete {self.directory} to re-extract."
-                )
+        meta = self.read_meta(shard)
+        arrays = _ShardArrays(self, shard, meta)
         if keep:
             self._cache[shard] = arrays
         return arrays
 
+    def _load_array(self, shard: int, name: str, meta: dict[str, Any]) -> np.ndarray:
+        directory = self.shard_dir(shard)
+        path = directory / f"{name}.npy"
+        self.verify(shard, name, meta)
+        start, stop = self.shard_range(shard)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:
+            raise DamagedShardError(self.directory, shard, path, f"unreadable: {err}") from err
+        if arr.shape[0] != stop - start:
+            raise DamagedShardError(
+                self.directory, shard, path, f"{arr.shape[0]} rows, expected {stop - start}"
+            )
+        return arr
+
     def iter_shards(
         self, shards: Sequence[int] | None = None
-    ) -> Iterator[tuple[int, int, dict[str, np.ndarray]]]:
+    ) -> Iterator[tuple[int, int, Mapping[str, np.ndarray]]]:
         """Yield (start, stop, memory-mapped arrays) per shard (of ``shards`` only, when given), in
         global-id order (the maps of a shard are released when the next one is read)."""
         for shard in range(self.n_shards) if shards is None else sorted(shards):
@@ -322,8 +496,33 @@ class FeatureStore:
         """The unreadable images recorded during extraction (global id, source, error)."""
         out: list[dict[str, str]] = []
         for shard in range(self.n_shards):
-            out.extend(json.loads((self.shard_dir(shard) / "meta.json").read_text())["skipped"])
+            out.extend(self.read_meta(shard)["skipped"])
         return out
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.rglob("*") if p.is_file())
+
+
+class _ShardArrays(Mapping[str, np.ndarray]):
+    """A shard's arrays, each memory-mapped and verified against its digest when first asked for (so a
+    cache hit that reads only global features never reads the tokens)."""
+
+    def __init__(self, store: FeatureStore, shard: int, meta: dict[str, Any]) -> None:
+        self.store = store
+        self.shard = shard
+        self.meta = meta
+        self.names = tuple(meta.get("arrays", ARRAYS["dense"]))
+        self._loaded: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._loaded:
+            if name not in self.names:
+                raise KeyError(name)
+            self._loaded[name] = self.store._load_array(self.shard, name, self.meta)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)

@@ -12,8 +12,7 @@ import torch
 from geal.api.features import FeatureRequest
 from geal.api.pool import ImagePool
 from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
-from geal.method.kcenter.greedy import d2_sampling, kcenter_greedy
-from geal.method.kcenter.sharded import kcenter_greedy_sharded
+from geal.method.kcenter import d2_sampling, kcenter_greedy, kcenter_greedy_sharded
 from geal.method.knowledge import ClusterSettings
 from geal.util.distributed import is_distributed, rank_and_world
 

@@ -37,8 +37,8 @@ KMeansInit = Literal["kmeans++", "random"]
 @dataclass(frozen=True)
 class ClusterSettings:
     """Everything that determines the knowledge clusters of an image (docs/design.md, the method's steps
-    2–4): the GEAL selector's ``selector.clusters`` config node (conf/selector/geal.yaml says why each key is
-    what it is).
+    2–4): the GEAL selector's ``selector.clusters`` config node (geal/conf/selector/geal.yaml says why each
+    key is what it is).
 
     tau:            keep the most attended patches holding this fraction of the attention mass, in (0, 1]
     k:              knowledge clusters per image (≥ 1)

@@ -286,7 +286,7 @@ def _not_started(multirun_yaml: Path, runs: Sequence[RunRecord]) -> list[RunReco
             RunRecord(
                 sweep_dir / str(num),
                 NOT_STARTED,
-                # the option name: conf/selector/<name>.yaml sets selector.name to its file name
+                # the option name: geal/conf/selector/<name>.yaml sets selector.name to its file name
                 chosen.get("selector", "?"),
                 int(seed) if seed is not None and seed.lstrip("-").isdigit() else None,
                 overrides=job,

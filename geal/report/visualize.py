@@ -34,6 +34,7 @@ from geal.api.features import KnowledgeClusterSet
 from geal.api.pool import BoxAnnotatedPool, ImagePool
 from geal.features.store import FeatureStore
 from geal.method.knowledge import ClusterSettings, importance_mask, reduce_heads
+from geal.report.style import MethodStyle, shades
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
 
 @dataclass
 class Histograms:
-    """Counts per category for each compared set ("selection", "pool", "random (seed s)", ...).
+    """Counts per category for each compared set ("selection", "pool", "random draw, seed s", ...).
 
     kind: "class" (one label per image) or "instances" (object instances per class, detection pools)
     per_image: for detection pools, how many images have 0, 1, 2, ... instances, per set
@@ -359,6 +360,36 @@ class Histograms:
         }
 
 
+def random_draw_name(seed: int) -> str:
+    """The name of the seeded uniform reference draw in the histograms (not the Random selector's run)."""
+    return f"random draw, seed {seed}"
+
+
+def selection_name(selector: Any, seed: Any, style: MethodStyle | None = None) -> str:
+    """``GEAL, seed 0``: a selection as a reader names it (display name, then its seed when known)."""
+    name = (style or MethodStyle()).name(str(selector or "?"))
+    return f"{name}, seed {seed}" if seed is not None else name
+
+
+def compare_names(entries: Sequence[tuple[Any, Any, Path]], style: MethodStyle | None = None) -> list[str]:
+    """Readable, distinct names of compared selections (selector, seed, selection.json path): ``Random,
+    seed 0``; the folder of the file is added only where two would read the same (``GEAL, seed 0 (a)``),
+    its whole path where even that repeats."""
+    base = [selection_name(sel, seed, style) for sel, seed, _ in entries]
+    names = []
+    for name, (_, _, path) in zip(base, entries, strict=True):
+        if base.count(name) > 1:
+            folders = [Path(p).parent.name for n, (_, _, p) in zip(base, entries, strict=True) if n == name]
+            where = (
+                Path(path).parent.name
+                if folders.count(Path(path).parent.name) == 1
+                else str(Path(path).parent)
+            )
+            name = f"{name} ({where})"
+        names.append(name)
+    return names
+
+
 def random_draw(n_pool: int, size: int, seed: int) -> list[int]:
     """A uniform random subset of ``size`` global ids (seeded; numpy's default_rng)."""
     if size > n_pool:
@@ -377,7 +408,7 @@ def selection_histograms(
     ``others``: name → global ids). Detection pools (geal.api.pool.BoxAnnotatedPool) count object
     instances per class and instances per image; pools with ``labels`` count images per class."""
     sets: dict[str, list[int]] = {"selection": [int(g) for g in selection], "pool": list(range(len(pool)))}
-    sets[f"random (seed {seed})"] = random_draw(len(pool), len(selection), seed)
+    sets[random_draw_name(seed)] = random_draw(len(pool), len(selection), seed)
     for name, ids in (others or {}).items():
         sets[name] = [int(g) for g in ids]
     sizes = {k: len(v) for k, v in sets.items()}
@@ -415,9 +446,54 @@ def selection_histograms(
     )
 
 
-def histogram_figure(hist: Histograms, path: Path, title: str = "") -> Path:
-    """Grouped bars of each set's share per category (counts in the legend); for detection pools a
-    second panel with the share of images per number of instances."""
+#: how the reference sets of the histograms are drawn (selections get their method's colour, solid)
+POOL_STYLE = {"color": "#d9d9d9", "edgecolor": "#8c8c8c", "linewidth": 0.5}
+RANDOM_DRAW_STYLE = {"color": "white", "edgecolor": "#7f7f7f", "hatch": "////", "linewidth": 0.5}
+
+
+def _bar_styles(names: Sequence[str], colors: dict[str, str] | None) -> dict[str, dict[str, Any]]:
+    """Bar keywords per set: the pool light grey, the random draw hatched, each selection its colour from
+    ``colors`` (its method's fixed colour) else Matplotlib's cycle; selections that would share a colour
+    get shades of it."""
+    out: dict[str, dict[str, Any]] = {}
+    solid: dict[str, str] = {}
+    free = iter(f"C{k}" for k in range(10 * len(names)))
+    for name in names:
+        if name == "pool":
+            out[name] = dict(POOL_STYLE)
+        elif name.startswith("random draw"):
+            out[name] = dict(RANDOM_DRAW_STYLE)
+        else:
+            solid[name] = (colors or {}).get(name) or next(free)
+    for colour in set(solid.values()):
+        same = [n for n in names if solid.get(n) == colour]
+        for n, c in zip(same, shades(colour, len(same)), strict=True):
+            out[n] = {"color": c}
+    return out
+
+
+def _category_ticks(ax: Any, x: np.ndarray, labels: Sequence[str], width_inches: float) -> None:
+    """Tick labels centred under their group of bars; rotated (their end at the group) only when the
+    longest would not fit its group's width."""
+    char_inches = 8 / 72 * 0.62  # an average character at 8 pt
+    rotate = max((len(t) for t in labels), default=0) * char_inches > 0.9 * width_inches / max(len(labels), 1)
+    if rotate:
+        ax.set_xticks(x, labels, rotation=55, ha="right", va="center", rotation_mode="anchor", fontsize=8)
+    else:
+        ax.set_xticks(x, labels, ha="center", fontsize=8)
+
+
+def histogram_figure(
+    hist: Histograms,
+    path: Path,
+    title: str = "",
+    colors: dict[str, str] | None = None,
+    selection_label: str = "",
+) -> Path:
+    """Grouped bars of each set's share per category (counts in the legend, placed beside the panel so it
+    covers no bar); for detection pools a second panel with the share of images per number of instances.
+    ``colors``: set name → colour (a selection's method colour, :class:`geal.report.style.MethodStyle`);
+    ``selection_label``: who picked the selection (``GEAL, seed 0``), shown in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -426,23 +502,38 @@ def histogram_figure(hist: Histograms, path: Path, title: str = "") -> Path:
     shown = [k for k, c in enumerate(hist.counts["pool"]) if c > 0]  # classes the pool has
     categories = [hist.categories[k] for k in shown]
     panels = 2 if hist.per_image is not None else 1
-    width = max(6.0, 0.32 * len(categories) * max(len(hist.counts), 2) / 2)
-    fig, axes = plt.subplots(panels, 1, figsize=(width, 3.6 * panels), dpi=120, squeeze=False)
+    width = max(6.0, 0.32 * len(categories) * max(len(hist.counts), 2) / 2) + 3.2  # + the legend
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(width, 3.6 * panels), dpi=120, squeeze=False, layout="constrained"
+    )
     ax = axes[0][0]
     names = list(hist.counts)
+    bar_style = _bar_styles(names, colors)
+    shown_name = {n: n for n in names}
+    if selection_label:
+        shown_name["selection"] = f"selection ({selection_label})"
     bar_w = 0.8 / len(names)
     x = np.arange(len(categories))
     unit = "instances" if hist.kind == "instances" else "images"
     for i, name in enumerate(names):
         covered = f"{int(np.count_nonzero(hist.counts[name]))}/{len(categories)} classes"
         if hist.kind == "instances":
-            label = f"{name}: {sum(hist.counts[name])} instances in {hist.sizes[name]} images, {covered}"
+            n_inst = sum(hist.counts[name])
+            label = f"{shown_name[name]}: {n_inst} instances in {hist.sizes[name]} images, {covered}"
         else:
-            label = f"{name}: {hist.sizes[name]} images, {covered}"
-        ax.bar(x + (i - (len(names) - 1) / 2) * bar_w, hist.fractions(name)[shown], bar_w, label=label)
-    ax.set_xticks(x, categories, rotation=60 if len(categories) > 8 else 0, ha="right", fontsize=8)
+            label = f"{shown_name[name]}: {hist.sizes[name]} images, {covered}"
+        ax.bar(
+            x + (i - (len(names) - 1) / 2) * bar_w,
+            hist.fractions(name)[shown],
+            bar_w,
+            label=label,
+            **bar_style[name],
+        )
+    _category_ticks(ax, x, categories, width - 3.2)
+    ax.set_xlim(-0.5, len(categories) - 0.5)
+    ax.set_xlabel("class")
     ax.set_ylabel(f"share of {unit}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(
         title or f"{'object instances' if hist.kind == 'instances' else 'images'} per class", fontsize=10
@@ -459,14 +550,15 @@ def histogram_figure(hist: Histograms, path: Path, title: str = "") -> Path:
                 x + (i - (len(names) - 1) / 2) * bar_w,
                 c / max(c.sum(), 1),
                 bar_w,
-                label=f"{name}: {mean:.2f} per image",
+                label=f"{shown_name[name]}: {mean:.2f} per image",
+                **bar_style[name],
             )
-        ax.set_xticks(x, [str(v) for v in x])
+        ax.set_xticks(x, [str(v) for v in x], ha="center")
+        ax.set_xlim(-0.5, top - 0.5)
         ax.set_xlabel("object instances in the image")
         ax.set_ylabel("share of images")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     out = _save_figure(fig, path)
     plt.close(fig)
     return out

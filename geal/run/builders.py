@@ -9,6 +9,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from geal.api.pool import ImagePool
 from geal.api.selector import SelectionContext, Selector
@@ -27,10 +28,37 @@ from geal.report.loggers.base import RunLogger
 from geal.run.device_lease import current_lease
 from geal.run.outputs import load_selection, read_labeled_ids
 from geal.run.schedule import ONE_PASS, CycleSchedule, check_budgets
-from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_target_kwargs
+from geal.run.schemas import POOL_RUN_KEYS, TASK_RUN_KEYS, check_known_keys, check_target_kwargs
 from geal.util.resources import sha256_file
 
 log = logging.getLogger("geal")
+
+
+def expand_home_paths(cfg: DictConfig) -> None:
+    """Give the home folder to every setting that starts with ``~`` (``data.root=~/photos``,
+    ``paths.cache_dir=~/cache``, a checkpoint...), as a shell does: a value with ``~`` reaches a job only
+    quoted, and the pools, caches and loaders take paths as given. Interpolations are resolved first (an
+    environment variable holding ``~/...``); Hydra's own node is left alone."""
+
+    def walk(node: DictConfig | ListConfig) -> None:
+        keys = list(node.keys()) if isinstance(node, DictConfig) else list(range(len(node)))
+        for key in keys:
+            if isinstance(node, DictConfig) and key == "hydra" and node is cfg:
+                continue
+            if OmegaConf.is_missing(node, key):  # ??? stays for its own check
+                continue
+            try:
+                value = node[key]  # type: ignore[index]  # a DictConfig key or a ListConfig position
+            except Exception:  # an interpolation that resolves only later (e.g. ${hydra:...} outside a job)
+                if OmegaConf.is_interpolation(node, key):  # type: ignore[arg-type]
+                    continue
+                raise
+            if isinstance(value, DictConfig | ListConfig):
+                walk(value)
+            elif isinstance(value, str) and (value == "~" or value.startswith("~/")):
+                node[key] = os.path.expanduser(value)  # type: ignore[index]
+
+    walk(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,7 +71,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(lease.device)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch lists its two dozen backends; these are the ones that mean something here
+        raise ValueError(f"device={name} is not a device: use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device={name} but CUDA is not available here: use device=cpu or device=auto")
     return device
@@ -84,9 +115,16 @@ def build_selector(node: DictConfig, group: str = "selector") -> Selector:
     return instantiate(node, _convert_="all")
 
 
+def check_settings(cfg: DictConfig, schema: type) -> None:
+    """What every entry point checks first: no key outside its struct ``schema`` (``+key=...`` included),
+    and valid extraction settings and ``data.on_error`` (whether or not features are needed)."""
+    check_known_keys(cfg, schema)
+    extraction_settings(cfg)
+
+
 def extraction_settings(cfg: DictConfig) -> ExtractionSettings:
-    """``extraction`` (conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates every
-    value; ``data.on_error`` says how the pass treats unreadable images."""
+    """``extraction`` (geal/conf/extraction/default.yaml) as :class:`ExtractionSettings`, which validates
+    every value; ``data.on_error`` says how the pass treats unreadable images."""
     values = OmegaConf.to_container(cfg.extraction, resolve=True)
     assert isinstance(values, dict)
     known = {f.name for f in dataclasses.fields(ExtractionSettings)} - {"on_error"}
@@ -127,6 +165,7 @@ def build_selection_context(
         device=device,
         features=feature_provider(cfg, pool, device) if needs_features else None,
         progress=cfg.extraction.progress,
+        on_error=str(cfg.data.get("on_error", "raise")),
     )
 
 
@@ -138,7 +177,7 @@ def build_select_context(
     if unsupported:
         raise ValueError(
             f"selector {cfg.selector.get('name')} needs {unsupported}, which a one-pass selection does not "
-            "provide: run it in active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
+            "provide: run it in active-learning cycles (geal-run cycles=demo, see geal/conf/cycles/)"
         )
     labeled = read_labeled_ids(Path(cfg.labeled), pool) if cfg.labeled else []
     return build_selection_context(cfg, pool, device, [selector], labeled)
@@ -170,7 +209,15 @@ def build_task_context(
     feature sources of both pools (when it needs features), device, work dir, seed, logger. The task's
     ``needs`` are checked now (labels, a non-empty test split, annotations), before any selection."""
     test_data = cfg.task.get("test_data")
-    test_pool = build_pool(test_data) if "test_split" in task.needs and test_data is not None else None
+    needs_test = "test_split" in task.needs and test_data is not None
+    unset = [k for k in test_data if OmegaConf.is_missing(test_data, k)] if needs_test else []
+    if unset:  # e.g. an image folder, which has no test split of its own
+        name = getattr(task, "name", type(task).__name__)
+        raise ValueError(
+            f"task {name} needs a test split: set data.test.{unset[0]}=... (for an image folder, "
+            f"data.test.root=DIR, another folder of the same classes)"
+        )
+    test_pool = build_pool(test_data) if needs_test else None
     features = "features" in task.needs
     ctx = TaskContext(
         pool=pool,

@@ -1,4 +1,4 @@
-"""Hydra job callbacks of geal-select / geal-run / geal-visualize (``hydra.callbacks`` in conf/*.yaml)."""
+"""Hydra job callbacks of geal-select / geal-run / geal-visualize (``hydra.callbacks``, geal/conf/*.yaml)."""
 
 from __future__ import annotations
 

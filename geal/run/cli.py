@@ -13,21 +13,28 @@ Each entry point builds what it needs (geal.run.builders), runs it, and prints o
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from geal.api.pool import ImagePool
+from geal.features.clusters import ClustersNotStoredError
+from geal.features.store import StoreMismatchError
 from geal.method.geal_selector import GEALSelector
-from geal.report.tables import ReportOptions, report
+from geal.report.style import MethodStyle
+from geal.report.sweep_report import ReportOptions, report
 from geal.run.builders import (
     build_logger,
     build_pool,
@@ -38,21 +45,69 @@ from geal.run.builders import (
     build_start,
     build_task,
     build_task_context,
+    check_settings,
+    expand_home_paths,
     feature_provider,
     resolve_device,
     run_header,
 )
 from geal.run.loop import run_cycles
 from geal.run.outputs import load_selection, run_selection
-from geal.run.schemas import CONFIG_DIR, register_schemas
+from geal.run.schemas import CONFIG_DIR, RunConfig, SelectConfig, VisualizeConfig, register_schemas
 from geal.run.summaries import run_summary, selection_summary
 from geal.util.distributed import init_from_env as init_distributed_from_env
 from geal.util.io import atomic_write_json
 
-#: the Hydra config root (the repository's conf/; the package is installed editable, see README)
-
 log = logging.getLogger("geal")
 register_schemas()
+
+
+#: errors that are the user's to fix (a setting, a file, an image, a cache): one line, no traceback (unless
+#: HYDRA_FULL_ERROR=1); anything else is a bug and keeps its traceback. failure.json keeps it either way.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    OSError,
+    StoreMismatchError,
+    ClustersNotStoredError,
+)
+
+
+class UserError(CompactHydraException):
+    """A user error as Hydra prints it: its message alone (the original is its ``__cause__``)."""
+
+
+def one_line_errors(main: Callable[[DictConfig], None]) -> Callable[[DictConfig], None]:
+    """Wrap an entry point: a user error becomes one line (:class:`UserError`); Ctrl-C prints one line,
+    writes ``failure.json`` and exits 130 (a sweep stops)."""
+
+    @functools.wraps(main)
+    def wrapper(cfg: DictConfig) -> None:
+        try:
+            main(cfg)
+        except USER_ERRORS as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            raise UserError(str(err).replace("\n", " ")) from err
+        except KeyboardInterrupt as err:
+            out_dir = Path(HydraConfig.get().runtime.output_dir)
+            message = (
+                f"interrupted (Ctrl-C): finished feature shards and budgets are kept (cache dir and "
+                f"{out_dir}); run the same command again to resume"
+            )
+            atomic_write_json(
+                out_dir / "failure.json",
+                {
+                    "error": "KeyboardInterrupt",
+                    "raised_as": "KeyboardInterrupt",
+                    "message": message,
+                    "traceback": traceback.format_exception(err),
+                    "overrides": list(HydraConfig.get().overrides.task),
+                },
+            )
+            print(f"geal: {message}", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
@@ -63,10 +118,13 @@ def resolved(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="select")
+@one_line_errors
 def select_main(cfg: DictConfig) -> None:
-    """``geal-select``: one selection run (see conf/select.yaml); under ``torchrun`` every rank extracts
-    its share of the features and the k-center runs sharded (geal.features.distributed)."""
+    """``geal-select``: one selection run (see geal/conf/select.yaml); under ``torchrun`` every rank extracts
+    its share of the features (geal.features.distributed) and the k-center runs sharded."""
+    expand_home_paths(cfg)
     t_start = time.perf_counter()
+    check_settings(cfg, SelectConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     init_distributed_from_env()
     device = resolve_device(cfg.device)
@@ -97,10 +155,13 @@ def select_main(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="run")
+@one_line_errors
 def run_main(cfg: DictConfig) -> None:
     """``geal-run``: select → train the task → evaluate → metrics.json, over the one-pass schedule (every
-    budget of ``budgets``) or an active-learning schedule (``cycles=...``); see conf/run.yaml."""
+    budget of ``budgets``) or an active-learning schedule (``cycles=...``); see geal/conf/run.yaml."""
+    expand_home_paths(cfg)
     t_start = time.perf_counter()
+    check_settings(cfg, RunConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     schedule, budgets = build_schedule(cfg)  # budgets come from `budgets` or from the schedule, not both
     device = resolve_device(cfg.device)
@@ -143,8 +204,11 @@ VISUALIZE_FIGURES = ("clusters", "contact_sheet", "histograms")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="visualize")
+@one_line_errors
 def visualize_main(cfg: DictConfig) -> None:
-    """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (see conf/visualize.yaml)."""
+    """``geal-visualize``: knowledge-cluster figure, contact sheet, histograms (geal/conf/visualize.yaml)."""
+    expand_home_paths(cfg)
+    check_settings(cfg, VisualizeConfig)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     unknown = sorted(set(cfg.figures) - set(VISUALIZE_FIGURES))
     if unknown:
@@ -157,7 +221,7 @@ def visualize_main(cfg: DictConfig) -> None:
     picked_by = ""
     if cfg.selection:
         selected, doc = load_selection(Path(cfg.selection), pool)
-        picked_by = f"{doc.get('selector')} (seed {doc.get('seed')}) on {pool.name}"
+        picked_by = f"{MethodStyle().name(str(doc.get('selector')))}, seed {doc.get('seed')}, on {pool.name}"
     files: dict[str, str] = {}
     skipped: dict[str, str] = {}
     if "clusters" in cfg.figures:
@@ -230,18 +294,28 @@ def histograms(cfg: DictConfig, pool: ImagePool, selected: list[int], out_dir: P
     the reason instead when the pool has neither labels nor annotations."""
     from geal.report import visualize
 
-    others = {}
-    for path in cfg.compare:
-        ids, doc = load_selection(Path(path), pool)
-        # the same number of images as the selection: the prefix (a nested selector's smaller budget)
-        others[f"{doc.get('selector')} (seed {doc.get('seed')}, {Path(path).parent.name})"] = ids[
-            : len(selected)
-        ]
+    style = MethodStyle()
+    loaded = [(Path(path), *load_selection(Path(path), pool)) for path in cfg.compare]
+    names = visualize.compare_names(
+        [(doc.get("selector"), doc.get("seed"), p) for p, _, doc in loaded], style
+    )
+    # the same number of images as the selection: the prefix (a nested selector's smaller budget)
+    others = {name: ids[: len(selected)] for name, (_, ids, _) in zip(names, loaded, strict=True)}
+    colors = {
+        name: style.color(str(doc.get("selector"))) for name, (_, _, doc) in zip(names, loaded, strict=True)
+    }
+    _, doc = load_selection(Path(cfg.selection), pool)
+    colors["selection"] = style.color(str(doc.get("selector")))
     try:
         hist = visualize.selection_histograms(pool, selected, cfg.seed, others, cfg.extraction.progress)
     except ValueError as err:  # a pool without labels or annotations
         return str(err)
-    figure = visualize.histogram_figure(hist, out_dir / "histograms.png")
+    figure = visualize.histogram_figure(
+        hist,
+        out_dir / "histograms.png",
+        colors=colors,
+        selection_label=visualize.selection_name(doc.get("selector"), doc.get("seed"), style),
+    )
     atomic_write_json(out_dir / "histograms.json", hist.as_dict())
     return {"histograms": str(figure), "histograms_json": str(out_dir / "histograms.json")}
 
@@ -275,6 +349,23 @@ def report_parser() -> argparse.ArgumentParser:
     parser.add_argument("--best", choices=("max", "min", "none"), default="max", help="bold in LaTeX")
     parser.add_argument("--out", type=Path, default=None, help="where to write results.* (default: root)")
     parser.add_argument("--title", default="", help="title of the report and the plots")
+    parser.add_argument(
+        "--names",
+        nargs="+",
+        default=None,
+        metavar="METHOD=NAME",
+        help="display names in the plots, e.g. geal=Ours 'coreset_cos=Core-Set' (tables keep config names)",
+    )
+    parser.add_argument(
+        "--colors",
+        nargs="+",
+        default=None,
+        metavar="METHOD=COLOUR",
+        help="plot colours, e.g. geal=tab:red random=#7f7f7f (default: a fixed colour per method)",
+    )
+    parser.add_argument(
+        "--style", type=Path, default=None, help="YAML file with 'names:' and 'colors:' maps (method → value)"
+    )
     parser.add_argument("--wandb-project", default=None, help="also log the tables and plots to wandb")
     parser.add_argument("--wandb-entity", default=None)
     parser.add_argument(
@@ -289,6 +380,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     parser = report_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        style = MethodStyle.from_options(args.names, args.colors, args.style)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"geal-report: error: {err}\n")
     options = ReportOptions(
         metrics=args.metric,
         rows=args.rows,
@@ -301,6 +396,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         wandb_project=args.wandb_project,
         wandb_mode=args.wandb_mode,
         wandb_entity=args.wandb_entity,
+        style=style,
     )
     try:
         done = report(args.root, args.out, options)

@@ -159,6 +159,8 @@ class CycleRunner:
         self.model_at: int | None = None
         #: set once the task is set up and the selector bound to it (before the first fit)
         self.task_ready = False
+        #: a grown run (see :meth:`grow`): the earlier picks and the results kept for their budgets
+        self.grown_from: tuple[list[int], list[BudgetResult]] | None = None
         #: the task's work dir; each training gets its own sub-folder, so a resumed run finds its checkpoint
         self.task_dir: Path | None = None
         self.selector_name = str(getattr(selector, "name", type(selector).__name__))
@@ -197,10 +199,12 @@ class CycleRunner:
         state = LabelState.from_json(json.loads(path.read_text()), path)
         if state.identity != identity:
             diff = differing_keys(identity, state.identity)
-            raise ValueError(
-                f"{path} belongs to another run (differs in {diff}): use a new run dir (hydra.run.dir=...), "
-                f"output.resume=false to start over, or delete {path}"
-            )
+            if not self.can_grow(diff):
+                raise ValueError(
+                    f"{path} belongs to another run (differs in {diff}): use a new run dir "
+                    f"(hydra.run.dir=...), output.resume=false to start over, or delete {path}"
+                )
+            state = self.grow(state, identity)
         if any(len(set(ids)) != len(ids) for ids in (self.labeled_ids(state, c.cycle) for c in state.cycles)):
             raise ValueError(f"{path} is corrupt: an id was labeled twice; delete it")
         log.info(
@@ -210,6 +214,34 @@ class CycleRunner:
             [c.cycle for c in state.cycles],
             [r.budget for r in state.results()],
         )
+        return state
+
+    def can_grow(self, diff: list[str]) -> bool:
+        """A finished one-pass run of a nested selector takes new budgets (its selection for a smaller
+        budget is a prefix of the one for a larger); nothing else about it may change."""
+        nested = len(self.plans) == 1 and not self.plans[0].restart
+        return self.one_pass and nested and set(diff) <= {"plan", "config.budgets"}
+
+    def grow(self, state: LabelState, identity: dict[str, Any]) -> LabelState:
+        """``state`` under the run's new budgets: the trained budgets that are still asked for are kept;
+        a selection smaller than the new largest budget is made again (:meth:`run` checks that the earlier
+        picks are its prefix and puts the kept results back)."""
+        plan = self.plans[0]
+        record = state.record(plan.cycle)
+        kept = [r for r in record.results if r.budget in plan.eval_budgets] if record else []
+        log.info(
+            "the run in %s grows: budgets %s -> %s (kept: %s)",
+            self.out_dir,
+            [r.budget for r in record.results] if record else [],
+            list(plan.eval_budgets),
+            [r.budget for r in kept],
+        )
+        state.identity = identity
+        if record is not None:
+            record.results = kept
+        if record is not None and len(state.order) < plan.n_select:
+            self.grown_from = (list(state.order), kept)
+            state.order, state.cycle_of, state.scores, state.cycles = [], [], [], []
         return state
 
     def labeled_ids(self, state: LabelState, cycle: int) -> list[int]:
@@ -269,6 +301,7 @@ class CycleRunner:
                 excluded=list(self.context.excluded),
                 task=self.task,
                 progress=self.context.progress,
+                on_error=self.context.on_error,
             )
             log.info(
                 "cycle %d: %s selects %d of %d unlabeled images",
@@ -385,6 +418,7 @@ class CycleRunner:
             acquisition_s=self.acquisition_seconds(state, plan.cycle),
         )
         record.results.append(result)
+        record.results.sort(key=lambda r: r.budget)  # a grown run may add a budget below the trained ones
         self.save(state)
         log.info(
             "cycle %d, budget %d: %s (fit %.1f s, select %.1f s)",
@@ -435,6 +469,14 @@ class CycleRunner:
                 if plan.cycle > 0 and self.uses_task and not plan.restart:
                     self.ensure_model(index - 1, state)  # the model of the previous cycle's full labeled set
                 record = self.select(plan, state)
+                if self.grown_from is not None:  # a grown run: the earlier picks must be the new prefix
+                    earlier, kept = self.grown_from
+                    if state.order[: len(earlier)] != earlier:
+                        raise ValueError(
+                            f"{self.state_path}: the selector's {len(state.order)} picks do not start with "
+                            f"the run's earlier {len(earlier)}, so the run cannot grow; use a new run dir"
+                        )
+                    record.results = kept
                 self.save(state)
             done = {r.budget for r in record.results}
             for budget in plan.eval_budgets:

@@ -17,7 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -46,19 +46,27 @@ def read_labeled_ids(path: Path, pool: ImagePool) -> list[int]:
         raise FileNotFoundError(
             f"labeled-id file {path} does not exist (labeled=PATH: a .txt of image ids or a selection.json)"
         )
+    text = path.read_text()
+    if not text.strip():
+        raise ValueError(
+            f"labeled-id file {path} is empty: list the labeled image ids (one per line, or a "
+            f"selection.json), or leave labeled unset when nothing is labeled yet"
+        )
     if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if "image_ids" not in data:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"labeled-id file {path} is not valid JSON ({err}): pass a selection.json written by "
+                f"geal-select, or a .txt of image ids"
+            ) from err
+        if not isinstance(data, dict) or "image_ids" not in data:
             raise ValueError(
                 f"{path} has no 'image_ids' list: is it a selection.json written by geal-select?"
             )
         image_ids = [str(x) for x in data["image_ids"]]
     else:
-        image_ids = [
-            line.strip()
-            for line in path.read_text().splitlines()
-            if line.strip() and not line.startswith("#")
-        ]
+        image_ids = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return pool.index_of(image_ids)
 
 
@@ -159,7 +167,7 @@ def run_selection(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    selection = selector.select(pool, budget, ctx)
+    selection, unreadable = select_readable(pool, selector, budget, ctx)
     total = time.perf_counter() - t0
 
     timings: dict[str, float] = {}
@@ -167,10 +175,14 @@ def run_selection(
     if ctx.features is not None:
         ft = ctx.features.timings
         extraction = ft.extraction.seconds if ft.extraction is not None else 0.0
+        waited = float(ft.extra.get("lock_wait_s", 0.0))
+        checked = float(ft.extra.get("store_check_s", 0.0))
         timings = {
             "extraction_s": extraction,
             "clusters_s": ft.clusters_seconds,
-            "sampling_s": max(total - extraction - ft.clusters_seconds, 0.0),
+            "lock_wait_s": waited,  # waiting for another job's extraction: not sampling time
+            "store_check_s": checked,  # digests, fingerprints, skipped images of the store
+            "sampling_s": max(total - extraction - ft.clusters_seconds - waited - checked, 0.0),
         }
         feature_info = {
             "store_dir": ft.store_dir,
@@ -178,10 +190,13 @@ def run_selection(
             "clusters_cache_hit": ft.clusters_cache_hit,
             "clusters_in_extraction": ft.clusters_in_extraction,  # their time is in extraction_s
             "extracted_images": ft.extraction.images if ft.extraction is not None else 0,
-            "skipped_images": ft.extraction.skipped if ft.extraction is not None else [],
+            "refreshed_images": ft.refreshed_images,  # changed since the store was written: re-extracted
+            "quarantined": list(ft.quarantined),  # damaged cache files found, moved aside and rebuilt
+            "skipped_images": [*ft.skipped, *unreadable],
         }
     else:
         timings = {"sampling_s": total}
+        feature_info = {"skipped_images": unreadable}
     timings["selection_total_s"] = total
 
     files = write_selection(
@@ -224,6 +239,41 @@ def run_selection(
     }
     write_run_info(out_dir, run_info)
     return RunResult(selection, files, timings, run_info)
+
+
+def select_readable(
+    pool: ImagePool, selector: Selector, budget: int, ctx: SelectionContext
+) -> tuple[Selection, list[dict[str, str]]]:
+    """``selector``'s picks, none of them unreadable. A selector that reads no image (random) cannot know:
+    its picks that are image files are decoded here (``budget`` images, not the pool; an in-memory pool has
+    nothing to check); with ``ctx.on_error == "raise"`` the first unreadable one stops the run naming it,
+    with ``skip`` it is excluded and the selector picks again. Selectors that read the features never see
+    what the extraction skipped."""
+    selection = selector.select(pool, budget, ctx)
+    if "features" in selector.requires:
+        return selection, []
+    unreadable: list[dict[str, str]] = []
+    while True:
+        bad: list[tuple[int, Exception]] = []
+        for i in selection.global_ids:
+            if pool.file_path(int(i)) is None:
+                continue
+            try:
+                pool.load(int(i))
+            except (OSError, ValueError) as err:
+                if ctx.on_error == "raise":
+                    raise
+                bad.append((int(i), err))
+        if not bad:
+            return selection, unreadable
+        for i, problem in bad:
+            source = pool.source(i)
+            log.warning("skipping unreadable image %s: %s", source, problem)
+            unreadable.append(
+                {"global_id": str(i), "image_id": pool.ids[i], "source": source, "error": f"{problem}"}
+            )
+        ctx = replace(ctx, excluded=[*ctx.excluded, *(i for i, _ in bad)])
+        selection = selector.select(pool, budget, ctx)
 
 
 def write_selection(

@@ -1,8 +1,8 @@
-"""How the labeled set grows: a schedule (``conf/cycles/``) and the plan of cycles the run loop follows.
+"""How the labeled set grows: a schedule (``geal/conf/cycles/``) and the plan of cycles the run loop follows.
 
 A :class:`CycleSchedule` is either
 
-* the **one-pass schedule** (``initial_size=None``, ``n_cycles=0``; ``conf/cycles/one_pass.yaml``, what
+* the **one-pass schedule** (``initial_size=None``, ``n_cycles=0``; ``geal/conf/cycles/one_pass.yaml``, what
   ``geal-run`` runs by default): the selection is made once and the task is trained at each of the run's
   ``budgets``; a nested selector selects the largest budget once and every budget trains on its prefix, a
   non-nested one selects each budget afresh (one selection per budget); or
@@ -82,7 +82,7 @@ class CycleSchedule:
         return [self.initial_size + k * self.step for k in range(self.n_cycles + 1)]
 
 
-#: the schedule of ``geal-run`` without an active-learning schedule (``conf/cycles/one_pass.yaml``)
+#: the schedule of ``geal-run`` without an active-learning schedule (``geal/conf/cycles/one_pass.yaml``)
 ONE_PASS = CycleSchedule(initial="selector", initial_size=None, step=0, n_cycles=0, reinit=True)
 
 
@@ -125,7 +125,7 @@ def check_first_pick(selector: Selector, initial: str, one_pass: bool, n_labeled
     if one_pass and task_needs:
         raise ValueError(
             f"selector {name} needs {task_needs}, which a one-pass selection does not provide: run it in "
-            "active-learning cycles (geal-run cycles=demo, see conf/cycles/)"
+            "active-learning cycles (geal-run cycles=demo, see geal/conf/cycles/)"
         )
     if one_pass and not selector.cold_start and not n_labeled_before:
         raise ValueError(

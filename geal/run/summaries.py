@@ -23,7 +23,7 @@ def selection_summary(result: RunResult, pool: ImagePool, stage_times: dict[str,
             "  selected per class: " + ", ".join(f"{k}:{v}" for k, v in cov["selected_histogram"].items())
         )
     feats = result.run_info.get("features") or {}
-    if feats:
+    if "extraction_cache_hit" in feats:
         clusters = "hit" if feats["clusters_cache_hit"] else "computed"
         if feats.get("clusters_in_extraction"):
             clusters = "computed during extraction"  # (their time is part of the extraction's)
@@ -31,6 +31,16 @@ def selection_summary(result: RunResult, pool: ImagePool, stage_times: dict[str,
             f"  feature cache: {'hit' if feats['extraction_cache_hit'] else 'miss (extracted)'}; "
             f"knowledge clusters: {clusters}"
         )
+    skipped = feats.get("skipped_images") or []
+    if skipped:
+        names = ", ".join(str(s.get("image_id")) for s in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        lines.append(
+            f"  skipped images: {len(skipped)} unreadable, never selected ({names}; see run_info.json)"
+        )
+    if feats.get("refreshed_images"):
+        lines.append(f"  feature cache: {feats['refreshed_images']} changed image(s) re-extracted")
+    if feats.get("quarantined"):
+        lines.append(f"  feature cache: {len(feats['quarantined'])} damaged file(s) quarantined and rebuilt")
     lines.append(
         "  time per stage: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in stage_times.items())
     )

@@ -37,7 +37,7 @@ class DenseOutput:
 
 
 class Backbone(nn.Module, ABC):
-    """A frozen feature model. Construct through Hydra (``conf/backbone/*.yaml``); always in eval mode."""
+    """A frozen feature model, built through Hydra (``geal/conf/backbone/*.yaml``); always in eval mode."""
 
     #: registry name used in logs (e.g. "dino_vits16")
     name: str

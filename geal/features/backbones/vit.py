@@ -16,6 +16,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from geal.features.backbones.base import Backbone, DenseOutput, Preprocessing
+from geal.util.checkpoints import load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,8 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Backbone checkpoint {path} does not exist.")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
     # full training checkpoints (DINO's *_full_checkpoint.pth) also pickle their argparse.Namespace
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = load_weights_file(path, "backbone checkpoint", safe_globals=[argparse.Namespace])
     if not isinstance(obj, Mapping):
         raise CheckpointMismatchError(
             f"Backbone checkpoint {path} holds a {type(obj).__name__}, not a state dict."
