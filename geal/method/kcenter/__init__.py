@@ -32,7 +32,7 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
 * ``"bounds"`` — k-center on a CPU takes the lazy path (:mod:`~geal.method.kcenter.lazy`): only the
   distances an argmax needs are computed, with the exact scan's formula (so the same numbers), through a
   static partition of the points into blocks of about ``block_size`` around anchors
-  (:mod:`~geal.method.kcenter.blocks`) and the triangle inequality (:mod:`~geal.method.kcenter.refresh`).
+  (:mod:`~geal.method.kcenter.blocks`) and the triangle inequality (:func:`.lazy.refresh`).
   Off the CPU (the lazy bookkeeping lives on the host) and for D² it is the exact scan.
 * ``"auto"`` (default) — ``"bounds"`` from ``KCenterOptions.auto_bounds_min_points`` points up; the exact
   scan on smaller sets (it costs less than the blocks) and on GPUs (a full scan per step is a fraction of a
@@ -41,8 +41,8 @@ How the distances are kept (``pruning``; never what they are — picks, scores a
 :class:`KCenterOptions` collects the tuning constants of both paths (each trades time or memory, none
 changes a result); every function takes one as ``options``.
 
-Modules: ``options`` (the constants), ``state`` (the exact scan), ``blocks`` (the partition), ``lazy`` and
-``refresh`` (the lazy k-center path), ``api`` (the two selection loops), ``sharded`` (torch.distributed).
+Modules: ``options`` (the constants), ``state`` (the exact scan), ``blocks`` (the partition), ``lazy`` (the
+lazy k-center path and its refreshes), ``api`` (the two selection loops), ``sharded`` (torch.distributed).
 """
 
 from geal.method.kcenter.api import GreedyResult, d2_sampling, kcenter_greedy
