@@ -142,6 +142,31 @@ def test_a_finished_one_pass_run_grows_by_new_budgets(
     assert doc["config"]["budgets"] == [2, 4, 8, 10] and "grows" in proc.stdout + proc.stderr
 
 
+def test_a_run_whose_picks_are_not_the_new_prefix_does_not_grow_and_stays_as_it_was(
+    tmp: Path, probe_run: tuple[Path, subprocess.CompletedProcess[str]]
+) -> None:
+    """If the selector no longer reproduces the run's earlier picks as the prefix of the larger selection
+    (here: the recorded picks are tampered with), growing is refused and the run dir keeps its files."""
+    import shutil
+
+    out = tmp / "out" / "not_grown"
+    shutil.copytree(probe_run[0], out)
+    state = read_json(out / "label_state.json")
+    state["order"] = state["order"][::-1]  # not what the selector picks first
+    (out / "label_state.json").write_text(json.dumps(state))
+    before = {n: (out / n).read_bytes() for n in ("selection.json", "selected_ids.txt", "label_state.json")}
+    proc = subprocess.run(
+        geal_run_cmd("data=pets", "budgets=[4,8,10]", tmp=tmp, run_dir=out),
+        cwd=REPO,
+        env=env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0 and "so the run cannot grow" in proc.stdout + proc.stderr
+    assert {n: (out / n).read_bytes() for n in before} == before
+
+
 def test_a_sweep_grows_by_new_seeds_and_keeps_its_finished_jobs(tmp: Path) -> None:
     """A job's folder is named by its swept settings, not by its position in the sweep: rerun with one more
     seed, the earlier jobs find their own folders (nothing retrained) and the new one gets its own."""

@@ -160,7 +160,7 @@ class CycleRunner:
         #: set once the task is set up and the selector bound to it (before the first fit)
         self.task_ready = False
         #: a grown run (see :meth:`grow`): the earlier picks and the results kept for their budgets
-        self.grown_from: tuple[list[int], list[BudgetResult]] | None = None
+        self.grown_from: tuple[list[int], list[BudgetResult], dict[Path, bytes]] | None = None
         #: the task's work dir; each training gets its own sub-folder, so a resumed run finds its checkpoint
         self.task_dir: Path | None = None
         self.selector_name = str(getattr(selector, "name", type(selector).__name__))
@@ -240,7 +240,13 @@ class CycleRunner:
         if record is not None:
             record.results = kept
         if record is not None and len(state.order) < plan.n_select:
-            self.grown_from = (list(state.order), kept)
+            names = ("selection.json", "selected_ids.txt", "run_info.json")  # what the new selection rewrites
+            written = {
+                self.out_dir / n: (self.out_dir / n).read_bytes()
+                for n in names
+                if (self.out_dir / n).is_file()
+            }
+            self.grown_from = (list(state.order), kept, written)
             state.order, state.cycle_of, state.scores, state.cycles = [], [], [], []
         return state
 
@@ -470,8 +476,10 @@ class CycleRunner:
                     self.ensure_model(index - 1, state)  # the model of the previous cycle's full labeled set
                 record = self.select(plan, state)
                 if self.grown_from is not None:  # a grown run: the earlier picks must be the new prefix
-                    earlier, kept = self.grown_from
+                    earlier, kept, written = self.grown_from
                     if state.order[: len(earlier)] != earlier:
+                        for path, data in written.items():  # the run dir stays as it was
+                            atomic_write_bytes(path, data)
                         raise ValueError(
                             f"{self.state_path}: the selector's {len(state.order)} picks do not start with "
                             f"the run's earlier {len(earlier)}, so the run cannot grow; use a new run dir"
