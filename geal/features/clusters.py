@@ -53,7 +53,14 @@ import torch
 from tqdm.auto import tqdm
 
 from geal.api.features import KnowledgeClusterSet
-from geal.features.store import FeatureStore, ShardArray, ShardData, StoreMismatchError, fp16_if_in_range
+from geal.features.store import (
+    DamagedFileError,
+    FeatureStore,
+    ShardArray,
+    ShardData,
+    StoreMismatchError,
+    fp16_if_in_range,
+)
 from geal.method.knowledge import ClusterSettings, knowledge_clusters
 from geal.util.digest import arrays_digest, known_algorithm
 from geal.util.io import atomic_write_bytes, atomic_write_json, stable_hash
@@ -70,19 +77,12 @@ class ClustersNotStoredError(RuntimeError):
     """A token store without tokens does not hold the knowledge clusters a selector asks for."""
 
 
-class DamagedClusterShardError(StoreMismatchError):
+class DamagedClusterShardError(DamagedFileError):
     """A cluster shard file is damaged (truncated, unreadable, no digest, digest mismatch): the provider
     quarantines and recomputes it."""
 
-    def __init__(self, cache_dir: Path, shard: int, path: Path, reason: str) -> None:
-        self.cache_dir = cache_dir
-        self.shard = shard
-        self.path = path
-        self.reason = reason
-        super().__init__(
-            f"knowledge-cluster file {path} is damaged ({reason}): it is recomputed automatically; else "
-            f"delete {cache_dir} to compute it again."
-        )
+    what = "knowledge-cluster file"
+    remedy = "it is recomputed automatically; else delete {directory} to compute it again."
 
 
 def cluster_identity(settings: ClusterSettings) -> dict[str, Any]:

