@@ -262,6 +262,9 @@ class FeatureStore:
     def missing_shards(self) -> list[int]:
         return [s for s in range(self.n_shards) if not (self.shard_dir(s) / "meta.json").exists()]
 
+    def complete_shards(self) -> list[int]:
+        return [s for s in range(self.n_shards) if (self.shard_dir(s) / "meta.json").exists()]
+
     @property
     def complete(self) -> bool:
         return not self.missing_shards()
@@ -417,11 +420,8 @@ class FeatureStore:
         """The damaged shards among the complete ones, verifying the arrays ``names`` (default: the small
         ones, global features and validity; tokens and attention are verified when read)."""
         names = tuple(names) if names is not None else ("global", "valid")
-        missing = set(self.missing_shards())
         bad: dict[int, DamagedShardError] = {}
-        for shard in range(self.n_shards):
-            if shard in missing:
-                continue
+        for shard in self.complete_shards():
             try:
                 meta = self.read_meta(shard)
                 for name in names:
@@ -434,11 +434,8 @@ class FeatureStore:
     def stale_images(self, fingerprints: Sequence[Fingerprint]) -> dict[int, int]:
         """Shard → how many of its images changed since it was written (size or mtime differs), for the
         complete shards whose meta records fingerprints."""
-        missing = set(self.missing_shards())
         out: dict[int, int] = {}
-        for shard in range(self.n_shards):
-            if shard in missing:
-                continue
+        for shard in self.complete_shards():
             try:
                 recorded = self.read_meta(shard).get("fingerprints")
             except DamagedShardError:

@@ -8,19 +8,21 @@ so) and first renamed out of the way, so no reader ever sees half a store.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-log = logging.getLogger(__name__)
+#: what the command reports (the listing, each removal): to stdout, as plain lines (see :func:`_console`)
+report = logging.getLogger("geal.cache")
 
 STORE_LOCK = ".extract.lock"  # geal.features.store.FeatureStore.lock's file
 
@@ -139,6 +141,20 @@ def remove_store(directory: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _console() -> Iterator[None]:
+    """While the command runs, :data:`report`'s records go to stdout as bare messages."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    report.addHandler(handler)
+    report.setLevel(logging.INFO)
+    report.propagate = False
+    try:
+        yield
+    finally:
+        report.removeHandler(handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="geal-cache",
@@ -161,14 +177,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     args = parser.parse_args(argv)
     cache_dir = Path(args.dir).expanduser() if args.dir else default_cache_dir()
+    if args.command == "remove" and args.pool is None and args.backbone is None and args.older_than is None:
+        parser.error("remove needs at least one of --pool, --backbone, --older-than")
+    with _console():
+        return _run(args, cache_dir)
+
+
+def _run(args: argparse.Namespace, cache_dir: Path) -> int:
+    """The command ``args.command`` on ``cache_dir`` (its output through :data:`report`)."""
     if args.command == "where":
-        print(cache_dir)
+        report.info("%s", cache_dir)
         return 0
     if args.command in (None, "list"):
-        print(list_cache(cache_dir))
+        report.info("%s", list_cache(cache_dir))
         return 0
-    if args.pool is None and args.backbone is None and args.older_than is None:
-        parser.error("remove needs at least one of --pool, --backbone, --older-than")
     chosen = [
         e
         for e in stores(cache_dir)
@@ -179,14 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     freed = 0
     for e in chosen:
         if args.dry_run:
-            print(f"would remove {e.directory} ({_mib(e.size)})")
+            report.info("would remove %s (%s)", e.directory, _mib(e.size))
             freed += e.size
         elif remove_store(e.directory):
-            print(f"removed {e.directory} ({_mib(e.size)})")
+            report.info("removed %s (%s)", e.directory, _mib(e.size))
             freed += e.size
         else:
-            print(f"skipped {e.directory}: a job is writing it (its lock is held)")
-    print(f"{'would free' if args.dry_run else 'freed'} {_mib(freed)} ({len(chosen)} matching store(s))")
+            report.info("skipped %s: a job is writing it (its lock is held)", e.directory)
+    done = "would free" if args.dry_run else "freed"
+    report.info("%s %s (%d matching store(s))", done, _mib(freed), len(chosen))
     return 0
 
 
