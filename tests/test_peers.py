@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from baselines import neighbours
 from baselines.activeft import activeft_loss, snap
-from baselines.neighbours import kmeans, mean_knn_sq_dist, rbf_gains, rbf_max
+from baselines.neighbours import kmeans, mean_knn_dist, rbf_gains, rbf_max
 from baselines.probcover import ExactSqDist, purity_threshold
 from geal.api.features import GlobalFeatures
 from geal.api.selector import SelectionContext, SelectionError, Selector
+from geal.util import pairwise
 
 CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 PEERS = ["typiclust", "probcover", "maxherding", "usl", "kmeans_nearest", "activeft"]
@@ -67,7 +68,7 @@ def select(
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few rows, so the blocked code runs many blocks on small pools."""
-    monkeypatch.setattr(neighbours, "BLOCK_BYTES", {"cpu": 3000, "accelerator": 3000})
+    monkeypatch.setattr(pairwise, "BLOCK_BYTES", {"cpu": 3000, "accelerator": 3000})
 
 
 # ------------------------------------------------------------------ known answers on separated blobs
@@ -229,7 +230,9 @@ def test_blocked_helpers_equal_dense(small_blocks: None) -> None:
     for k, drop in ((20, True), (7, False), (400, False)):
         sorted_d = np.sort(d2, 1)
         expected = sorted_d[:, int(drop) : int(drop) + k].mean(1)
-        np.testing.assert_allclose(mean_knn_sq_dist(t, k, drop).numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            mean_knn_dist(t, k, drop_nearest=drop).numpy(), expected, rtol=1e-4, atol=1e-6
+        )
     kernel = np.exp(-d2 / 0.7**2)
     floor = kernel[:5].max(0)
     np.testing.assert_allclose(rbf_max(t[:5], t, 0.7).numpy(), floor, rtol=1e-5, atol=1e-6)
