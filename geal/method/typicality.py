@@ -21,8 +21,9 @@ Index spaces: a *row* indexes the ``points`` given (callers map rows to global i
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -30,16 +31,70 @@ from torch import Tensor
 
 from geal.api.features import KnowledgeClusterSet
 from geal.util.pairwise import SMALL_POOL, mean_knn_dist
+from geal.util.settings import settings_from_node
 
 __all__ = [
     "TypicalPicks",
+    "TypicalitySettings",
     "cluster_visit_order",
+    "drop_least_typical",
     "image_descriptors",
     "image_typicality",
     "kmeans",
     "most_typical",
     "typical_cluster_picks",
 ]
+
+
+@dataclass(frozen=True)
+class TypicalitySettings:
+    """How the GEAL selectors use image typicality: the ``selector.typicality`` config node (an unknown key
+    fails; geal/conf/selector/geal.yaml says what the defaults are and why).
+
+    knn:              neighbours of an image's typicality (:func:`image_typicality`)
+    density_weight:   α ≥ 0: k-center (or D²) ranks ``distance × typicality^α``; 0 is the paper's GEAL
+    drop_fraction:    in [0, 1): the least typical fraction of the pickable images is never picked
+    max_clusters, min_cluster_size: GEAL-typical's TypiClust clusters (:func:`typical_cluster_picks`)
+    """
+
+    knn: int = 20
+    density_weight: float = 0.0
+    drop_fraction: float = 0.0
+    max_clusters: int = 500
+    min_cluster_size: int = 5
+
+    def __post_init__(self) -> None:
+        for key in ("knn", "max_clusters"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"typicality.{key} must be >= 1, got {getattr(self, key)}")
+        if not float(self.density_weight) >= 0.0:
+            raise ValueError(f"typicality.density_weight must be >= 0, got {self.density_weight}")
+        if not 0.0 <= float(self.drop_fraction) < 1.0:
+            raise ValueError(f"typicality.drop_fraction must lie in [0, 1), got {self.drop_fraction}")
+
+    @classmethod
+    def from_config(cls, node: TypicalitySettings | Mapping[str, Any] | None) -> TypicalitySettings:
+        return settings_from_node(cls, node, "typicality")
+
+    @property
+    def used(self) -> bool:
+        """Whether the k-center / D² GEAL needs typicality at all."""
+        return self.density_weight > 0 or self.drop_fraction > 0
+
+
+def drop_least_typical(
+    eligible: Tensor, labeled: Tensor, typicality: Tensor, fraction: float, budget: int
+) -> int:
+    """Clear, in place, ``eligible`` (N,) bool for the least typical ``fraction`` of the pickable images
+    (eligible, not ``labeled``), keeping at least ``budget`` of them; → how many were dropped. Ties in
+    typicality drop the lower global id first (a stable order)."""
+    pickable = (eligible & ~labeled).nonzero().squeeze(1)
+    n_drop = min(int(fraction * pickable.numel()), pickable.numel() - budget)
+    if n_drop <= 0:
+        return 0
+    order = torch.sort(typicality[pickable], stable=True).indices  # ascending typicality, then id
+    eligible[pickable[order[:n_drop]]] = False
+    return n_drop
 
 
 def image_descriptors(clusters: KnowledgeClusterSet, n_images: int) -> Tensor:

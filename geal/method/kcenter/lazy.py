@@ -153,6 +153,11 @@ class LazyState(State):
             return np.sqrt(2.0 * (m * (1.0 + self.rel) + self.eps_dist))
         return np.sqrt(m * m * (1.0 + self.rel) + self.eps_dist)
 
+    def weigh(self, group_weights: Tensor) -> None:
+        raise NotImplementedError(
+            "the lazy path's bounds are unweighted: weighted k-center uses the exact scan"
+        )
+
     def farthest(self) -> int:
         """Refresh the stale points with the largest (upper-bound) distances until the largest is exact.
 
