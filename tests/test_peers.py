@@ -307,11 +307,30 @@ def test_probcover_equals_the_authors_greedy(small_blocks: None, n_labeled: int)
     d = np.sqrt(dense_sq(x))
     delta = float(np.median(d[d > 0])) * 0.5
     delta = 0.5 * (np.max(d[d < delta]) + np.min(d[d >= delta]))  # midway between two pair distances
-    sel = select("probcover", feats, 25, labeled=np.flatnonzero(labeled), delta=float(delta))
+    sel = select(
+        "probcover", feats, 25, labeled=np.flatnonzero(labeled), delta=float(delta), tie_break="index"
+    )
     expected = reference_probcover(x, delta, labeled, 25)
     # the authors' loop goes on picking row 0 after full coverage; compare up to then
     n_full = next((i for i, s in enumerate(sel.scores) if s == 0), 25)
     assert n_full > 5 and sel.global_ids[:n_full] == expected[:n_full]
+
+
+def test_probcover_breaks_coverage_ties_in_a_seeded_random_order() -> None:
+    """A pool stored sorted by class (as MNIST-5k is), every ball holding only its own point: every degree
+    ties. The authors' argmax takes the lowest rows — all of class 0 —; tie_break=random (the default)
+    takes a seeded random order, as the authors' code does on a pool stored in random order."""
+    rng = np.random.default_rng(0)
+    feats = np.repeat(np.eye(4, 8), 10, axis=0) + rng.normal(0, 0.3, (40, 8))  # 4 classes x 10, in order
+    by_index = select("probcover", feats, 4, delta=1e-3, tie_break="index")
+    assert by_index.global_ids == [0, 1, 2, 3] and by_index.scores == [1.0] * 4
+    picks = {seed: select("probcover", feats, 4, delta=1e-3, seed=seed).global_ids for seed in range(6)}
+    assert picks[0] == select("probcover", feats, 4, delta=1e-3, seed=0).global_ids  # seeded
+    assert len({tuple(p) for p in picks.values()}) == 6
+    assert len({i // 10 for p in picks.values() for i in p}) == 4  # not only the first class
+    # the greedy itself is unchanged: a ball with more uncovered points still comes first
+    dense = np.vstack([feats, feats[25:26] + 1e-5])  # row 40 duplicates row 25: that ball holds two points
+    assert select("probcover", dense, 1, delta=1e-3, seed=3).global_ids[0] in (25, 40)
 
 
 def test_probcover_delta_is_the_largest_pure_radius(small_blocks: None) -> None:
