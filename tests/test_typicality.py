@@ -45,23 +45,28 @@ def test_weighted_kcenter_trades_distance_for_weight() -> None:
         kcenter_greedy(points, groups, 1, distance="euclidean", weights=torch.ones(2))
 
 
-def test_weighted_kcenter_equals_a_brute_force_reference() -> None:
-    """Grouped points, random weights, both distances: each pick is the argmax of min-distance × weight."""
+@pytest.mark.parametrize("pruning", ["none", "bounds"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weighted_kcenter_equals_a_brute_force_reference(pruning: str, dtype: torch.dtype) -> None:
+    """Grouped points, random weights, both distances, the exact scan and the lazy bounded path: each pick
+    is the argmax of min-distance × weight."""
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.normal(size=(60, 5)))
-    groups = torch.from_numpy(rng.integers(0, 20, 60))
-    w = torch.from_numpy(rng.uniform(0.1, 1.0, 20))
+    x = torch.from_numpy(rng.normal(size=(600, 5))).to(dtype)
+    groups = torch.from_numpy(rng.integers(0, 200, 600))
+    w = torch.from_numpy(rng.uniform(0.1, 1.0, 200)).to(dtype)
     for distance in ("cosine", "euclidean"):
-        got = kcenter_greedy(x, groups, 8, distance=distance, initial=[3], weights=w).order
+        got = kcenter_greedy(
+            x, groups, 30, distance=distance, initial=[3], weights=w, pruning=pruning, block_size=8
+        ).order
         xn = torch.nn.functional.normalize(x, dim=1) if distance == "cosine" else x
         chosen, order = {3}, []
-        for _ in range(8):
+        for _ in range(30):
             centres = xn[torch.isin(groups, torch.tensor(sorted(chosen)))]
             if distance == "cosine":
                 d = (1 - (xn @ centres.T).amax(1)).clamp_min(0)
             else:
                 d = torch.cdist(xn, centres).amin(1)
-            score = d * w[groups]
+            score = d.to(dtype) * w[groups]
             score[torch.isin(groups, torch.tensor(sorted(chosen)))] = -math.inf
             g = int(groups[int(score.argmax())])
             order.append(g)

@@ -170,10 +170,11 @@ def kcenter_greedy(
     groups that may be picked (G = eligible.numel(), else groups.max() + 1). Raises ValueError when
     ``budget`` exceeds the number of pickable groups. ``pruning``/``block_size``/``options``: how the
     distances are updated (never what they are). ``weights`` (G,) ≥ 0: pick the point with the largest
-    distance × its group's weight instead (density-weighted k-center; always the exact scan, whose
-    bounds-free argmax needs no change). See :mod:`geal.method.kcenter` for the exact semantics.
+    distance × its group's weight instead (density-weighted k-center; the lazy path bounds the weighted
+    values when every weight is > 0, else the exact scan). See :mod:`geal.method.kcenter` for the exact
+    semantics.
     """
-    lazy = weights is None
+    lazy = weights is None or bool((weights > 0).all())
     st = make_state(points, groups, distance, eligible, chunk_size, lazy, pruning, block_size, options)
     if weights is not None:
         st.weigh(weights)
