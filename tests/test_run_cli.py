@@ -212,7 +212,7 @@ def test_pets_classification_sweep_on_an_earlier_selection(
         assert [r["budget"] for r in doc["results"]] == [4, 8]
         fit = doc["results"][1]["fit"]
         assert fit["epoch"] == 2 and fit["n_train"] == 8 and fit["loss"] > 0
-        assert set(doc["results"][1]["metrics"]) == {"top1", "mean_class_acc", "loss"}
+        assert set(doc["results"][1]["metrics"]) == {"top1", "mean_class_acc", "loss", "classes_covered"}
         (run_dir,) = (sweep / job / "wandb").glob("offline-run-*")
         got = wandb_contents(run_dir)
         groups.add(got["group"])
