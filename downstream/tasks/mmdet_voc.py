@@ -52,8 +52,8 @@ def legacy_to_continuous(boxes: np.ndarray) -> np.ndarray:
 @functools.cache
 def register_voc_metric() -> str:
     """Register ``GealVOCMetric`` (the framework's VOC07 metric as an mmengine metric) in mmdet's METRICS."""
-    from mmengine.evaluator import BaseMetric
     from mmdet.registry import METRICS
+    from mmengine.evaluator import BaseMetric
 
     class GealVOCMetric(BaseMetric):
         """:class:`VOCDetectionMetric` over mmdet's test predictions (results: ``mAP``, ``AP/<class>``)."""
@@ -62,11 +62,15 @@ def register_voc_metric() -> str:
 
         def __init__(self, iou_threshold: float = 0.5, ap_method: str = "11point", **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.settings = {"iou_threshold": iou_threshold, "ap_method": ap_method}
+            self.settings: dict[str, Any] = {"iou_threshold": iou_threshold, "ap_method": ap_method}
 
         def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
             for sample in data_samples:
-                gt, ignored, pred = sample["gt_instances"], sample["ignored_instances"], sample["pred_instances"]
+                gt, ignored, pred = (
+                    sample["gt_instances"],
+                    sample["ignored_instances"],
+                    sample["pred_instances"],
+                )
                 n_gt, n_ign = len(gt["labels"]), len(ignored["labels"])
                 self.results.append(
                     {
@@ -76,7 +80,9 @@ def register_voc_metric() -> str:
                         "gt_boxes": legacy_to_continuous(
                             np.concatenate([gt["bboxes"].cpu().numpy(), ignored["bboxes"].cpu().numpy()])
                         ),
-                        "gt_labels": np.concatenate([gt["labels"].cpu().numpy(), ignored["labels"].cpu().numpy()]),
+                        "gt_labels": np.concatenate(
+                            [gt["labels"].cpu().numpy(), ignored["labels"].cpu().numpy()]
+                        ),
                         "gt_difficult": np.r_[np.zeros(n_gt, bool), np.ones(n_ign, bool)],
                     }
                 )
@@ -110,7 +116,9 @@ def _template(node: Any, where: str) -> Any:
     if inner.get("type") == "ConcatDataset":
         inner = inner["datasets"][0]
     if inner.get("type") != "VOCDataset":
-        raise TaskError(f"{where}: expected a VOCDataset (under Repeat/Concat wrappers), got {inner.get('type')}")
+        raise TaskError(
+            f"{where}: expected a VOCDataset (under Repeat/Concat wrappers), got {inner.get('type')}"
+        )
     return inner
 
 
@@ -137,7 +145,7 @@ class MMDetVOCTask(OpenMMLabTask):
         ap_method: str = "11point",
     ) -> None:
         super().__init__(config, overrides, name, backbone_weights, log_interval)
-        self.metric_settings = {"iou_threshold": float(iou_threshold), "ap_method": ap_method}
+        self.metric_settings: dict[str, Any] = {"iou_threshold": float(iou_threshold), "ap_method": ap_method}
         VOCDetectionMetric([], **self.metric_settings)  # validates the metric settings
 
     def check_context(self, ctx: TaskContext) -> None:
@@ -164,7 +172,8 @@ class MMDetVOCTask(OpenMMLabTask):
             for path in (root / f"VOC{year}" / "JPEGImages" / f"{image_id}.jpg", pool.annotation_path(g)):  # type: ignore[attr-defined]
                 if not Path(path).is_file():
                     raise TaskError(
-                        f"{self.name}: image id '{image_id}' (VOC{year}) is missing from the dataset: no {path}"
+                        f"{self.name}: image id '{image_id}' (VOC{year}) is missing from the dataset: "
+                        f"no {path}"
                     )
             years.setdefault(year, []).append(image_id)
         return {
@@ -195,7 +204,9 @@ class MMDetVOCTask(OpenMMLabTask):
     def configure_data(self, cfg: Any, ids: Sequence[int], fit_dir: Path) -> None:
         assert self.test_pool is not None
         train_lists = self.write_lists(self.pool, ids, fit_dir / "selection")
-        test_lists = self.write_lists(self.test_pool, range(len(self.test_pool)), fit_dir / "selection" / "test")
+        test_lists = self.write_lists(
+            self.test_pool, range(len(self.test_pool)), fit_dir / "selection" / "test"
+        )
         node = cfg.train_dataloader.dataset
         template = _template(node, "train_dataloader.dataset")
         built = self.voc_datasets(template, self.pool, train_lists, test_mode=False)

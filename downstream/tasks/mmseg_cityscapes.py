@@ -87,7 +87,8 @@ def _set_transform(pipeline: Sequence[Any], kind: str, **values: Any) -> int:
 
 
 class MMSegCityscapesTask(OpenMMLabTask):
-    """mmseg (DeepLabV3 R50-D8 by default) on the selected Cityscapes images, scored on val (module docstring).
+    """mmseg (DeepLabV3 R50-D8 by default) on the selected Cityscapes images, scored on val (see the
+    module docstring).
 
     config / overrides / backbone_weights / log_interval: see :class:`~downstream.tasks.openmmlab.
     OpenMMLabTask`; ``backbone_weights``: a local ResNet-50 V1c checkpoint (mmseg's
@@ -176,7 +177,9 @@ class MMSegCityscapesTask(OpenMMLabTask):
 
     def dataset(self, node: Any, pool: ImagePool, ids: Sequence[int], list_file: Path) -> None:
         if node.get("type") != "CityscapesDataset":
-            raise TaskError(f"{self.name}: expected a CityscapesDataset in the config, got {node.get('type')}")
+            raise TaskError(
+                f"{self.name}: expected a CityscapesDataset in the config, got {node.get('type')}"
+            )
         ann_file = self.write_list(pool, ids, list_file)
         node.data_root = str(self.root(pool).resolve())
         node.ann_file = str(ann_file.resolve())
@@ -218,4 +221,3 @@ class MMSegCityscapesTask(OpenMMLabTask):
         out = {k.removeprefix("geal/"): v for k, v in raw.items() if k.startswith("geal/")}
         out["mmseg/mIoU"] = raw["mmseg/mIoU"] / 100.0
         return out
-

@@ -56,7 +56,9 @@ def metrics_hook(logger: MetricsLogger | None, prefix: str, interval: int, recor
 
         def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None):
             step = int(runner.iter) + 1
-            values = {k: float(v) for k, v in (outputs or {}).items() if torch.is_tensor(v) or isinstance(v, float)}
+            values = {
+                k: float(v) for k, v in (outputs or {}).items() if torch.is_tensor(v) or isinstance(v, float)
+            }
             values["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
             values["iter"] = float(step)
             record.update(values)
@@ -154,7 +156,9 @@ class OpenMMLabTask(Task):
             raise TaskError(f"{self.name}: nothing to train on (0 ids)")
         bad = [i for i in out if not 0 <= i < len(self.pool)]
         if bad:
-            raise TaskError(f"{self.name}: global ids {bad[:5]} are outside the pool ({len(self.pool)} images)")
+            raise TaskError(
+                f"{self.name}: global ids {bad[:5]} are outside the pool ({len(self.pool)} images)"
+            )
         if len(set(out)) != len(out):
             raise TaskError(f"{self.name}: the train ids repeat")
         return out
@@ -179,7 +183,9 @@ class OpenMMLabTask(Task):
         record_path = fit_dir / FIT_RECORD
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         if record.get("digest") != digest and mm_dir.exists():
-            log.info("%s: %s holds another selection's or config's training: starting afresh", self.name, mm_dir)
+            log.info(
+                "%s: %s holds another selection's or config's training: starting afresh", self.name, mm_dir
+            )
             shutil.rmtree(mm_dir)
             record = {}
         mm_dir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +194,9 @@ class OpenMMLabTask(Task):
 
         from mmengine.runner import Runner, find_latest_checkpoint
 
-        finished = record.get("complete") and record.get("checkpoint") and Path(record["checkpoint"]).is_file()
+        finished = (
+            record.get("complete") and record.get("checkpoint") and Path(record["checkpoint"]).is_file()
+        )
         latest = find_latest_checkpoint(str(mm_dir))
         cfg.resume = bool(latest) and not finished
         cfg.load_from = record["checkpoint"] if finished else None
@@ -204,11 +212,15 @@ class OpenMMLabTask(Task):
             (fit_dir / "loaded_ids.txt").write_text("".join(f"{x}\n" for x in self.last_loaded))
             self.check_loaded(ids)
             if finished:
-                log.info("%s: the fit on %d images is complete: loading %s", self.name, len(ids), cfg.load_from)
+                log.info(
+                    "%s: the fit on %d images is complete: loading %s", self.name, len(ids), cfg.load_from
+                )
                 runner.load_or_resume()
                 end = start = int(record.get("iters", 0))
             else:
-                runner.register_hook(metrics_hook(self.logger, prefix, self.log_interval, last), priority="LOW")
+                runner.register_hook(
+                    metrics_hook(self.logger, prefix, self.log_interval, last), priority="LOW"
+                )
                 for hook in self.extra_hooks:
                     runner.register_hook(hook)
                 if latest:
@@ -235,10 +247,17 @@ class OpenMMLabTask(Task):
         selected = [self.pool.ids[i] for i in ids]
         extra = sorted(set(self.last_loaded) - set(selected))
         if extra:
-            raise TaskError(f"{self.name}: the OpenMMLab dataset loaded images outside the selection: {extra[:5]}")
+            raise TaskError(
+                f"{self.name}: the OpenMMLab dataset loaded images outside the selection: {extra[:5]}"
+            )
         dropped = len(set(selected) - set(self.last_loaded))
         if dropped:
-            log.info("%s: the OpenMMLab dataset filtered %d of the %d selected images", self.name, dropped, len(ids))
+            log.info(
+                "%s: the OpenMMLab dataset filtered %d of the %d selected images",
+                self.name,
+                dropped,
+                len(ids),
+            )
 
     def test_metrics(self) -> dict[str, float]:
         """The runner's test loop on the test pool with the last fitted model: {metric: value}."""

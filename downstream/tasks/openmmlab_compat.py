@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 VERSIONS = {"mmengine": "0.10.7", "mmcv": "2.1.0", "mmdet": "3.3.0", "mmseg": "1.2.2"}
 
 INSTALL_HINT = (
-    "install the OpenMMLab extra: `make openmmlab` (builds mmcv 2.1.0 once, then pip install -e '.[openmmlab]')"
+    "install the OpenMMLab extra: `make openmmlab` (builds mmcv 2.1.0 once, then pip install -e "
+    "'.[openmmlab]')"
 )
 
 
@@ -66,7 +67,9 @@ def require(*packages: str, task: str = "this task") -> None:
 
 def offline() -> bool:
     """No network: ``GEAL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1`` (the project's offline switch, set by make)."""
-    return any(os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("GEAL_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(k, "0").lower() in ("1", "true", "yes") for k in ("GEAL_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def config_file(spec: str | os.PathLike[str], package: str) -> Path:
@@ -76,7 +79,7 @@ def config_file(spec: str | os.PathLike[str], package: str) -> Path:
     if path.is_file():
         return path
     module = __import__(package)
-    shipped = Path(module.__file__).parent / ".mim" / "configs" / str(spec)
+    shipped = Path(str(module.__file__)).parent / ".mim" / "configs" / str(spec)
     if shipped.is_file():
         return shipped
     raise TaskError(f"config '{spec}' is neither a file nor one of {package}'s shipped configs ({shipped})")
