@@ -133,7 +133,7 @@ def test_mmdet_voc_run_trains_on_exactly_the_selection(tmp: Path) -> None:
     logged = read_csv_metrics(out / "csv" / "metrics.csv")
     iters = int(doc["results"][1]["fit"]["iters"])
     assert [s for s, _ in logged["budget_9/train/loss"]] == list(range(1, iters + 1))
-    assert "budget     9: mAP" in proc.stdout
+    assert "budget      9: mAP" in proc.stdout
     # the test split mmdet evaluated is the task's (VOC2007 test)
     test_list = (
         out / "task" / "budget_000005" / "selection" / "test" / "VOC2007" / "ImageSets" / "Main" / "train.txt"
@@ -183,7 +183,7 @@ def test_mmseg_cityscapes_run_trains_on_exactly_the_selection(tmp: Path) -> None
 def test_missing_image_gives_one_clear_error(tmp: Path) -> None:
     data = tmp / "missing" / "data"
     shutil.copytree(tmp / "data" / "VOCdevkit", data / "VOCdevkit")
-    gone = "2008_000004"
+    gone = VOCPool(data / "VOCdevkit", sets=[["2012", "trainval"]]).ids[1]
     (data / "VOCdevkit" / "VOC2012" / "Annotations" / f"{gone}.xml").unlink()
     out = tmp / "out" / "missing"
     proc = geal_run(
@@ -199,9 +199,10 @@ def test_missing_image_gives_one_clear_error(tmp: Path) -> None:
         check=False,
     )
     assert proc.returncode != 0
-    message = f"image id '{gone}' (VOC2012) is missing from the dataset: no "
-    assert message in proc.stderr and "Traceback" not in proc.stderr.splitlines()[-1]
-    assert gone in proc.stderr.strip().splitlines()[-1]
+    xml = data / "VOCdevkit" / "VOC2012" / "Annotations" / f"{gone}.xml"
+    line = f"mmdet_voc_ssd300: image id '{gone}' (VOC2012) is missing from the dataset: no {xml}"
+    assert line in proc.stderr.splitlines() and "Traceback" not in proc.stderr  # one line, no traceback
+    assert f"job failed (TaskError: {line})" in proc.stdout
 
 
 # ------------------------------------------------------------------ resume

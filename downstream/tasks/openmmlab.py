@@ -201,6 +201,10 @@ class OpenMMLabTask(Task):
         cfg.resume = bool(latest) and not finished
         cfg.load_from = record["checkpoint"] if finished else None
         cfg.experiment_name = f"{self.name}_n{len(ids)}_{time.strftime('%Y%m%d_%H%M%S')}_{digest[:8]}"
+        if cfg.get("visualizer"):
+            # mmengine keeps one Visualizer per name for the process: the configs' fixed name would make a
+            # later fit reuse the first fit's (writing into its, possibly removed, work dir)
+            cfg.visualizer.name = cfg.experiment_name
         prefix = f"budget_{len(ids)}/train"
         last: dict[str, float] = {}
         t0 = time.perf_counter()
