@@ -57,7 +57,9 @@ def metrics_hook(logger: MetricsLogger | None, prefix: str, interval: int, recor
         def after_train_iter(self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None):
             step = int(runner.iter) + 1
             values = {
-                k: float(v) for k, v in (outputs or {}).items() if torch.is_tensor(v) or isinstance(v, float)
+                k: float(v.detach()) if torch.is_tensor(v) else float(v)
+                for k, v in (outputs or {}).items()
+                if torch.is_tensor(v) or isinstance(v, float)
             }
             values["lr"] = float(runner.optim_wrapper.get_lr()["lr"][0])
             values["iter"] = float(step)
