@@ -214,9 +214,9 @@ def test_local_settings_are_optional_and_loaded_last(tmp_path: Path) -> None:
 def test_paper_experiments_take_the_openmmlab_task_by_one_override(
     experiment: str, task: str, cls: str
 ) -> None:
-    """``geal-run -m experiment=paper_voc task=mmdet_voc_ssd300`` (docs/openmmlab.md): the experiment keeps its
-    data, backbone, cycles and sweep, the task is the OpenMMLab one, built from its settings alone (mmdet /
-    mmseg are imported only when the task is set up, so this runs without the extra)."""
+    """``geal-run -m experiment=paper_voc task=mmdet_voc_ssd300`` (docs/openmmlab.md): the experiment
+    keeps its data, backbone, cycles and sweep; the task is the OpenMMLab one, built from its settings alone
+    (mmdet / mmseg are imported only when the task is set up, so this runs without the extra)."""
     from geal.run.builders import build_task
 
     cfg = compose_root("run", f"experiment={experiment}", f"task={task}")

@@ -267,7 +267,7 @@ def test_interrupted_fit_resumes_from_its_last_checkpoint(tmp: Path) -> None:
     done = seg_task(tmp / "cache")
     done.setup(ctx())
     stats = done.fit(ids)  # complete: nothing to train, the final checkpoint is loaded
-    assert stats["resumed_from_iter"] == 3 and stats["iters"] == 3
+    assert stats["resumed_from_iter"] == 3 and stats["iters"] == 3 and "loss" in stats
     assert done.evaluate()["mIoU"] == pytest.approx(first["mIoU"], abs=1e-12)
 
     other = seg_task(tmp / "cache")
@@ -486,3 +486,18 @@ def test_voc_classes_match_mmdet() -> None:
     from mmdet.datasets import VOCDataset
 
     assert tuple(VOCDataset.METAINFO["classes"]) == tuple(VOC_CLASSES)
+
+
+def test_a_selection_the_dataset_filters_away_entirely_fails_in_one_line(tmp: Path) -> None:
+    from downstream.tasks.mmdet_voc import MMDetVOCTask
+
+    devkit = tmp / "data" / "VOCdevkit"
+    pool, test = VOCPool(devkit), VOCPool(devkit, sets=[["2007", "test"]], name="voc07_test")
+    empty = [g for g in range(len(pool)) if len(pool.annotation(g)) == 0]
+    assert empty  # the generator leaves every 6th image without objects
+    task = MMDetVOCTask(backbone_weights=None, overrides={"train_dataloader": {"num_workers": 0}})
+    task.setup(TaskContext(pool=pool, test_pool=test, work_dir=tmp / "empty", progress=False))
+    with pytest.raises(TaskError, match=rf"kept none of the {len(empty)} selected images"):
+        task.fit(empty)
+    # the lists were written all the same, and the dataset loaded nothing
+    assert (tmp / "empty" / "loaded_ids.txt").read_text() == ""

@@ -70,6 +70,18 @@ def metrics_hook(logger: MetricsLogger | None, prefix: str, interval: int, recor
     return ForwardMetrics()
 
 
+def _no_serialize(node: Any) -> None:
+    """``serialize_data=False`` on every leaf dataset config (those with an ``ann_file``) under ``node``."""
+    if isinstance(node, dict):
+        if "ann_file" in node:
+            node["serialize_data"] = False
+        for value in node.values():
+            _no_serialize(value)
+    elif isinstance(node, list):
+        for value in node:
+            _no_serialize(value)
+
+
 class OpenMMLabTask(Task):
     """Base of the OpenMMLab tasks (see the module docstring). Subclasses set ``package`` and fill the
     datasets of the config (:meth:`configure_data`), read back which images the built datasets hold
@@ -214,7 +226,9 @@ class OpenMMLabTask(Task):
             runner = Runner.from_cfg(cfg)
             from mmengine.registry import DATASETS  # builds in the runner's default scope (mmdet / mmseg)
 
-            self.last_loaded = self.loaded_ids(DATASETS.build(copy.deepcopy(cfg.train_dataloader.dataset)))
+            probe = copy.deepcopy(cfg.train_dataloader.dataset)
+            _no_serialize(probe)  # mmengine cannot serialise an empty list; check_loaded says what happened
+            self.last_loaded = self.loaded_ids(DATASETS.build(probe))
             (fit_dir / "loaded_ids.txt").write_text("".join(f"{x}\n" for x in self.last_loaded))
             self.check_loaded(ids)
             if finished:
@@ -223,6 +237,7 @@ class OpenMMLabTask(Task):
                 )
                 runner.load_or_resume()
                 end = start = int(record.get("iters", 0))
+                last.update(record.get("stats", {}))
             else:
                 runner.register_hook(
                     metrics_hook(self.logger, prefix, self.log_interval, last), priority="LOW"
@@ -235,10 +250,12 @@ class OpenMMLabTask(Task):
                 end, start = int(runner.iter), int(last.get("start_iter", 0))
         latest = find_latest_checkpoint(str(mm_dir))
         self.runner = runner
-        record_path.write_text(
-            json.dumps({"digest": digest, "complete": True, "checkpoint": latest, "iters": end})
-        )
         stats = {k: v for k, v in last.items() if k not in ("iter", "start_iter")}
+        record_path.write_text(
+            json.dumps(
+                {"digest": digest, "complete": True, "checkpoint": latest, "iters": end, "stats": stats}
+            )
+        )
         return {
             **stats,
             "iters": float(end),
@@ -255,6 +272,11 @@ class OpenMMLabTask(Task):
         if extra:
             raise TaskError(
                 f"{self.name}: the OpenMMLab dataset loaded images outside the selection: {extra[:5]}"
+            )
+        if not self.last_loaded:
+            raise TaskError(
+                f"{self.name}: the OpenMMLab dataset kept none of the {len(ids)} selected images (its "
+                "filter_cfg drops images without annotations): select more images"
             )
         dropped = len(set(selected) - set(self.last_loaded))
         if dropped:
