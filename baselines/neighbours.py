@@ -2,11 +2,11 @@
 
 * :func:`load_pool_features` — the ONE place these selectors read the feature store: the global feature of
   every usable image (valid, not excluded), optionally standardised per dimension and/or L2-normalised.
-* Blocked pairwise work on the selection device — never an N × N matrix: :func:`sq_dists` of a block,
-  :func:`mean_knn_sq_dist` (mean squared distance to the k nearest), :func:`rbf_gains` (kernel
-  coverage gains / densities), :func:`rbf_max` (each point's best kernel value to a set). Rows are
-  processed ``row_block`` at a time so that a block holds about ``BLOCK_BYTES`` of distances.
-* :func:`kmeans` — seeded scikit-learn k-means (``random_state`` from the run's seed).
+* Blocked pairwise work on the selection device — never an N × N matrix: :func:`sq_dists`,
+  :func:`mean_knn_dist` and :func:`row_block` (from :mod:`geal.util.pairwise`, shared with GEAL's image
+  typicality), :func:`rbf_gains` (kernel coverage gains / densities), :func:`rbf_max` (each point's best
+  kernel value to a set).
+* :func:`kmeans` — seeded scikit-learn k-means (from :mod:`geal.method.typicality`, TypiClust's core).
 
 Index spaces: a *row* indexes :attr:`PoolFeatures.points` (the usable images, ascending global id);
 :attr:`PoolFeatures.ids` maps rows to global ids.
@@ -17,13 +17,15 @@ from __future__ import annotations
 import contextlib
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
+from geal.method.typicality import kmeans
+from geal.util.pairwise import SMALL_POOL, mean_knn_dist, row_block, sq_dists
 from geal.util.threads import intra_op_threads
 
 if TYPE_CHECKING:
@@ -34,17 +36,12 @@ __all__ = [
     "PoolFeatures",
     "kmeans",
     "load_pool_features",
-    "mean_knn_sq_dist",
+    "mean_knn_dist",
     "rbf_gains",
     "rbf_max",
     "row_block",
     "sq_dists",
 ]
-
-#: feature values (N × D) up to which a selection runs on one CPU thread
-SMALL_POOL = 2**21
-#: bytes of one block of pairwise values (rows × all columns)
-BLOCK_BYTES = {"cpu": 64 * 2**20, "accelerator": 512 * 2**20}
 
 
 @dataclass
@@ -129,38 +126,6 @@ class GlobalFeatureSelector(Selector):
         """Exactly ``budget`` picks (global ids via ``feats.global_ids``) from the pool's features."""
 
 
-def row_block(n_cols: int, device: torch.device, itemsize: int = 4) -> int:
-    """Rows per block so that a (rows, n_cols) block of ``itemsize``-byte values fits ``BLOCK_BYTES``."""
-    budget = BLOCK_BYTES["cpu" if device.type == "cpu" else "accelerator"]
-    return max(1, budget // max(1, n_cols * itemsize))
-
-
-def sq_dists(a: Tensor, b: Tensor, b_sq: Tensor | None = None) -> Tensor:
-    """(A, D) × (B, D) → (A, B) squared L2 distances ``‖a‖² + ‖b‖² − 2a·b``, clamped at 0."""
-    if b_sq is None:
-        b_sq = (b * b).sum(1)
-    return torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0).add_((a * a).sum(1, keepdim=True)).clamp_min_(0)
-
-
-def mean_knn_sq_dist(points: Tensor, k: int, drop_nearest: bool) -> Tensor:
-    """(N,) mean squared L2 distance of each row of ``points`` (N, D) to its ``k`` nearest rows.
-
-    The nearest row of a point is itself (distance 0, or a duplicate): ``drop_nearest`` leaves it out and
-    averages the next ``k`` (TypiClust's faiss search of k + 1 neighbours minus the first), else it counts
-    as one of the ``k`` (USL's kNN of the pool against itself). ``k`` is capped by the rows available.
-    Blocked over the rows; only the (rows, k) smallest values of a block are kept.
-    """
-    n = points.shape[0]
-    take = min(k + int(drop_nearest), n)
-    p_sq = (points * points).sum(1)
-    out = torch.empty(n, device=points.device)
-    step = row_block(n, points.device)
-    for s in range(0, n, step):
-        top = sq_dists(points[s : s + step], points, p_sq).topk(take, dim=1, largest=False, sorted=True)
-        out[s : s + step] = top.values[:, int(drop_nearest) :].mean(1)
-    return out
-
-
 def _rbf(d2: Tensor, bandwidth: float) -> Tensor:
     """k = exp(−‖x − y‖² / h²) of squared distances, in place."""
     return d2.mul_(-1.0 / (bandwidth * bandwidth)).exp_()
@@ -192,37 +157,3 @@ def rbf_max(sources: Tensor, points: Tensor, bandwidth: float) -> Tensor:
         k = _rbf(sq_dists(sources[s : s + step], points, p_sq), bandwidth)
         torch.maximum(best, k.amax(0), out=best)
     return best
-
-
-def kmeans(
-    points: Tensor,
-    n_clusters: int,
-    seed: int,
-    *,
-    algorithm: Literal["full", "minibatch"] = "full",
-    init: Literal["k-means++", "random"] = "k-means++",
-    n_init: int = 10,
-    max_iter: int = 300,
-    tol: float = 1e-4,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded scikit-learn k-means of (N, D) points (on the CPU) → labels (N,) int64, centroids (k, D).
-
-    ``full``: ``KMeans`` (Lloyd); ``minibatch``: ``MiniBatchKMeans`` with batches of 5,000 (as TypiClust's
-    code does above 50 clusters). ``random_state`` is ``seed``, so the same seed gives the same clusters.
-    """
-    from sklearn.cluster import KMeans, MiniBatchKMeans
-    from threadpoolctl import threadpool_limits
-
-    x = points.detach().to("cpu", torch.float32).numpy()
-    n_clusters = min(n_clusters, x.shape[0])
-    if algorithm == "minibatch":
-        km = MiniBatchKMeans(
-            n_clusters=n_clusters, batch_size=5000, init=init, n_init=n_init, random_state=seed
-        )
-    else:
-        km = KMeans(
-            n_clusters=n_clusters, init=init, n_init=n_init, max_iter=max_iter, tol=tol, random_state=seed
-        )
-    with threadpool_limits(1) if x.size <= SMALL_POOL else contextlib.nullcontext():  # as in _select
-        labels = km.fit_predict(x)
-    return labels.astype(np.int64), km.cluster_centers_.astype(np.float32)

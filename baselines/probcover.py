@@ -5,7 +5,11 @@ Balls of radius δ around the usable images' global features (N, D): δ is the l
 least ``purity`` (95%) of the balls are pure w.r.t. k-means(``n_classes``) pseudo-labels (a ball B(x) =
 {y : ‖x − y‖ < δ} is pure when every y in it has x's pseudo-label), unless ``delta`` is given. Then greedy
 max coverage: points in the labeled images' balls start covered; each step picks the unlabeled image whose
-ball holds the most uncovered points and marks them covered (the authors' covered-edge removal).
+ball holds the most uncovered points and marks them covered (the authors' covered-edge removal). Images
+whose balls hold equally many uncovered points are taken in a seeded random order (``tie_break=random``):
+the authors' argmax takes the lowest index, which on their CIFAR files (stored in random order) is a random
+tie-break, but on a pool stored sorted by class (MNIST-5k) picks class 0 first whenever balls tie, and
+with a small δ most do; ``tie_break=index`` is their argmax as written.
 
 The graph is never stored: degrees are counted in (rows, N) blocks and lowered, block by block, by the
 balls of the newly covered points. To make every block agree on every edge, distances are computed exactly:
@@ -18,7 +22,7 @@ remaining picks follow a seeded random order of the unlabeled images (the author
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -88,6 +92,7 @@ class ProbCoverSelector(GlobalFeatureSelector):
         n_classes: int = 10,
         purity: float = 0.95,
         delta: float | None = None,
+        tie_break: Literal["random", "index"] = "random",
     ) -> None:
         if n_classes < 1:
             raise ValueError(f"selector.n_classes must be >= 1, got {n_classes}")
@@ -95,7 +100,10 @@ class ProbCoverSelector(GlobalFeatureSelector):
             raise ValueError(f"selector.purity must be in (0, 1], got {purity}")
         if delta is not None and delta <= 0:
             raise ValueError(f"selector.delta must be > 0 or null (chosen by purity), got {delta}")
+        if tie_break not in ("random", "index"):
+            raise ValueError(f"selector.tie_break must be 'random' or 'index', got {tie_break!r}")
         self.name = name
+        self.tie_break = tie_break
         self.normalize, self.standardize = normalize, standardize
         self.n_classes, self.purity, self.delta = n_classes, purity, delta
 
@@ -111,16 +119,27 @@ class ProbCoverSelector(GlobalFeatureSelector):
             threshold = (self.delta * dist.scale) ** 2
         info["delta"] = math.sqrt(threshold) / dist.scale if math.isfinite(threshold) else None
         labeled = feats.labeled.to(dist.device)
-        picks, scores, covered = greedy_cover(dist, threshold, labeled, budget, ctx.generator())
+        generator = ctx.generator()
+        n = labeled.numel()
+        rank = torch.randperm(n, generator=generator) if self.tie_break == "random" else torch.arange(n)
+        picks, scores, covered = greedy_cover(
+            dist, threshold, labeled, budget, generator, rank.to(dist.device)
+        )
         info["coverage"] = float(covered.double().mean())
         return Selection(feats.global_ids(picks), scores, info)
 
 
 def greedy_cover(
-    dist: ExactSqDist, threshold: float, labeled: Tensor, budget: int, generator: torch.Generator
+    dist: ExactSqDist,
+    threshold: float,
+    labeled: Tensor,
+    budget: int,
+    generator: torch.Generator,
+    rank: Tensor,
 ) -> tuple[list[int], list[float], Tensor]:
     """Greedy max coverage with balls d² < ``threshold`` → (picked rows, newly covered count per pick,
-    covered (N,) bool). Picks never include ``labeled`` rows; after full coverage, a seeded random order."""
+    covered (N,) bool). Picks never include ``labeled`` rows; among rows of equal degree the lowest
+    ``rank`` (N,) (a permutation of 0..N-1) comes first; after full coverage, a seeded random order."""
     n = labeled.numel()
     every = torch.arange(n, device=dist.device)
     covered = torch.zeros(n, dtype=torch.bool, device=dist.device)
@@ -132,8 +151,10 @@ def greedy_cover(
     fallback = iter(torch.randperm(n, generator=generator).tolist())
     picks: list[int] = []
     scores: list[float] = []
+    # one int64 key per row: degree first, then the lowest rank (degree <= N, so no overflow below 3e9 rows)
+    tie = (n - 1 - rank).to(torch.long)
     for _ in range(budget):
-        cur = int(degree.argmax())  # the first row of highest degree, like the authors' argmax
+        cur = int((degree * n + tie).argmax())
         if degree[cur] <= 0:  # everything reachable is covered
             cur = next(r for r in fallback if degree[r] >= 0)  # unpicked rows never go below 0
             gained = 0

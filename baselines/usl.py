@@ -22,7 +22,7 @@ from baselines.neighbours import (
     GlobalFeatureSelector,
     PoolFeatures,
     kmeans,
-    mean_knn_sq_dist,
+    mean_knn_dist,
     row_block,
     sq_dists,
 )
@@ -64,7 +64,7 @@ class USLSelector(GlobalFeatureSelector):
         self.reg_momentum, self.horizon = reg_momentum, horizon
 
     def _pick(self, feats: PoolFeatures, budget: int, ctx: SelectionContext) -> Selection:
-        density = 1.0 / mean_knn_sq_dist(feats.points, self.knn, drop_nearest=False)
+        density = 1.0 / mean_knn_dist(feats.points, self.knn, drop_nearest=False)
         # the authors' k-means: random initial centroids, Lloyd iterations until nothing moves (or the cap)
         init, iters = self.kmeans_init, self.kmeans_iters
         clusters, _ = kmeans(feats.points, budget, ctx.seed, init=init, n_init=1, max_iter=iters, tol=0.0)

@@ -104,7 +104,25 @@ def test_demo_is_the_embedded_default() -> None:
     assert list(cfg.budgets) == [10, 20, 50, 100, 200]
     assert cfg.task.test_data.split == "heldout" and cfg.data.split == "pool"
     sweep = cfg.hydra.sweeper.params
-    assert sweep.selector == "geal,random,coreset_cos" and sweep.seed == "0,1,2"
+    assert sweep.selector.split(",") == [
+        "random",
+        "geal",
+        "geal_density",
+        "geal_typical",
+        "coreset_cos",
+        "typiclust",
+        "probcover",
+        "activeft",
+    ]
+    assert sweep.seed == "0,1,2,3,4"
+
+
+def test_demo_fashion_is_the_demo_on_fashion_mnist() -> None:
+    demo = compose_root("run", "experiment=demo")
+    cfg = compose_root("run", "experiment=demo_fashion")
+    assert cfg.data.name == "fashion_mnist" and cfg.data.size == 10000 and cfg.data.test.size == 2000
+    assert cfg.task_name == "demo_fashion" and cfg.hydra.sweep.dir.endswith("demo_fashion")
+    assert cfg.hydra.sweeper.params == demo.hydra.sweeper.params and cfg.selector == demo.selector
 
 
 def test_select_demo_picks_100_mnist_digits() -> None:

@@ -15,10 +15,11 @@ from omegaconf import OmegaConf
 
 from baselines import neighbours
 from baselines.activeft import activeft_loss, snap
-from baselines.neighbours import kmeans, mean_knn_sq_dist, rbf_gains, rbf_max
+from baselines.neighbours import kmeans, mean_knn_dist, rbf_gains, rbf_max
 from baselines.probcover import ExactSqDist, purity_threshold
 from geal.api.features import GlobalFeatures
 from geal.api.selector import SelectionContext, SelectionError, Selector
+from geal.util import pairwise
 
 CONF = Path(__file__).resolve().parents[1] / "geal" / "conf" / "selector"
 PEERS = ["typiclust", "probcover", "maxherding", "usl", "kmeans_nearest", "activeft"]
@@ -67,7 +68,7 @@ def select(
 @pytest.fixture
 def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks of a few rows, so the blocked code runs many blocks on small pools."""
-    monkeypatch.setattr(neighbours, "BLOCK_BYTES", {"cpu": 3000, "accelerator": 3000})
+    monkeypatch.setattr(pairwise, "BLOCK_BYTES", {"cpu": 3000, "accelerator": 3000})
 
 
 # ------------------------------------------------------------------ known answers on separated blobs
@@ -229,7 +230,9 @@ def test_blocked_helpers_equal_dense(small_blocks: None) -> None:
     for k, drop in ((20, True), (7, False), (400, False)):
         sorted_d = np.sort(d2, 1)
         expected = sorted_d[:, int(drop) : int(drop) + k].mean(1)
-        np.testing.assert_allclose(mean_knn_sq_dist(t, k, drop).numpy(), expected, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            mean_knn_dist(t, k, drop_nearest=drop).numpy(), expected, rtol=1e-4, atol=1e-6
+        )
     kernel = np.exp(-d2 / 0.7**2)
     floor = kernel[:5].max(0)
     np.testing.assert_allclose(rbf_max(t[:5], t, 0.7).numpy(), floor, rtol=1e-5, atol=1e-6)
@@ -304,11 +307,30 @@ def test_probcover_equals_the_authors_greedy(small_blocks: None, n_labeled: int)
     d = np.sqrt(dense_sq(x))
     delta = float(np.median(d[d > 0])) * 0.5
     delta = 0.5 * (np.max(d[d < delta]) + np.min(d[d >= delta]))  # midway between two pair distances
-    sel = select("probcover", feats, 25, labeled=np.flatnonzero(labeled), delta=float(delta))
+    sel = select(
+        "probcover", feats, 25, labeled=np.flatnonzero(labeled), delta=float(delta), tie_break="index"
+    )
     expected = reference_probcover(x, delta, labeled, 25)
     # the authors' loop goes on picking row 0 after full coverage; compare up to then
     n_full = next((i for i, s in enumerate(sel.scores) if s == 0), 25)
     assert n_full > 5 and sel.global_ids[:n_full] == expected[:n_full]
+
+
+def test_probcover_breaks_coverage_ties_in_a_seeded_random_order() -> None:
+    """A pool stored sorted by class (as MNIST-5k is), every ball holding only its own point: every degree
+    ties. The authors' argmax takes the lowest rows — all of class 0 —; tie_break=random (the default)
+    takes a seeded random order, as the authors' code does on a pool stored in random order."""
+    rng = np.random.default_rng(0)
+    feats = np.repeat(np.eye(4, 8), 10, axis=0) + rng.normal(0, 0.3, (40, 8))  # 4 classes x 10, in order
+    by_index = select("probcover", feats, 4, delta=1e-3, tie_break="index")
+    assert by_index.global_ids == [0, 1, 2, 3] and by_index.scores == [1.0] * 4
+    picks = {seed: select("probcover", feats, 4, delta=1e-3, seed=seed).global_ids for seed in range(6)}
+    assert picks[0] == select("probcover", feats, 4, delta=1e-3, seed=0).global_ids  # seeded
+    assert len({tuple(p) for p in picks.values()}) == 6
+    assert len({i // 10 for p in picks.values() for i in p}) == 4  # not only the first class
+    # the greedy itself is unchanged: a ball with more uncovered points still comes first
+    dense = np.vstack([feats, feats[25:26] + 1e-5])  # row 40 duplicates row 25: that ball holds two points
+    assert select("probcover", dense, 1, delta=1e-3, seed=3).global_ids[0] in (25, 40)
 
 
 def test_probcover_delta_is_the_largest_pure_radius(small_blocks: None) -> None:

@@ -410,6 +410,24 @@ def test_fashion_mnist_pool(fashion: synthetic.GeneratedDataset, tmp_path: Path)
     assert np.array_equal(again.images, pool.images) and list(again.labels) == list(pool.labels)
 
 
+def test_fashion_mnist_stratified_subset(fashion: synthetic.GeneratedDataset) -> None:
+    full = FashionMnistPool(fashion.root)
+    sub = FashionMnistPool(fashion.root, size=20, subset_seed=3)
+    # two of each class's three images, ids keep their position in the file, in file order
+    assert len(sub) == 20 and Counter(sub.labels) == dict.fromkeys(range(10), 2)
+    assert list(sub.ids) == sorted(sub.ids) and set(sub.ids) < set(full.ids)
+    index = {i: n for n, i in enumerate(full.ids)}
+    for n, image_id in enumerate(sub.ids):
+        assert sub.labels[n] == full.labels[index[image_id]]
+        np.testing.assert_array_equal(sub.images[n], full.images[index[image_id]])
+    assert list(FashionMnistPool(fashion.root, size=20, subset_seed=3).ids) == list(sub.ids)
+    assert list(FashionMnistPool(fashion.root, size=20, subset_seed=4).ids) != list(sub.ids)
+    assert list(FashionMnistPool(fashion.root, size=30).ids) == list(full.ids)  # all of them: no draw
+    _roundtrip(sub)
+    with pytest.raises(ValueError, match=r"size must be in 10\.\.30"):
+        FashionMnistPool(fashion.root, size=5)
+
+
 def test_fashion_mnist_errors(fashion: synthetic.GeneratedDataset, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError) as info:
         FashionMnistPool(tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from downstream.datasets import synthetic
+from downstream.datasets.pets import PetsPool
 from tests.test_loggers import wandb_contents
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,7 +105,11 @@ def test_linear_probe_end_to_end_and_resume(
     assert [r["budget"] for r in doc["results"]] == [4, 8]
     for r in doc["results"]:
         assert r["fit"]["n_train"] == r["budget"] and 0.0 <= r["metrics"]["top1"] <= 1.0
-        assert set(r["metrics"]) == {"top1", "mean_class_acc"}
+        assert set(r["metrics"]) == {"top1", "mean_class_acc", "classes_covered"}
+        # the selection's class coverage: distinct classes among the labeled images of that budget
+        pool = PetsPool(tmp / "data")
+        picked = pool.index_of(selection["image_ids"][: r["budget"]])
+        assert r["metrics"]["classes_covered"] == len({pool.labels[i] for i in picked}) >= 1
     assert set(doc["seconds"]) == {"selection", "fit", "total"}
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
     # the csv logger got the same per-budget values, config and the summary

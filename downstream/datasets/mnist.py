@@ -148,12 +148,19 @@ class FashionMnistPool(_ArrayPool):
 
     Expects ``<split prefix>-images-idx3-ubyte`` and ``-labels-idx1-ubyte``, gzipped (``.gz``) or not, with
     prefix ``train`` or ``t10k``; decoded with torchvision's idx reader. Ids are ``<split>_<index>``
-    (``train_00000``).
+    (``train_00000``). ``size``: keep that many images, drawn stratified by class with ``subset_seed``
+    (sklearn ``train_test_split``), in file order and with their file ids; None keeps them all.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], split: str = "train", name: str = "fashion_mnist"
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        name: str = "fashion_mnist",
+        size: int | None = None,
+        subset_seed: int = 0,
     ) -> None:
+        from sklearn.model_selection import train_test_split
         from torchvision.datasets.mnist import read_image_file, read_label_file
 
         if split not in ("train", "test"):
@@ -171,13 +178,24 @@ class FashionMnistPool(_ArrayPool):
                 f"'{img_file}' ({images.shape}, {images.dtype}) and '{lbl_file}' ({labels.shape}) do not "
                 "form a uint8 image set with one label per image."
             )
-        self._images = np.ascontiguousarray(images)
-        self._labels = labels.astype(np.int64).tolist()
+        labels = np.asarray(labels, dtype=np.int64)
         width = max(5, len(str(len(labels) - 1)))
-        self._ids = [f"{split}_{i:0{width}d}" for i in range(len(labels))]
-        self._sources = [f"{img_file} image {i}" for i in range(len(labels))]
+        rows = np.arange(len(labels))
+        if size is not None and size != len(labels):
+            n_classes = len(np.unique(labels))
+            if not n_classes <= size < len(labels):
+                raise ValueError(
+                    f"Fashion-MNIST {split} size must be in {n_classes}..{len(labels)} (one image per class "
+                    f"at least, at most the {len(labels)} in '{img_file}'), got {size}"
+                )
+            rows, _ = train_test_split(rows, train_size=size, stratify=labels, random_state=subset_seed)
+            rows = np.sort(rows)
+        self._images = np.ascontiguousarray(images[rows])
+        self._labels = labels[rows].tolist()
+        self._ids = [f"{split}_{i:0{width}d}" for i in rows]
+        self._sources = [f"{img_file} image {i}" for i in rows]
         self._class_names = list(FASHION_MNIST_CLASSES)
-        log.info("FashionMnistPool '%s': %s, %d images from %s", name, split, len(labels), self._root_dir)
+        log.info("FashionMnistPool '%s': %s, %d images from %s", name, split, len(rows), self._root_dir)
 
     @property
     def root(self) -> Path:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
 from geal.method.kmeans import batched_kmeans
+from geal.util.settings import settings_from_node
 
 __all__ = ["ClusterSettings", "importance_mask", "knowledge_clusters", "reduce_heads"]
 
@@ -85,15 +86,7 @@ class ClusterSettings:
     def from_config(cls, node: ClusterSettings | Mapping[str, Any] | None) -> ClusterSettings:
         """``node`` as settings: a ClusterSettings as is, a mapping (a config node) checked key by key, None:
         the defaults. An unknown key is an error naming it and the valid ones."""
-        if node is None:
-            return cls()
-        if isinstance(node, ClusterSettings):
-            return node
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(str(k) for k in node if k not in valid)
-        if unknown:
-            raise ValueError(f"clusters has unknown key(s) {unknown}; valid keys: {valid}")
-        return cls(**{str(k): v for k, v in node.items()})
+        return settings_from_node(cls, node, "clusters")
 
 
 def reduce_heads(attention: Tensor, how: HeadReduction = "mean") -> Tensor:

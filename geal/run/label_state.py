@@ -20,7 +20,8 @@ LABEL_STATE_VERSION = 1
 class BudgetResult:
     """One trained and evaluated budget.
 
-    budget: images trained on. metrics: the task's test metrics. fit: the task's final training stats.
+    budget: images trained on. metrics: the task's test metrics, and ``classes_covered`` (distinct classes
+    among those images) when the pool has labels. fit: the task's final training stats.
     fit_s / eval_s: wall times of the fit and the evaluation. cycle: the cycle whose labeled set it is.
     n_labeled: the size of that set. select_s: that cycle's selection time. acquisition_s: what choosing
     the set cost (its selections, plus for task-using selectors the trainings that chose it).

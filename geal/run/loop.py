@@ -412,6 +412,10 @@ class CycleRunner:
         t0 = time.perf_counter()
         metrics = {k: float(v) for k, v in self.task.evaluate().items()}
         eval_s = time.perf_counter() - t0
+        labels = self.pool.labels
+        if labels is not None:  # what the labeled set covers: distinct classes among its images
+            ids = self.labeled_ids(state, plan.cycle)[:budget]
+            metrics["classes_covered"] = float(len({labels[i] for i in ids}))
         result = BudgetResult(
             budget=budget,
             metrics=metrics,

@@ -128,7 +128,7 @@ def _run(
                     score = math.nan
                 else:
                     i = st.farthest() if mode == "kcenter" else _draw(st.d2_weights(), generator)
-                    score = float(st.mind[i])
+                    score = float(st.scores()[i])
                     g = int(st.groups_host[i])
                 res.order.append(g)
                 res.scores.append(score)
@@ -161,6 +161,7 @@ def kcenter_greedy(
     pruning: Pruning = "auto",
     block_size: int = 64,
     options: KCenterOptions = DEFAULT_OPTIONS,
+    weights: Tensor | None = None,
 ) -> GreedyResult:
     """Greedy k-center over grouped points: points (M,D), groups (M,) long → ``budget`` group ids in order.
 
@@ -168,9 +169,15 @@ def kcenter_greedy(
     first pick is a random eligible group drawn with ``generator`` (score NaN). ``eligible`` (G,) bool:
     groups that may be picked (G = eligible.numel(), else groups.max() + 1). Raises ValueError when
     ``budget`` exceeds the number of pickable groups. ``pruning``/``block_size``/``options``: how the
-    distances are updated (never what they are). See :mod:`geal.method.kcenter` for the exact semantics.
+    distances are updated (never what they are). ``weights`` (G,) ≥ 0: pick the point with the largest
+    distance × its group's weight instead (density-weighted k-center; the lazy path bounds the weighted
+    values when every weight is > 0, else the exact scan). See :mod:`geal.method.kcenter` for the exact
+    semantics.
     """
-    st = make_state(points, groups, distance, eligible, chunk_size, True, pruning, block_size, options)
+    lazy = weights is None or bool((weights > 0).all())
+    st = make_state(points, groups, distance, eligible, chunk_size, lazy, pruning, block_size, options)
+    if weights is not None:
+        st.weigh(weights)
     return _run(st, budget, initial, generator, progress, "kcenter")
 
 
@@ -188,6 +195,7 @@ def d2_sampling(
     pruning: Pruning = "auto",
     block_size: int = 64,
     options: KCenterOptions = DEFAULT_OPTIONS,
+    weights: Tensor | None = None,
 ) -> GreedyResult:
     """D² sampling over grouped points (same arguments as :func:`kcenter_greedy`).
 
@@ -195,6 +203,9 @@ def d2_sampling(
     set)² via ``torch.multinomial`` with ``generator`` (uniformly when all those distances are 0) and adds
     its whole group; the score is the drawn point's distance. D² needs every distance at every draw: it
     always runs the exact scan (``pruning`` and ``block_size`` are checked, and change nothing).
+    ``weights`` (G,) ≥ 0: draw ∝ (distance × the group's weight)² instead.
     """
     st = make_state(points, groups, distance, eligible, chunk_size, False, pruning, block_size, options)
+    if weights is not None:
+        st.weigh(weights)
     return _run(st, budget, initial, generator, progress, "d2")

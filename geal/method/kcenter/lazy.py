@@ -85,6 +85,7 @@ class LazyState(State):
         self.last_seen_np, self.center_rank_np = self.last_seen.numpy(), self.center_rank.numpy()
         self.block_max_np = self.block_max.numpy()
         self.block_newest = np.full(self.blocks.n, -1, dtype=np.int64)
+        self.weight_np: np.ndarray | None = None  # (M,) the points' weights (:meth:`weigh`), in mind's dtype
 
     def add_centers(self, center_idx: Tensor) -> None:
         """Record the centres ``center_idx``; distances follow at the next argmax, or now while eager."""
@@ -134,7 +135,7 @@ class LazyState(State):
         if blocks_idx.size == 0:
             return
         pts = blocks.points_of(blocks_idx)
-        vals = self.mind_np[pts].astype(np.float64)
+        vals = self.score_np(pts)
         vals[self.blocked_np[pts]] = -math.inf
         lens = blocks.start_np[blocks_idx + 1] - blocks.start_np[blocks_idx]
         offsets = np.cumsum(lens) - lens
@@ -153,6 +154,24 @@ class LazyState(State):
             return np.sqrt(2.0 * (m * (1.0 + self.rel) + self.eps_dist))
         return np.sqrt(m * m * (1.0 + self.rel) + self.eps_dist)
 
+    def weigh(self, group_weights: Tensor) -> None:
+        """As :meth:`State.weigh`; the block maxima then bound ``distance × weight``: a stale distance bounds
+        the exact one from above, and so does it times a fixed weight > 0 (a zero weight would turn the
+        initial ∞ bounds into NaN: :func:`~geal.method.kcenter.kcenter_greedy` scans instead)."""
+        super().weigh(group_weights)
+        assert self.point_weight is not None
+        if bool((self.point_weight <= 0).any()):
+            raise ValueError("the lazy path needs weights > 0")
+        self.weight_np = self.point_weight.numpy()
+        self.recompute_max(np.arange(self.blocks.n))
+
+    def score_np(self, pts: np.ndarray) -> np.ndarray:
+        """float64 scores of the points ``pts``: the stored distance, times the weight if any — computed in
+        the distances' dtype first, as :meth:`State.scores` does, so both paths rank the same numbers."""
+        if self.weight_np is None:
+            return self.mind_np[pts].astype(np.float64)
+        return (self.mind_np[pts] * self.weight_np[pts]).astype(np.float64)
+
     def farthest(self) -> int:
         """Refresh the stale points with the largest (upper-bound) distances until the largest is exact.
 
@@ -163,11 +182,11 @@ class LazyState(State):
         n = self.cmat.shape[0]
         width = self.options.lazy_first_blocks
         work = self.stats["updated"]
-        bm, mind, blocked, last_seen = self.block_max_np, self.mind_np, self.blocked_np, self.last_seen_np
+        bm, blocked, last_seen = self.block_max_np, self.blocked_np, self.last_seen_np
         while True:
             best = bm.max()
             pts = blocks.points_of(np.flatnonzero(bm == best))
-            pts = pts[(mind[pts].astype(np.float64) == best) & ~blocked[pts]]
+            pts = pts[(self.score_np(pts) == best) & ~blocked[pts]]
             stale = pts[last_seen[pts] < n]
             if stale.size == 0:
                 self._choose_next_update(self.stats["updated"] - work)
@@ -177,7 +196,7 @@ class LazyState(State):
             floor = top.values.numpy()[-1]
             cand = blocks.points_of(top.indices.numpy())
             cand = cand[(last_seen[cand] < n) & ~blocked[cand]]
-            cand = cand[mind[cand].astype(np.float64) >= floor]
+            cand = cand[self.score_np(cand) >= floor]
             both = np.concatenate([cand, stale])
             refresh(self, torch.from_numpy(np.unique(both)))
             self.recompute_max(np.unique(blocks.block_of_np[both]))

@@ -64,6 +64,7 @@ class State:
         self._index_groups(groups, eligible)
         M = x.shape[0]
         self.mind = torch.full((M,), math.inf, dtype=dt, device=dev)
+        self.point_weight: Tensor | None = None  # (M,) each point's group weight (:meth:`weigh`)
         # worst-case rounding of one dot product over D terms (plus the few additions around it)
         self.u = torch.finfo(dt).eps / 2
         self.gamma = (x.shape[1] + 4) * self.u
@@ -170,14 +171,29 @@ class State:
         j = int(torch.randint(cand.numel(), (1,), generator=generator, device=gdev))
         return int(cand[j])
 
+    def weigh(self, group_weights: Tensor) -> None:
+        """Scale every point's distance by its group's weight (G,) (non-negative, finite) when picking: the
+        sampler then maximises (k-center) or draws ∝ the square of (D²) ``distance × weight``."""
+        if group_weights.ndim != 1 or group_weights.numel() != self.G:
+            raise ValueError(f"weights must be (G,) = ({self.G},), got shape {tuple(group_weights.shape)}")
+        w = group_weights.to(device=self.x.device, dtype=self.mind.dtype)
+        if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+            raise ValueError("weights must be finite and >= 0")
+        self.point_weight = w[self.groups]
+
+    def scores(self) -> Tensor:
+        """(M,) what the samplers rank: the distance to the selected set, times the weight if any."""
+        return self.mind if self.point_weight is None else self.mind * self.point_weight
+
     def farthest(self) -> int:
-        """The unblocked point with the largest distance (lowest index among equals)."""
-        return int(self.mind.masked_fill(self.blocked, -math.inf).argmax())
+        """The unblocked point with the largest (weighted) distance (lowest index among equals)."""
+        return int(self.scores().masked_fill(self.blocked, -math.inf).argmax())
 
     def d2_weights(self) -> Tensor:
-        """(M,) draw weights: distance² where unblocked, 0 elsewhere (uniform if all those are 0)."""
+        """(M,) draw weights: (weighted) distance² where unblocked, else 0 (uniform if all those are 0)."""
         ok = ~self.blocked
-        w = torch.where(ok, self.mind, torch.zeros_like(self.mind)).square()
+        scores = self.scores()
+        w = torch.where(ok, scores, torch.zeros_like(scores)).square()
         if not bool(w.sum() > 0):
             w = ok.to(self.mind.dtype)  # every remaining distance is 0: uniform among them
         return w
