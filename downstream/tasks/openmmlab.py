@@ -114,9 +114,13 @@ class OpenMMLabTask(Task):
         #: extra mmengine hooks registered on every training runner (tests interrupt through one)
         self.extra_hooks: list[Any] = []
 
+    def check_context(self, ctx: TaskContext) -> None:
+        """The context's needs, and the OpenMMLab packages installed (before any selection work)."""
+        super().check_context(ctx)
+        compat.require(self.package, task=self.name)
+
     def setup(self, ctx: TaskContext) -> None:
         super().setup(ctx)
-        compat.require(self.package, task=self.name)
         self.pool = ctx.pool
         self.test_pool = ctx.test_pool
         self.device = torch.device(ctx.device)
