@@ -96,12 +96,29 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``slow`` tests unless they were asked for (``-m slow``) or GEAL_RUN_SLOW=1."""
-    if "slow" in (config.getoption("-m") or "") or os.environ.get("GEAL_RUN_SLOW") == "1":
+    """Skip ``slow`` tests unless they were asked for (``-m slow``) or GEAL_RUN_SLOW=1, and ``openmmlab``
+    tests unless asked for (``-m openmmlab``, what ``make test-openmmlab`` runs, or GEAL_RUN_OPENMMLAB=1).
+    Asked-for OpenMMLab tests without mmdet / mmseg installed are an error, never a silent skip."""
+    marks = config.getoption("-m") or ""
+    if "slow" not in marks and os.environ.get("GEAL_RUN_SLOW") != "1":
+        skip = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): run with -m slow or GEAL_RUN_SLOW=1")
+        for item in items:
+            if "slow" in item.keywords:
+                item.add_marker(skip)
+    wanted = "openmmlab" in marks and "not openmmlab" not in marks
+    if wanted or os.environ.get("GEAL_RUN_OPENMMLAB") == "1":
+        if any("openmmlab" in item.keywords for item in items):
+            try:
+                import mmdet  # noqa: F401
+                import mmseg  # noqa: F401
+            except ImportError as err:
+                raise pytest.UsageError(
+                    f"the openmmlab tests need mmdet and mmseg ({err}): make openmmlab"
+                ) from err
         return
-    skip = pytest.mark.skip(reason="slow (minutes on 2 CPU cores): run with -m slow or GEAL_RUN_SLOW=1")
+    skip = pytest.mark.skip(reason="OpenMMLab backend (mmcv build, minutes): make test-openmmlab")
     for item in items:
-        if "slow" in item.keywords:
+        if "openmmlab" in item.keywords:
             item.add_marker(skip)
 
 

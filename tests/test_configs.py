@@ -220,3 +220,29 @@ def test_local_settings_are_optional_and_loaded_last(tmp_path: Path) -> None:
         cfg = compose(config_name="run", overrides=["paths.data_dir=/data", "experiment=demo"])
     assert cfg.device == "cuda:7"  # beats the experiment's device=cpu
     assert compose_root("run", "experiment=demo").device == "cpu"  # without the file: the experiment's
+
+
+@pytest.mark.parametrize(
+    ("experiment", "task", "cls"),
+    [
+        ("paper_voc", "mmdet_voc_ssd300", "MMDetVOCTask"),
+        ("paper_cityscapes", "mmseg_cityscapes_deeplabv3", "MMSegCityscapesTask"),
+    ],
+)
+def test_paper_experiments_take_the_openmmlab_task_by_one_override(
+    experiment: str, task: str, cls: str
+) -> None:
+    """``geal-run -m experiment=paper_voc task=mmdet_voc_ssd300`` (docs/openmmlab.md): the experiment
+    keeps its data, backbone, cycles and sweep; the task is the OpenMMLab one, built from its settings alone
+    (mmdet / mmseg are imported only when the task is set up, so this runs without the extra)."""
+    from geal.run.builders import build_task
+
+    cfg = compose_root("run", f"experiment={experiment}", f"task={task}")
+    assert cfg.task.name == task and cfg.task_name == experiment and cfg.cycles.name == "reference_1k"
+    assert (
+        cfg.task.test_data.name
+        == {"paper_voc": "voc07_test", "paper_cityscapes": "cityscapes_val"}[experiment]
+    )
+    built = build_task(cfg.task)
+    assert type(built).__name__ == cls and built.provides == frozenset()  # no warm start, no plugins
+    assert "seed" in cfg.hydra.sweeper.params

@@ -187,3 +187,13 @@ def test_miou_rejects_unmapped_label_ids() -> None:
     m = SegmentationIoU(19)
     with pytest.raises(ValueError, match="train ids"):
         m.update(torch.zeros(1, 2, 2, dtype=torch.long), torch.full((1, 2, 2), 26))
+
+
+def test_11point_thresholds_are_the_python_references_floats() -> None:
+    """VOC07's 11 recall thresholds as py-faster-rcnn's voc_eval.py and mmdet's eval_map compute them
+    (np.arange(0, 1.1, 0.1)): t = 0.30000000000000004 is not reached by a recall of exactly 3/10."""
+    recall = np.array([0.1, 0.2, 0.3])  # 1, 2, 3 of 10 positives
+    precision = np.array([1.0, 1.0, 1.0])
+    # reached: t = 0, 0.1, 0.2 (3 of 11); 3/10 < 0.30000000000000004
+    assert average_precision(recall, precision, "11point") == pytest.approx(3 / 11)
+    assert average_precision(np.array([0.4]), np.array([1.0]), "11point") == pytest.approx(5 / 11)

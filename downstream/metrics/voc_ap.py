@@ -39,11 +39,19 @@ log = logging.getLogger(__name__)
 
 AP_METHODS = ("11point", "all_point")
 
+#: the 11 recall thresholds of VOC07's AP exactly as the Python references compute them (py-faster-rcnn's
+#: ``voc_eval.py``, mmdet's ``eval_map``): ``np.arange(0, 1.1, 0.1)``, whose 4th, 7th and 8th values are
+#: 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001, so a recall of exactly 3/10, 6/10 or 7/10
+#: does not reach them. SSD's published VOC07 numbers (and the paper's mmdet config) are scored this way;
+#: tests/test_openmmlab.py checks the metric against mmdet's ``eval_map`` to 1e-6.
+ELEVEN_POINTS: np.ndarray = np.arange(0.0, 1.1, 0.1)
+
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "11point") -> float:
     """AP from a ranked list's cumulative ``recall`` and ``precision`` (both (D,), same order).
 
-    ``"11point"`` (VOC2007): mean over t ∈ {0, 0.1, ..., 1} of max(precision[recall ≥ t]) (0 if none).
+    ``"11point"`` (VOC2007): mean over t ∈ {0, 0.1, ..., 1} of max(precision[recall ≥ t]) (0 if none),
+    with t the floating-point values of :data:`ELEVEN_POINTS`.
     ``"all_point"`` (VOC2010+): area under the precision envelope (max precision at any higher recall).
     """
     recall = np.asarray(recall, dtype=np.float64)
@@ -52,8 +60,8 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, method: str = "
         raise ValueError(f"recall {recall.shape} and precision {precision.shape} differ in shape")
     if method == "11point":
         ap = 0.0
-        for t in np.linspace(0.0, 1.0, 11):
-            above = precision[recall >= t - 1e-12]
+        for t in ELEVEN_POINTS:
+            above = precision[recall >= t]
             ap += float(above.max()) if above.size else 0.0
         return ap / 11.0
     if method == "all_point":
