@@ -373,3 +373,15 @@ def test_pets_pretrained_offline_without_a_file_says_what_to_do(
     pool, test, _ = pets
     with pytest.raises(RuntimeError, match=r"task.pretrained_file=PATH.*task.pretrained=false"):
         set_up(TimmClassifierTask(model_name="resnet18", pretrained=True), pool, test)
+
+
+def test_train_ids_are_checked_before_training() -> None:
+    from geal.api.task import TaskError, checked_train_ids
+
+    assert checked_train_ids("t", [3, 0, 2], 4) == [3, 0, 2]
+    with pytest.raises(TaskError, match="t: nothing to train on"):
+        checked_train_ids("t", [], 4)
+    with pytest.raises(TaskError, match=r"t: global ids \[4, -1\] are outside the pool \(4 images\)"):
+        checked_train_ids("t", [1, 4, -1], 4)
+    with pytest.raises(TaskError, match="t: the train ids repeat"):
+        checked_train_ids("t", [1, 1], 4)

@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from geal.api.pool import ImagePool
-from geal.api.task import Task, TaskContext, TaskError
+from geal.api.task import Task, TaskContext, TaskError, checked_train_ids
 from geal.api.training import StepOutput, TrainingPlugin
 from geal.util.io import atomic_write_bytes, stable_hash
 
@@ -362,17 +362,7 @@ class TorchTask(Task):
         return self._loader(pool, ids, False, torch.Generator().manual_seed(0))
 
     def check_ids(self, ids: Sequence[int]) -> list[int]:
-        out = [int(i) for i in ids]
-        if not out:
-            raise TaskError(f"{self.name}: nothing to train on (0 ids)")
-        bad = [i for i in out if not 0 <= i < len(self.pool)]
-        if bad:
-            raise TaskError(
-                f"{self.name}: global ids {bad[:5]} are outside the pool ({len(self.pool)} images)"
-            )
-        if len(set(out)) != len(out):
-            raise TaskError(f"{self.name}: the train ids repeat")
-        return out
+        return checked_train_ids(self.name, ids, len(self.pool))
 
     # ---- plugins
 

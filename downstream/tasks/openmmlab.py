@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 
 from downstream.tasks import openmmlab_compat as compat
-from geal.api.task import MetricsLogger, Task, TaskContext, TaskError
+from geal.api.task import MetricsLogger, Task, TaskContext, TaskError, checked_train_ids
 
 log = logging.getLogger(__name__)
 
@@ -169,17 +169,7 @@ class OpenMMLabTask(Task):
         return cfg
 
     def check_ids(self, ids: Sequence[int]) -> list[int]:
-        out = [int(i) for i in ids]
-        if not out:
-            raise TaskError(f"{self.name}: nothing to train on (0 ids)")
-        bad = [i for i in out if not 0 <= i < len(self.pool)]
-        if bad:
-            raise TaskError(
-                f"{self.name}: global ids {bad[:5]} are outside the pool ({len(self.pool)} images)"
-            )
-        if len(set(out)) != len(out):
-            raise TaskError(f"{self.name}: the train ids repeat")
-        return out
+        return checked_train_ids(self.name, ids, len(self.pool))
 
     # ---- training
 

@@ -30,6 +30,20 @@ class TaskError(ValueError):
     """A task that cannot run on what it was given (labels missing, empty test split, ...)."""
 
 
+def checked_train_ids(task_name: str, ids: Sequence[int], pool_size: int) -> list[int]:
+    """``ids`` as a list of ints after the checks every training task makes: at least one, each a global id
+    of the pool (0 ≤ id < ``pool_size``), none repeated; a TaskError naming ``task_name`` otherwise."""
+    out = [int(i) for i in ids]
+    if not out:
+        raise TaskError(f"{task_name}: nothing to train on (0 ids)")
+    bad = [i for i in out if not 0 <= i < pool_size]
+    if bad:
+        raise TaskError(f"{task_name}: global ids {bad[:5]} are outside the pool ({pool_size} images)")
+    if len(set(out)) != len(out):
+        raise TaskError(f"{task_name}: the train ids repeat")
+    return out
+
+
 class MetricsLogger(Protocol):
     """What tasks and the run loop log through (:class:`geal.report.loggers.base.RunLogger` fits)."""
 
