@@ -130,6 +130,12 @@ def test_typicality_settings_reject_bad_values() -> None:
         TypicalitySettings(density_weight=-1)
     with pytest.raises(InstantiationException, match=r"typicality has unknown key\(s\) \['alpha'\]"):
         make_selector("geal", typicality={"alpha": 1.0})
+    with pytest.raises(InstantiationException, match="k-center options: geal_typical picks"):
+        make_selector(
+            "geal",
+            _target_="geal.method.geal_selector.GEALTypicalSelector",
+            typicality={"density_weight": 1.0},
+        )
 
 
 # ------------------------------------------------------------------ the selectors on hand-built clusters

@@ -95,6 +95,7 @@ class GEALSelector(Selector):
         # device computes the distances: a device's generator draws another stream for the same seed, so a
         # GPU selection would not be the CPU one (docs/design.md §1.5)
         draws = ctx.generator("cpu")
+        # (weighted k-center is not sharded: under torchrun every rank runs it whole, with the same picks)
         if self.sampler == "kcenter" and is_distributed() and weights is None:
             # under torchrun: each rank keeps a slice of the clusters; every rank gets the same picks
             rank, world = rank_and_world()
@@ -158,6 +159,11 @@ class GEALTypicalSelector(GEALSelector):
 
     def __init__(self, name: str = "geal_typical", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
+        if self.typicality.used:  # k-center's options: they would change nothing here, silently
+            raise ValueError(
+                "selector.typicality.density_weight / drop_fraction are k-center options: geal_typical picks "
+                "by TypiClust's rule (set them on selector=geal, or leave them at 0)"
+            )
 
     def _select(self, pool: ImagePool, budget: int, ctx: SelectionContext) -> Selection:
         assert ctx.features is not None, "the pipeline provides features to selectors that require them"
