@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
+from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask, labeled_mask
 from geal.method.typicality import kmeans
 from geal.util.pairwise import SMALL_POOL, mean_knn_dist, row_block, sq_dists
 from geal.util.threads import intra_op_threads
@@ -92,9 +92,7 @@ def load_pool_features(
         points = (points - points.mean(0)) / torch.where(std > 0, std, torch.ones_like(std))
     if normalize:
         points = torch.nn.functional.normalize(points, dim=1)
-    labeled = torch.zeros(len(pool), dtype=torch.bool)
-    if len(ctx.labeled):
-        labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long)] = True
+    labeled = labeled_mask(len(pool), ctx, torch.device("cpu"))
     return PoolFeatures(points.contiguous(), ids.numpy(), labeled[ids].to(ctx.device))
 
 

@@ -151,6 +151,14 @@ def check_selection(selection: Selection, budget: int, available: int, ctx: Sele
         raise RuntimeError("selector scores must be Python floats (NaN where undefined)")
 
 
+def labeled_mask(n_images: int, ctx: SelectionContext, device: torch.device) -> torch.Tensor:
+    """(n_images,) bool on ``device``: True for the context's labeled ids."""
+    labeled = torch.zeros(n_images, dtype=torch.bool, device=device)
+    if len(ctx.labeled):
+        labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long, device=device)] = True
+    return labeled
+
+
 def eligible_mask(
     n_images: int, ctx: SelectionContext, device: torch.device, valid: np.ndarray, budget: int
 ) -> torch.Tensor:
@@ -160,10 +168,7 @@ def eligible_mask(
     mask = torch.from_numpy(np.asarray(valid, dtype=bool).copy()).to(device)
     if len(ctx.excluded):
         mask[torch.as_tensor(list(ctx.excluded), dtype=torch.long, device=device)] = False
-    labeled = torch.zeros_like(mask)
-    if len(ctx.labeled):
-        labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long, device=device)] = True
-    pickable = int((mask & ~labeled).sum())
+    pickable = int((mask & ~labeled_mask(n_images, ctx, device)).sum())
     if budget > pickable:
         n_skipped = int((~torch.from_numpy(np.asarray(valid, dtype=bool))).sum())
         raise SelectionError(

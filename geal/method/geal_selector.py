@@ -13,7 +13,7 @@ import torch
 
 from geal.api.features import FeatureRequest, KnowledgeClusterSet
 from geal.api.pool import ImagePool
-from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask
+from geal.api.selector import Selection, SelectionContext, Selector, eligible_mask, labeled_mask
 from geal.method.kcenter import d2_sampling, kcenter_greedy, kcenter_greedy_sharded
 from geal.method.knowledge import ClusterSettings
 from geal.method.typicality import (
@@ -84,8 +84,7 @@ class GEALSelector(Selector):
         if self.typicality.used:
             typ = self._typicality(clusters, len(pool), ctx).to(ctx.device)
             if self.typicality.drop_fraction > 0:
-                labeled = torch.zeros_like(eligible)
-                labeled[torch.as_tensor(list(ctx.labeled), dtype=torch.long, device=ctx.device)] = True
+                labeled = labeled_mask(len(pool), ctx, ctx.device)
                 info["dropped_least_typical"] = drop_least_typical(
                     eligible, labeled, typ, self.typicality.drop_fraction, budget
                 )
@@ -171,12 +170,11 @@ class GEALTypicalSelector(GEALSelector):
         usable = eligible_mask(len(pool), ctx, torch.device("cpu"), clusters.valid, budget)
         ids = usable.nonzero().squeeze(1)
         descriptors = image_descriptors(clusters, len(pool))[ids].to(ctx.device)
-        labeled = np.zeros(len(pool), dtype=bool)
-        labeled[list(ctx.labeled)] = True
+        labeled = labeled_mask(len(pool), ctx, torch.device("cpu"))[ids].numpy()
         settings = self.typicality
         picks = typical_cluster_picks(
             descriptors,
-            labeled[ids.numpy()],
+            labeled,
             budget,
             ctx.seed,
             max_clusters=settings.max_clusters,

@@ -58,6 +58,7 @@ def make_state(
     pruning: str,
     block_size: int,
     options: KCenterOptions = DEFAULT_OPTIONS,
+    weights: Tensor | None = None,
 ) -> State:
     """The state for one selection: :class:`LazyState` when ``lazy`` (k-center) and ``pruning`` asks for
     bounds (``"auto"``: from ``auto_bounds_min_points`` points) on a CPU, else the exact scan's
@@ -71,9 +72,16 @@ def make_state(
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     M = points.shape[0]
     bounds = pruning == "bounds" or (pruning == "auto" and M >= options.auto_bounds_min_points)
+    # weights: the lazy path bounds distance × weight only for weights > 0 (see LazyState.weigh)
+    lazy = lazy and (weights is None or bool((weights > 0).all()))
+    st: State
     if lazy and bounds and points.device.type == "cpu" and M > 0:
-        return LazyState(points, groups, distance, eligible, chunk_size, block_size, options)
-    return State(points, groups, distance, eligible, chunk_size, options)
+        st = LazyState(points, groups, distance, eligible, chunk_size, block_size, options)
+    else:
+        st = State(points, groups, distance, eligible, chunk_size, options)
+    if weights is not None:
+        st.weigh(weights)
+    return st
 
 
 def seed_initial(st: State, budget: int, initial: Sequence[int]) -> bool:
@@ -174,10 +182,9 @@ def kcenter_greedy(
     values when every weight is > 0, else the exact scan). See :mod:`geal.method.kcenter` for the exact
     semantics.
     """
-    lazy = weights is None or bool((weights > 0).all())
-    st = make_state(points, groups, distance, eligible, chunk_size, lazy, pruning, block_size, options)
-    if weights is not None:
-        st.weigh(weights)
+    st = make_state(
+        points, groups, distance, eligible, chunk_size, True, pruning, block_size, options, weights
+    )
     return _run(st, budget, initial, generator, progress, "kcenter")
 
 
@@ -205,7 +212,7 @@ def d2_sampling(
     always runs the exact scan (``pruning`` and ``block_size`` are checked, and change nothing).
     ``weights`` (G,) ≥ 0: draw ∝ (distance × the group's weight)² instead.
     """
-    st = make_state(points, groups, distance, eligible, chunk_size, False, pruning, block_size, options)
-    if weights is not None:
-        st.weigh(weights)
+    st = make_state(
+        points, groups, distance, eligible, chunk_size, False, pruning, block_size, options, weights
+    )
     return _run(st, budget, initial, generator, progress, "d2")
